@@ -1,0 +1,229 @@
+"""Run specs: defaults, validation, canonical form, content hash and run ids.
+
+A run spec is a plain dict. Its canonical JSON (defaults filled in, keys
+sorted, integral floats written as ints so ``lr: 1`` and ``lr: 1.0`` agree)
+is hashed; the hash names the run, so two studies that ask for the same run
+share it and changing any value makes a new run.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import math
+import re
+from typing import Any, Callable
+
+from .registry import Registry
+
+DEFAULT_SPEC: dict[str, Any] = {
+    "dataset": {"name": "mnist1d"},
+    "model": {"name": "mlp"},
+    "loss": {"name": "cross_entropy"},
+    "optimizer": {"name": "sgd", "lr": 0.1},
+    "schedule": {"name": "constant"},
+    "batch_size": 64,
+    "steps": 1000,
+    "seed": 0,
+    "log_every": 10,  # train loss (mean over the window) and lr every k steps
+    "eval_every": 100,  # val/test metrics every k steps (and at 0 and the end); 0: ends only
+    "eval_splits": ["val", "test"],
+    "checkpoints": [],  # steps at which to save the weights
+    "resume_every": 0,  # resume point every k steps (0: at every eval)
+    "instruments": [],  # [{"name": ..., "every": k, ...}] measured during training
+}
+
+# Keys whose dict values name a registry entry; the registries are looked up
+# lazily so this module imports without torch.
+COMPONENT_KEYS = ("dataset", "model", "loss", "optimizer", "schedule")
+
+
+class SpecError(ValueError):
+    """A run spec that cannot be trained; the message says what and where."""
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``base`` with ``override`` merged in, recursively for dicts.
+
+    A dict override that changes ``name`` replaces the component instead of
+    merging into it: the old component's hyperparameters do not apply.
+    """
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if (
+            isinstance(value, dict)
+            and isinstance(out.get(key), dict)
+            and value.get("name", out[key].get("name")) == out[key].get("name")
+        ):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _normalise(value: Any) -> Any:
+    """JSON-stable values: integral floats become ints, tuples lists, numpy scalars Python."""
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        value = value.item()  # numpy / torch scalars
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SpecError(f"non-finite number {value!r} in a run spec")
+        return int(value) if value.is_integer() and abs(value) < 2**53 else value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _normalise(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_normalise(v) for v in value]
+    raise SpecError(f"unsupported value {value!r} of type {type(value).__name__} in a run spec")
+
+
+def canonical(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec with defaults filled in and values normalised (see module doc)."""
+    unknown = sorted(set(spec) - set(DEFAULT_SPEC))
+    if unknown:
+        raise SpecError(
+            f"unknown run-spec key(s) {unknown}; valid keys: {', '.join(sorted(DEFAULT_SPEC))}"
+        )
+    merged = deep_merge(DEFAULT_SPEC, spec)
+    for key in COMPONENT_KEYS:
+        if not isinstance(merged[key], dict) or "name" not in merged[key]:
+            raise SpecError(f"{key} must be a mapping with a 'name', got {merged[key]!r}")
+    merged["checkpoints"] = sorted(set(int(s) for s in merged["checkpoints"]))
+    return _normalise(merged)
+
+
+def canonical_json(spec: dict[str, Any]) -> str:
+    return json.dumps(canonical(spec), sort_keys=True, separators=(",", ":"))
+
+
+def spec_hash(spec: dict[str, Any], length: int = 8) -> str:
+    return hashlib.sha256(canonical_json(spec).encode()).hexdigest()[:length]
+
+
+def _slug(text: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "_", str(text)).strip("_")
+
+
+def _readable_prefix(spec: dict[str, Any]) -> str:
+    opt = spec["optimizer"]
+    parts = [spec["dataset"]["name"], spec["model"]["name"], opt["name"]]
+    if "lr" in opt:
+        parts.append(f"lr{opt['lr']:g}" if isinstance(opt["lr"], (int, float)) else "lr")
+    return "-".join(_slug(p) for p in parts)
+
+
+def run_id(spec: dict[str, Any]) -> str:
+    """``<dataset>-<model>-<optimizer>-lr<lr>-s<seed>-<hash8>``."""
+    spec = canonical(spec)
+    return f"{_readable_prefix(spec)}-s{spec['seed']}-{spec_hash(spec)}"
+
+
+def group_id(spec: dict[str, Any], seeds: list[int]) -> str:
+    """Names a group of runs that differ only in their seed (trained in one process)."""
+    spec = canonical(spec)
+    key = dict(spec, seed=sorted(int(s) for s in seeds))
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{_readable_prefix(spec)}-g{digest}"
+
+
+def data_id(dataset: dict[str, Any]) -> str:
+    """Names the prepared dataset file, ``<name>-<hash8>``."""
+    ds = _normalise(dataset)
+    digest = hashlib.sha256(json.dumps(ds, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{_slug(ds['name'])}-{digest}"
+
+
+def registries() -> dict[str, Registry]:
+    """The registry for each component key (imports torch)."""
+    from .data import DATASETS
+    from .losses import LOSSES
+    from .models import MODELS
+    from .optim import OPTIMIZERS
+    from .schedules import SCHEDULES
+
+    return {
+        "dataset": DATASETS,
+        "model": MODELS,
+        "loss": LOSSES,
+        "optimizer": OPTIMIZERS,
+        "schedule": SCHEDULES,
+    }
+
+
+# Arguments the training loop passes positionally, not from the spec.
+_POSITIONAL = {
+    "dataset": 0,
+    "model": 2,  # input_shape, num_outputs
+    "loss": 0,
+    "optimizer": 1,  # params
+    "schedule": 1,  # total_steps
+}
+
+
+def _check_kwargs(kind: str, builder: Callable[..., Any], kwargs: dict[str, Any], where: str) -> None:
+    try:
+        sig = inspect.signature(builder)
+    except (TypeError, ValueError):  # builtins without signatures: nothing to check
+        return
+    params = list(sig.parameters.values())
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    accepted = {
+        p.name
+        for p in params[_POSITIONAL[kind] :]
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise SpecError(
+            f"{where}: {kind} {builder_name(builder)!r} does not take {unknown}; "
+            f"it takes: {', '.join(sorted(accepted)) or '(no arguments)'}"
+        )
+
+
+def builder_name(builder: Callable[..., Any]) -> str:
+    return getattr(builder, "__qualname__", repr(builder))
+
+
+def validate(spec: dict[str, Any], where: str = "run spec") -> dict[str, Any]:
+    """Canonicalise and check a spec before any work: names against registries,
+    hyperparameter names against builder signatures, and the step counts.
+
+    Returns the canonical spec; raises ``SpecError`` with a message naming ``where``.
+    """
+    try:
+        spec = canonical(spec)
+    except SpecError as err:
+        raise SpecError(f"{where}: {err}") from None
+    regs = registries()
+    for key in COMPONENT_KEYS:
+        component = spec[key]
+        if component["name"] not in regs[key]:
+            raise SpecError(f"{where}: {regs[key].unknown_message(component['name'])}")
+        kwargs = {k: v for k, v in component.items() if k != "name"}
+        _check_kwargs(key, regs[key].get(component["name"]), kwargs, where)
+    for key in ("batch_size", "steps", "log_every"):
+        if not isinstance(spec[key], int) or spec[key] < 1:
+            raise SpecError(f"{where}: {key} must be a positive integer, got {spec[key]!r}")
+    for key in ("seed", "eval_every", "resume_every"):
+        if not isinstance(spec[key], int) or spec[key] < 0:
+            raise SpecError(f"{where}: {key} must be a non-negative integer, got {spec[key]!r}")
+    bad_splits = sorted(set(spec["eval_splits"]) - {"train", "val", "test"})
+    if bad_splits:
+        raise SpecError(f"{where}: eval_splits may hold train, val, test; got {bad_splits}")
+    bad_ckpts = [s for s in spec["checkpoints"] if not 0 <= s <= spec["steps"]]
+    if bad_ckpts:
+        raise SpecError(f"{where}: checkpoints {bad_ckpts} outside [0, steps={spec['steps']}]")
+    from .train.instruments import INSTRUMENTS
+
+    for inst in spec["instruments"]:
+        if not isinstance(inst, dict) or "name" not in inst:
+            raise SpecError(f"{where}: each instrument must be a mapping with a 'name', got {inst!r}")
+        if inst["name"] not in INSTRUMENTS:
+            raise SpecError(f"{where}: {INSTRUMENTS.unknown_message(inst['name'])}")
+    return spec

@@ -1,0 +1,40 @@
+"""In-training instruments: the ``INSTRUMENTS`` registry.
+
+An instrument is built as ``builder(**kwargs)`` from a spec entry
+``{"name": ..., "every": k, ...}`` and called by the training loop right after
+an optimizer step as ``instrument(step, model, loss_fn, x_train, y_train)``; it
+returns a dict ``metric -> value`` (empty on steps where it does not measure),
+recorded with split "train". Instruments must leave the model's parameters,
+mode and gradients as they found them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..registry import Registry
+
+INSTRUMENTS = Registry("instrument")
+
+
+@INSTRUMENTS.register("grad_norm")
+class GradNorm:
+    """Global L2 norm of the gradient of the step just taken (the input of the
+    refined schedule of Defazio et al., arXiv 2310.07831)."""
+
+    def __init__(self, every: int = 1):
+        if every < 1:
+            raise ValueError(f"grad_norm: every must be >= 1, got {every}")
+        self.every = every
+
+    def __call__(self, step, model, loss_fn, x, y) -> dict[str, float]:
+        if step % self.every:
+            return {}
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return {}
+        return {"grad_norm": float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))}
+
+
+def build_instrument(spec: dict):
+    return INSTRUMENTS.build(spec)
