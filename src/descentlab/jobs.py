@@ -1,0 +1,55 @@
+"""What the workflow's scripts share: logging to the job's log file, threads,
+device choice. Kept here so the scripts stay a few lines each."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def job_log(log_path: str | None) -> Iterator[logging.Logger]:
+    """Send stdout, stderr and the ``descentlab`` logger to the job's log file;
+    an exception is logged with its traceback before it propagates."""
+    logger = logging.getLogger("descentlab")
+    if not log_path:
+        yield logger
+        return
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", buffering=1) as fh:
+        handler = logging.StreamHandler(fh)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            with contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+                yield logger
+        except BaseException:
+            logger.exception("job failed")
+            raise
+        finally:
+            logger.removeHandler(handler)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` means cuda when available, else cpu; anything else is checked."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available on {_host()}")
+    return device
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def stderr_is_tty() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,30 @@
+"""The run index: one row per run, its id and the fields that tell runs apart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+
+def _flatten(prefix: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, inner in value.items():
+            out.update(_flatten(f"{prefix}.{key}" if prefix else key, inner))
+        return out
+    if isinstance(value, list):
+        return {prefix: json.dumps(value)}
+    return {prefix: value}
+
+
+def index_table(runs: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Flatten nested fields (``optimizer.lr``) into columns, one row per run."""
+    return pd.DataFrame([_flatten("", r) for r in runs]).sort_values("run_id").reset_index(drop=True)
+
+
+def write_index(runs: Sequence[dict[str, Any]], path: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    index_table(runs).to_csv(path, index=False)

@@ -1,0 +1,46 @@
+# Parse-time planning: read and validate the studies, expand them into runs,
+# and group runs that differ only in their seed into one training job.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # a clone works before `pip install`
+
+from descentlab.fingerprint import training_code_fingerprint
+from descentlab.studies import StudyError, plan, study_paths
+from descentlab.train.loop import output_files
+
+RESULTS = config["results"]
+ENV = "../../envs/descentlab.yaml"
+
+try:
+    PLAN = plan(
+        study_paths(config["studies_dir"], config["studies"]),
+        config["scale"],
+        max_runs_per_job=config["max_runs_per_job"],
+    )
+except StudyError as err:
+    raise WorkflowError(f"invalid study configuration:\n{err}") from None
+
+CODE_VERSION = training_code_fingerprint() if config["track_library_code"] else "untracked"
+
+
+def run_dir(rid):
+    return f"{RESULTS}/runs/{rid}"
+
+
+def run_outputs(rid):
+    return [str(p) for p in output_files(run_dir(rid), PLAN.runs[rid])]
+
+
+FIGURE_FILES = [
+    f"{RESULTS}/figures/{study}/{fig['name']}.{ext}"
+    for study, spec in PLAN.studies.items()
+    for fig in spec["figures"]
+    for ext in ("pdf", "png", "csv")
+]
+
+
+wildcard_constraints:
+    study="[a-z0-9][a-z0-9-]*",
+    figure="[a-z0-9][a-z0-9_-]*",
+    data_id="[A-Za-z0-9_.]+-[0-9a-f]{8}",
