@@ -175,8 +175,8 @@ def study_paths(studies_dir: str | Path, selection: str | list[str]) -> list[Pat
     return [available[s] for s in selection]
 
 
-def plan(paths: list[Path], scale: str, max_runs_per_job: int = 16) -> Plan:
-    schema = study_schema()
+def plan(paths: list[Path], scale: str, max_runs_per_job: int = 16, schema_dir: Path = SCHEMA_DIR) -> Plan:
+    schema = study_schema(schema_dir)
     studies, runs, study_runs = {}, {}, {}
     for path in paths:
         study = load_study(path, schema)

@@ -17,6 +17,7 @@ try:
         study_paths(config["studies_dir"], config["studies"]),
         config["scale"],
         max_runs_per_job=config["max_runs_per_job"],
+        schema_dir=Path(workflow.basedir) / "workflow" / "schemas",
     )
 except StudyError as err:
     raise WorkflowError(f"invalid study configuration:\n{err}") from None
@@ -30,6 +31,19 @@ def run_dir(rid):
 
 def run_outputs(rid):
     return [str(p) for p in output_files(run_dir(rid), PLAN.runs[rid])]
+
+
+# Input functions of the figure rule.
+def figure_spec(wc):
+    for fig in PLAN.studies[wc.study]["figures"]:
+        if fig["name"] == wc.figure:
+            return fig
+    raise ValueError(f"study {wc.study!r} has no figure {wc.figure!r}")
+
+
+def study_run_files(wc):
+    runs = PLAN.study_runs[wc.study]
+    return [f"{run_dir(r.run_id)}/{name}" for r in runs for name in ("metrics.parquet", "status.json")]
 
 
 FIGURE_FILES = [

@@ -196,7 +196,7 @@ def train_run(
 
     torch.manual_seed(spec["seed"])
     model = build_model(spec["model"], data.input_shape, data.num_outputs).to(device)
-    loss_fn = build_loss(spec["loss"])
+    loss_fn = build_loss(spec["loss"], model=model)
     optimizer = build_optimizer(model.parameters(), spec["optimizer"])
     multiplier = build_schedule(spec["schedule"], steps)
     instruments = [build_instrument(s) for s in spec["instruments"]] + list(extra_instruments)

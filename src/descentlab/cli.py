@@ -1,0 +1,98 @@
+"""Command line: ``descentlab train|check|list``.
+
+  descentlab train --spec spec.json --out DIR    train one run (resumes if DIR has a resume point)
+  descentlab check config/studies/*.yaml         validate study files without running anything
+  descentlab list optimizers                     the names a registry accepts
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REGISTRY_KINDS = ("datasets", "models", "losses", "optimizers", "schedules", "instruments", "figures")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+    import yaml
+
+    from .data import SplitData, build_dataset
+    from .jobs import resolve_device
+    from .spec import SpecError, validate
+    from .train import train_run
+
+    try:
+        with open(args.spec) as fh:
+            spec = yaml.safe_load(fh)  # YAML is a superset of JSON
+        spec = validate(spec, where=str(args.spec))
+    except (OSError, SpecError) as err:
+        print(f"descentlab train: {err}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    data = SplitData.load(args.data) if args.data else build_dataset(spec["dataset"])
+    result = train_run(spec, data, args.out, device=resolve_device(args.device), progress=None if args.progress == "auto" else args.progress == "on")
+    print(json.dumps({"run_id": result.run_id, "status": result.status, "steps": result.steps_completed, "resumed_from": result.resumed_from, "out": str(result.out_dir)}))
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .studies import SCALES, StudyError, expand_study, load_study
+
+    failed = 0
+    for path in args.studies:
+        try:
+            study = load_study(path)
+        except StudyError as err:
+            print(err, file=sys.stderr)
+            failed += 1
+            continue
+        counts = ", ".join(f"{scale}: {len(expand_study(study, scale))} runs" for scale in SCALES)
+        print(f"{path}: ok ({counts})")
+    return 1 if failed else 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .plots import FIGURES
+    from .spec import registries
+    from .train.instruments import INSTRUMENTS
+
+    plural = {"dataset": "datasets", "model": "models", "loss": "losses", "optimizer": "optimizers", "schedule": "schedules"}
+    regs = {plural[k]: v for k, v in registries().items()}
+    regs.update(instruments=INSTRUMENTS, figures=FIGURES)
+    print("\n".join(regs[args.kind].names()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="descentlab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train one run from a spec file (JSON or YAML)")
+    train.add_argument("--spec", required=True, type=Path, help="run spec file")
+    train.add_argument("--out", required=True, type=Path, help="run directory (created; resumed if it holds a resume point)")
+    train.add_argument("--data", type=Path, help="a prepared dataset .pt (default: build the spec's dataset)")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    train.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    train.add_argument("--progress", choices=("auto", "on", "off"), default="auto", help="progress bar (auto: when stderr is a terminal)")
+    train.set_defaults(func=_cmd_train)
+
+    check = sub.add_parser("check", help="validate study files at every scale")
+    check.add_argument("studies", nargs="+", type=Path)
+    check.set_defaults(func=_cmd_check)
+
+    lst = sub.add_parser("list", help="list the names a registry accepts")
+    lst.add_argument("kind", choices=REGISTRY_KINDS)
+    lst.set_defaults(func=_cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
