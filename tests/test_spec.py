@@ -9,7 +9,6 @@ from descentlab.spec import (
     canonical,
     data_id,
     deep_merge,
-    group_id,
     run_id,
     spec_hash,
     validate,
@@ -48,10 +47,7 @@ def test_run_id_is_readable_and_ends_with_the_hash():
     assert rid == f"gaussian_mixture-mlp-adam-lr0.001-s0-{spec_hash(SPEC)}"
 
 
-def test_group_id_is_shared_by_seeds_and_data_id_by_dataset():
-    a, b = dict(SPEC, seed=0), dict(SPEC, seed=1)
-    assert group_id(a, [0, 1]) == group_id(b, [1, 0])
-    assert group_id(a, [0, 1]) != group_id(a, [0, 1, 2])
+def test_data_id_names_the_dataset_spec():
     assert data_id(SPEC["dataset"]) == data_id({"n_samples": 400, "name": "gaussian_mixture"})
     assert data_id(SPEC["dataset"]) != data_id({"name": "gaussian_mixture", "n_samples": 401})
 

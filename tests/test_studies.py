@@ -102,8 +102,23 @@ def test_plan_shares_runs_between_studies_and_groups_seeds(tmp_path):
     assert len(p.runs) == 12 + 2  # toy2 adds only its seed-3 runs
     members = sorted(r for g in p.groups.values() for r in g)
     assert members == sorted(p.runs)  # every run in exactly one group
-    assert all(len(g) <= 3 for g in p.groups.values())
-    for group in p.groups.values():
-        specs = [dict(p.runs[r], seed=0) for r in group]
-        assert all(s == specs[0] for s in specs)
+    assert len(p.groups) == 5 and all(len(g) <= 3 for g in p.groups.values())
     assert len(p.datasets) == 1
+
+
+def test_groups_keep_seeds_together_and_split_by_dataset():
+    from descentlab.studies import group_runs
+    from descentlab.spec import canonical
+
+    runs = {}
+    for ds in (100, 200):
+        for lr in (0.1, 0.2):
+            for seed in (0, 1):
+                spec = canonical({"dataset": {"name": "gaussian_mixture", "n_samples": ds},
+                                  "optimizer": {"name": "sgd", "lr": lr}, "seed": seed})
+                runs[f"{ds}-{lr}-{seed}"] = spec
+    groups = group_runs(runs, max_runs_per_job=2)
+    assert sorted(map(sorted, groups.values())) == sorted(
+        [sorted([f"{ds}-{lr}-0", f"{ds}-{lr}-1"]) for ds in (100, 200) for lr in (0.1, 0.2)])
+    big = group_runs(runs, max_runs_per_job=3)  # 4 runs per dataset -> 2 jobs of 2
+    assert sorted(len(g) for g in big.values()) == [2, 2, 2, 2]

@@ -123,14 +123,6 @@ def run_id(spec: dict[str, Any]) -> str:
     return f"{_readable_prefix(spec)}-s{spec['seed']}-{spec_hash(spec)}"
 
 
-def group_id(spec: dict[str, Any], seeds: list[int]) -> str:
-    """Names a group of runs that differ only in their seed (trained in one process)."""
-    spec = canonical(spec)
-    key = dict(spec, seed=sorted(int(s) for s in seeds))
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{_readable_prefix(spec)}-g{digest}"
-
-
 def data_id(dataset: dict[str, Any]) -> str:
     """Names the prepared dataset file, ``<name>-<hash8>``."""
     ds = _normalise(dataset)

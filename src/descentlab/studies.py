@@ -3,13 +3,14 @@
 A study (``config/studies/<name>.yaml``) is a base run spec, sizes per scale,
 sweep axes and figures. ``expand_study`` turns it into runs at one scale, each
 with its canonical spec, run id and axis labels; ``plan`` merges the runs of
-several studies (a run two studies need is trained once) and groups runs that
-differ only in their seed, so one job trains a group in one process.
+several studies (a run two studies need is trained once) and groups runs on
+the same dataset into jobs, so one process trains a group (``group_runs``).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .spec import SpecError, canonical, data_id, deep_merge, group_id, run_id, validate
+from .spec import SpecError, canonical_json, data_id, deep_merge, run_id, validate
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
 SCALES = ("smoke", "cpu", "paper")
@@ -154,11 +155,34 @@ class Plan:
     studies: dict[str, dict[str, Any]]
     runs: dict[str, dict[str, Any]]  # run id -> canonical spec
     study_runs: dict[str, list[Run]]  # study -> its runs (with labels)
-    groups: dict[str, list[str]]  # group id -> run ids trained in one job
+    groups: dict[str, list[str]]  # group id -> run ids trained in one job (see group_runs)
     datasets: dict[str, dict[str, Any]]  # data id -> dataset spec
 
     def data_of(self, rid: str) -> str:
         return data_id(self.runs[rid]["dataset"])
+
+
+def group_runs(runs: dict[str, dict[str, Any]], max_runs_per_job: int) -> dict[str, list[str]]:
+    """Split runs into training jobs of at most ``max_runs_per_job`` runs that
+    share a dataset, so Python, torch and the data load once per job.
+
+    Runs are ordered by (everything but the seed, seed), so the seeds of one
+    configuration stay together, and each dataset's runs are cut into equal
+    chunks. A job whose membership changes is rerun, but its unchanged runs
+    only rewrite their outputs from their saved final state.
+    """
+    by_data: dict[str, list[str]] = {}
+    for rid, spec in runs.items():
+        by_data.setdefault(data_id(spec["dataset"]), []).append(rid)
+    groups: dict[str, list[str]] = {}
+    for did, members in sorted(by_data.items()):
+        members.sort(key=lambda r: (canonical_json(dict(runs[r], seed=0)), runs[r]["seed"]))
+        n_jobs = -(-len(members) // max_runs_per_job)
+        for k in range(n_jobs):
+            chunk = members[k * len(members) // n_jobs : (k + 1) * len(members) // n_jobs]
+            digest = hashlib.sha256("\n".join(chunk).encode()).hexdigest()[:8]
+            groups[f"{did.rsplit('-', 1)[0]}-g{digest}"] = chunk
+    return groups
 
 
 def study_paths(studies_dir: str | Path, selection: str | list[str]) -> list[Path]:
@@ -175,7 +199,7 @@ def study_paths(studies_dir: str | Path, selection: str | list[str]) -> list[Pat
     return [available[s] for s in selection]
 
 
-def plan(paths: list[Path], scale: str, max_runs_per_job: int = 16, schema_dir: Path = SCHEMA_DIR) -> Plan:
+def plan(paths: list[Path], scale: str, max_runs_per_job: int = 8, schema_dir: Path = SCHEMA_DIR) -> Plan:
     schema = study_schema(schema_dir)
     studies, runs, study_runs = {}, {}, {}
     for path in paths:
@@ -184,17 +208,6 @@ def plan(paths: list[Path], scale: str, max_runs_per_job: int = 16, schema_dir: 
         study_runs[study["name"]] = expand_study(study, scale, source=str(path))
         for run in study_runs[study["name"]]:
             runs[run.run_id] = run.spec
-    # Runs that differ only in their seed share a job (and a Python start-up).
-    by_config: dict[str, list[str]] = {}
-    for rid, spec in runs.items():
-        key = canonical(dict(spec, seed=0))
-        by_config.setdefault(repr(sorted(key.items())), []).append(rid)
-    groups: dict[str, list[str]] = {}
-    for members in by_config.values():
-        members.sort(key=lambda r: runs[r]["seed"])
-        for start in range(0, len(members), max_runs_per_job):
-            chunk = members[start : start + max_runs_per_job]
-            seeds = [runs[r]["seed"] for r in chunk]
-            groups[group_id(runs[chunk[0]], seeds)] = chunk
+    groups = group_runs(runs, max_runs_per_job)
     datasets = {data_id(spec["dataset"]): spec["dataset"] for spec in runs.values()}
     return Plan(studies, runs, study_runs, groups, datasets)
