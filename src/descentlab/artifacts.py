@@ -29,7 +29,16 @@ def collect_runs(run_rows: Sequence[dict[str, Any]], runs_dir: str | os.PathLike
         frames.append(metrics)
         table.append({**row, "status": read_status(rdir)["status"]})
     metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", "step", "split", "metric", "value"])
-    return metrics, pd.DataFrame(table)
+    return metrics, pd.DataFrame(table, columns=None if table else ["run_id", "seed", "status"])
+
+
+def write_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a parquet table atomically (a killed job leaves no half file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
 
 
 def save_figure(fig, plotted: pd.DataFrame, summary: pd.DataFrame, pdf: str, png: str, csv: str, summary_csv: str) -> None:

@@ -30,6 +30,7 @@ class StudyError(ValueError):
 
 
 def _enum_names() -> dict[str, list[str]]:
+    from .analyses import ANALYSES
     from .plots import FIGURES
     from .spec import registries
     from .train.instruments import INSTRUMENTS
@@ -43,6 +44,7 @@ def _enum_names() -> dict[str, list[str]]:
         "__SCHEDULES__": regs["schedule"].names(),
         "__INSTRUMENTS__": INSTRUMENTS.names(),
         "__FIGURE_KINDS__": FIGURES.names(),
+        "__ANALYSES__": ANALYSES.names(),
     }
 
 
@@ -78,10 +80,54 @@ def _apply_defaults(study: dict[str, Any]) -> dict[str, Any]:
     study = copy.deepcopy(study)
     study.setdefault("seeds", [0])
     study.setdefault("axes", {})
+    study.setdefault("analyses", [])
+    for analysis in study["analyses"]:
+        analysis.setdefault("runs", True)
+        analysis.setdefault("options", {})
+        analysis.setdefault("scales", {})
     for fig in study["figures"]:
         fig.setdefault("options", {})
         fig.setdefault("caption", "")
+        fig.setdefault("analyses", [])
     return study
+
+
+def analysis_options(analysis: dict[str, Any], scale: str) -> dict[str, Any]:
+    """The analysis's options at ``scale`` (per-scale values over the shared ones)."""
+    return deep_merge(analysis.get("options", {}), analysis.get("scales", {}).get(scale, {}))
+
+
+def _check_analyses_and_figures(study: dict[str, Any], path: Path) -> None:
+    import inspect
+
+    from .analyses import ANALYSES
+    from .plots import FIGURES
+
+    names = [a["name"] for a in study["analyses"]]
+    if len(set(names)) != len(names):
+        raise StudyError(f"{path}: analysis names must be unique, got {names}")
+    for analysis in study["analyses"]:
+        if analysis["runs"] and "base" not in study:
+            raise StudyError(f"{path}: analysis {analysis['name']!r} reads runs, but the study has no base spec")
+        fn = ANALYSES.get(analysis["kind"])
+        accepted = set(inspect.signature(fn).parameters) - {"runs", "device"}
+        for scale in SCALES:
+            unknown = sorted(set(analysis_options(analysis, scale)) - accepted)
+            if unknown:
+                raise StudyError(
+                    f"{path}: analysis {analysis['name']!r} ({analysis['kind']}) does not take {unknown} "
+                    f"(scale {scale}); it takes: {', '.join(sorted(accepted))}"
+                )
+    for fig in study["figures"]:
+        missing = sorted(set(fig["analyses"]) - set(names))
+        if missing:
+            raise StudyError(f"{path}: figure {fig['name']!r} reads unknown analyses {missing}; the study has: {names}")
+        fn = FIGURES.get(fig["kind"])
+        params = inspect.signature(fn).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            unknown = sorted(set(fig["options"]) - set(params) - {"title"})
+            if unknown:
+                raise StudyError(f"{path}: figure {fig['name']!r} ({fig['kind']}) does not take options {unknown}")
 
 
 def load_study(path: str | Path, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -103,6 +149,7 @@ def load_study(path: str | Path, schema: dict[str, Any] | None = None) -> dict[s
     names = [f["name"] for f in study["figures"]]
     if len(set(names)) != len(names):
         raise StudyError(f"{path}: figure names must be unique, got {names}")
+    _check_analyses_and_figures(study, path)
     for scale in SCALES:
         for run in expand_study(study, scale, source=str(path)):
             pass  # expand_study validates every spec
@@ -121,6 +168,8 @@ def expand_study(study: dict[str, Any], scale: str, source: str = "") -> list[Ru
     combination, times the seeds; every spec validated against the registries."""
     if scale not in SCALES:
         raise StudyError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
+    if "base" not in study:
+        return []
     where_file = source or study["name"]
     sizing = study["scales"][scale]
     seeds = sizing.get("seeds", study.get("seeds", [0]))

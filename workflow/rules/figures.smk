@@ -22,6 +22,7 @@ rule figure:
         figure=figure_spec,
         runs=lambda wc: [{"run_id": r.run_id, **r.labels} for r in PLAN.study_runs[wc.study]],
         runs_dir=f"{RESULTS}/runs",
+        tables=figure_tables,
         title=lambda wc: PLAN.studies[wc.study]["title"],
     log:
         f"{RESULTS}/logs/figures/{{study}}/{{figure}}.log",

@@ -9,6 +9,7 @@ import pandas as pd
 import seaborn as sns
 
 from . import FIGURES
+from ._tables import label_columns
 
 DEFAULT_PANELS = [
     {"split": "train", "metric": "loss", "ylabel": "train loss", "log": True},
@@ -16,14 +17,11 @@ DEFAULT_PANELS = [
 ]
 
 
-def _label_columns(runs: pd.DataFrame) -> list[str]:
-    return [c for c in runs.columns if c not in ("run_id", "seed", "status")]
-
-
 @FIGURES.register("learning_curves")
 def learning_curves(
     metrics: pd.DataFrame,
     runs: pd.DataFrame,
+    tables: dict[str, pd.DataFrame] | None = None,
     hue: str | None = None,
     panels: list[dict[str, Any]] | None = None,
     band: str = "sd",
@@ -32,7 +30,7 @@ def learning_curves(
     """One panel per (split, metric); one line per ``hue`` value (default: the
     study's first axis), mean over seeds with a ``band`` (``sd`` or ``ci``)."""
     panels = panels or DEFAULT_PANELS
-    labels = _label_columns(runs)
+    labels = label_columns(runs)
     hue = hue or (labels[0] if labels else None)
     if hue is not None and hue not in runs.columns:
         raise ValueError(f"learning_curves: hue {hue!r} is not an axis of the study; axes: {labels}")

@@ -1,0 +1,22 @@
+# Analyses: one table per (study, analysis), computed from the study's runs
+# (their checkpoints and data) or, for a standalone experiment, from nothing.
+# Stage-specific rules that produce weights or per-run caches live in
+# average.smk, curvature.smk, landscape.smk and scaling.smk.
+
+
+rule analysis:
+    input:
+        analysis_inputs,
+    output:
+        f"{RESULTS}/analyses/{{study}}/{{analysis}}.parquet",
+    params:
+        analysis=analysis_spec,
+        runs=analysis_runs,
+        device=config["device"],
+    threads: config["threads_per_job"]
+    log:
+        f"{RESULTS}/logs/analyses/{{study}}/{{analysis}}.log",
+    conda:
+        ENV
+    script:
+        "../../scripts/analysis.py"
