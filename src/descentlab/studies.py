@@ -174,7 +174,11 @@ def expand_study(study: dict[str, Any], scale: str, source: str = "") -> list[Ru
     sizing = study["scales"][scale]
     seeds = sizing.get("seeds", study.get("seeds", [0]))
     base = deep_merge(study["base"], sizing.get("set", {}))
-    axes = study.get("axes", {})
+    axes = dict(study.get("axes", {}))
+    unknown_axes = sorted(set(sizing.get("axes", {})) - set(axes))
+    if unknown_axes:
+        raise StudyError(f"{where_file}: scale {scale} replaces axes {unknown_axes} that the study does not have")
+    axes.update(sizing.get("axes", {}))
     axis_names = list(axes)
     runs: list[Run] = []
     for combo in itertools.product(*(axes[a] for a in axis_names)):
