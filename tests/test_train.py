@@ -126,7 +126,7 @@ def test_resume_gives_identical_results(data, tmp_path, stop_at):
         train_run(spec, data, tmp_path / "cut", stop_at=stop_at)
     assert not (tmp_path / "cut" / "status.json").exists()  # no partial artifact looks finished
     result = train_run(spec, data, tmp_path / "cut")
-    assert result.resumed_from == stop_at
+    assert stop_at <= result.resumed_from < 60 and result.resumed_from % 3 == 0  # a log step
     pd.testing.assert_frame_equal(metrics(tmp_path / "whole"), metrics(tmp_path / "cut"))
     a, b = weights(tmp_path / "whole"), weights(tmp_path / "cut")
     assert all(torch.equal(a[k], b[k]) for k in a)

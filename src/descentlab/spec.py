@@ -31,7 +31,7 @@ DEFAULT_SPEC: dict[str, Any] = {
     "eval_every": 100,  # val/test metrics every k steps (and at 0 and the end); 0: ends only
     "eval_splits": ["val", "test"],
     "checkpoints": [],  # steps at which to save the weights
-    "resume_every": 0,  # resume point every k steps (0: at every eval)
+    "resume_every": 0,  # resume point at the first log step k steps after the last (0: every minute)
     "instruments": [],  # [{"name": ..., "every": k, ...}] measured during training
 }
 

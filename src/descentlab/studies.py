@@ -156,6 +156,20 @@ def load_study(path: str | Path, schema: dict[str, Any] | None = None) -> dict[s
     return study
 
 
+def _multiply(spec: dict[str, Any], path: str, factor: float, where: str) -> dict[str, Any]:
+    """A copy of ``spec`` with the number at dotted ``path`` times ``factor``."""
+    spec = copy.deepcopy(spec)
+    *parents, leaf = path.split(".")
+    node = spec
+    for key in parents:
+        node = node.get(key) if isinstance(node, dict) else None
+    value = node.get(leaf) if isinstance(node, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise StudyError(f"{where}: multiply {path!r} needs a number there, found {value!r}")
+    node[leaf] = value * factor
+    return spec
+
+
 @dataclass
 class Run:
     run_id: str
@@ -185,7 +199,9 @@ def expand_study(study: dict[str, Any], scale: str, source: str = "") -> list[Ru
         spec = base
         labels: dict[str, Any] = {}
         for axis, entry in zip(axis_names, combo):
-            spec = deep_merge(spec, entry["set"])
+            spec = deep_merge(spec, entry.get("set", {}))
+            for path, factor in entry.get("multiply", {}).items():
+                spec = _multiply(spec, path, factor, f"{where_file} (scale {scale}, axis {axis}, {entry['label']!r})")
             labels[axis] = entry["label"]
         for seed in seeds:
             where = f"{where_file} (scale {scale}, {labels or 'base'}, seed {seed})"
@@ -215,9 +231,11 @@ class Plan:
         return data_id(self.runs[rid]["dataset"])
 
 
-def group_runs(runs: dict[str, dict[str, Any]], max_runs_per_job: int) -> dict[str, list[str]]:
+def group_runs(runs: dict[str, dict[str, Any]], max_runs_per_job: int, min_jobs: int = 1) -> dict[str, list[str]]:
     """Split runs into training jobs of at most ``max_runs_per_job`` runs that
-    share a dataset, so Python, torch and the data load once per job.
+    share a dataset, so Python, torch and the data load once per job; each
+    dataset's runs get at least ``min_jobs`` jobs (when it has that many runs),
+    so they can train in parallel.
 
     Runs are ordered by (everything but the seed, seed), so the seeds of one
     configuration stay together, and each dataset's runs are cut into equal
@@ -230,7 +248,7 @@ def group_runs(runs: dict[str, dict[str, Any]], max_runs_per_job: int) -> dict[s
     groups: dict[str, list[str]] = {}
     for did, members in sorted(by_data.items()):
         members.sort(key=lambda r: (canonical_json(dict(runs[r], seed=0)), runs[r]["seed"]))
-        n_jobs = -(-len(members) // max_runs_per_job)
+        n_jobs = max(-(-len(members) // max_runs_per_job), min(min_jobs, len(members)))
         for k in range(n_jobs):
             chunk = members[k * len(members) // n_jobs : (k + 1) * len(members) // n_jobs]
             digest = hashlib.sha256("\n".join(chunk).encode()).hexdigest()[:8]
@@ -252,7 +270,9 @@ def study_paths(studies_dir: str | Path, selection: str | list[str]) -> list[Pat
     return [available[s] for s in selection]
 
 
-def plan(paths: list[Path], scale: str, max_runs_per_job: int = 8, schema_dir: Path = SCHEMA_DIR) -> Plan:
+def plan(
+    paths: list[Path], scale: str, max_runs_per_job: int = 64, min_jobs_per_dataset: int = 2, schema_dir: Path = SCHEMA_DIR
+) -> Plan:
     schema = study_schema(schema_dir)
     studies, runs, study_runs = {}, {}, {}
     for path in paths:
@@ -261,6 +281,6 @@ def plan(paths: list[Path], scale: str, max_runs_per_job: int = 8, schema_dir: P
         study_runs[study["name"]] = expand_study(study, scale, source=str(path))
         for run in study_runs[study["name"]]:
             runs[run.run_id] = run.spec
-    groups = group_runs(runs, max_runs_per_job)
+    groups = group_runs(runs, max_runs_per_job, min_jobs_per_dataset)
     datasets = {data_id(spec["dataset"]): spec["dataset"] for spec in runs.values()}
     return Plan(studies, runs, study_runs, groups, datasets)

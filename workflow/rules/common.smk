@@ -17,6 +17,7 @@ try:
         study_paths(config["studies_dir"], config["studies"]),
         config["scale"],
         max_runs_per_job=config["max_runs_per_job"],
+        min_jobs_per_dataset=config["min_jobs_per_dataset"],
         schema_dir=Path(workflow.basedir) / "workflow" / "schemas",
     )
 except StudyError as err:

@@ -9,7 +9,7 @@ import pandas as pd
 import seaborn as sns
 
 from . import FIGURES
-from ._tables import label_columns
+from ._tables import label_columns, one_table
 
 DEFAULT_PANELS = [
     {"split": "train", "metric": "loss", "ylabel": "train loss", "log": True},
@@ -25,32 +25,51 @@ def learning_curves(
     hue: str | None = None,
     panels: list[dict[str, Any]] | None = None,
     band: str = "sd",
+    facet: str | None = None,
+    table: str | None = None,
     title: str | None = None,
 ):
-    """One panel per (split, metric); one line per ``hue`` value (default: the
-    study's first axis), mean over seeds with a ``band`` (``sd`` or ``ci``)."""
+    """One panel per (split, metric), and one row of panels per ``facet`` value;
+    one line per ``hue`` value (default: the study's first axis), mean over
+    seeds with a ``band`` (``sd`` or ``ci``). With ``table``, the curves come
+    from that analysis table (tidy metrics with label columns, e.g. the reruns
+    of an optimizer benchmark) instead of the study's runs."""
     panels = panels or DEFAULT_PANELS
+    if table is not None:
+        source = one_table(tables, table, "learning_curves", required=("run_id", "step", "split", "metric", "value"))
+        runs = source.drop(columns=["step", "split", "metric", "value"]).drop_duplicates("run_id")
+        metrics = source[["run_id", "step", "split", "metric", "value"]]
     labels = label_columns(runs)
     hue = hue or (labels[0] if labels else None)
-    if hue is not None and hue not in runs.columns:
-        raise ValueError(f"learning_curves: hue {hue!r} is not an axis of the study; axes: {labels}")
-    table = metrics.merge(runs, on="run_id", how="inner")
-    keep = pd.Series(False, index=table.index)
+    for axis in (hue, facet):
+        if axis is not None and axis not in runs.columns:
+            raise ValueError(f"learning_curves: {axis!r} is not an axis of the study; axes: {labels}")
+    merged = metrics.merge(runs, on="run_id", how="inner")
+    keep = pd.Series(False, index=merged.index)
     for p in panels:
-        keep |= (table["split"] == p["split"]) & (table["metric"] == p["metric"])
-    plotted = table[keep].reset_index(drop=True)
+        keep |= (merged["split"] == p["split"]) & (merged["metric"] == p["metric"])
+    plotted = merged[keep].reset_index(drop=True)
     if plotted.empty:
         raise ValueError(f"learning_curves: no metrics match the panels {panels}")
 
     errorbar = ("sd", 1) if band == "sd" else ("ci", 95)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for ax, p in zip(axes[0], panels):
-        data = plotted[(plotted["split"] == p["split"]) & (plotted["metric"] == p["metric"])]
-        sns.lineplot(data=data, x="step", y="value", hue=hue, errorbar=errorbar, ax=ax, legend=ax is axes[0][0])
-        ax.set_ylabel(p.get("ylabel", f"{p['split']} {p['metric']}"))
-        if p.get("log"):
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
+    facets = list(dict.fromkeys(plotted[facet])) if facet else [None]
+    fig, axes = plt.subplots(len(facets), len(panels), figsize=(4.2 * len(panels), 3.4 * len(facets)), squeeze=False)
+    many = hue is not None and plotted[hue].nunique() > 8
+    for row, value in zip(axes, facets):
+        rows = plotted if value is None else plotted[plotted[facet] == value]
+        for ax, p in zip(row, panels):
+            data = rows[(rows["split"] == p["split"]) & (rows["metric"] == p["metric"])]
+            legend = ax is axes[0][-1] if many else ax is axes[0][0]
+            sns.lineplot(data=data, x="step", y="value", hue=hue, errorbar=errorbar, ax=ax, legend=legend)
+            ax.set_ylabel(p.get("ylabel", f"{p['split']} {p['metric']}"))
+            if value is not None:
+                ax.set_title(str(value))
+            if p.get("log"):
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+    if many and axes[0][-1].get_legend():
+        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=7)
     diverged = runs[runs["status"] != "ok"]
     if len(diverged):
         fig.text(0.01, 0.01, f"{len(diverged)} run(s) diverged; their curves end where they stopped", fontsize=8)

@@ -45,6 +45,7 @@ from .instruments import build_instrument
 METRIC_COLUMNS = ["step", "split", "metric", "value"]
 STATE_FILE = Path(".resume") / "state.pt"
 STATE_CHECKPOINTS = Path(".resume") / "checkpoints"
+RESUME_SECONDS = 60.0  # resume-point interval when the spec gives no step interval
 
 
 @dataclass
@@ -171,8 +172,8 @@ def train_run(
 ) -> RunResult:
     """Train one run into ``out_dir`` (see the module docstring for the files).
 
-    ``stop_at``: raise ``Interrupted`` once this step's resume point is written
-    (for tests of resuming). ``extra_instruments``: callables used in addition to
+    ``stop_at``: raise ``Interrupted`` after the first resume point at or after
+    this step (stands in for a kill, in tests of resuming). ``extra_instruments``: callables used in addition to
     the spec's ``instruments`` (library use; they are not part of the run's hash).
     """
     spec = validate(spec)
@@ -184,7 +185,7 @@ def train_run(
     device = torch.device(device)
     steps, log_every = spec["steps"], spec["log_every"]
     eval_every = spec["eval_every"]
-    resume_every = spec["resume_every"] or eval_every or steps
+    resume_every = spec["resume_every"]  # 0: every RESUME_SECONDS of training
     checkpoint_steps = set(spec["checkpoints"])
     state_file = out / STATE_FILE
     identity = {"spec_hash": spec_hash(spec, 64), "code": training_code_fingerprint()}
@@ -207,7 +208,7 @@ def train_run(
     base_lrs = [group["lr"] for group in optimizer.param_groups]
 
     rows: list[tuple[int, str, str, float]] = []
-    step, window_sum, window_n = 0, 0.0, 0
+    step, window_n = 0, 0
     status, diverged_at = "ok", None
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -218,7 +219,7 @@ def train_run(
             if inst_state is not None:
                 inst.load_state_dict(inst_state)
         rows = [tuple(r) for r in saved["rows"]]
-        step, window_sum, window_n = saved["step"], saved["window_sum"], saved["window_n"]
+        step = saved["step"]
         base_lrs = saved["base_lrs"]
     resumed_from = step
 
@@ -263,8 +264,6 @@ def train_run(
             "torch_rng": torch.get_rng_state(),
             "instruments": [inst.state_dict() if hasattr(inst, "state_dict") else None for inst in instruments],
             "rows": [list(r) for r in rows],
-            "window_sum": window_sum,
-            "window_n": window_n,
             "base_lrs": base_lrs,
         }
 
@@ -277,6 +276,13 @@ def train_run(
         return loss
 
     started = time.perf_counter()
+    last_resume = (step, started)
+
+    def resume_due(at_step: int) -> bool:
+        if resume_every:
+            return at_step - last_resume[0] >= resume_every
+        return time.perf_counter() - last_resume[1] >= RESUME_SECONDS
+
     if step == 0:
         if eval_every and not run_eval(0):
             status, diverged_at = "diverged", 0
@@ -300,11 +306,11 @@ def train_run(
                 rows.append((step, "train", metric, float(value)))
         log_now = step % log_every == 0 or step == steps
         if log_now:
-            mean_loss = (window_sum + float(window_loss)) / window_n
+            mean_loss = float(window_loss) / window_n
             rows.append((step, "train", "loss", mean_loss))
             rows.append((step, "train", "lr", lr))
             window_loss.zero_()
-            window_sum, window_n = 0.0, 0
+            window_n = 0
             if not math.isfinite(mean_loss):
                 status, diverged_at = "diverged", step
             bar.update(step - shown)
@@ -315,11 +321,11 @@ def train_run(
                 status, diverged_at = "diverged", step
         if step in checkpoint_steps:
             save_checkpoint(step)
-        if step % resume_every == 0 and step < steps and status == "ok":
-            # The window's partial sum travels in the state as a float.
-            window_sum += float(window_loss)
-            window_loss.zero_()
+        # Resume points only at log steps, where the loss window is empty, so
+        # where they fall never changes the numbers.
+        if log_now and step < steps and status == "ok" and resume_due(step):
             _atomic_save(state(finished=False), state_file)
+            last_resume = (step, time.perf_counter())
             if stop_at is not None and step >= stop_at:
                 bar.close()
                 raise Interrupted(f"{rid}: stopped at step {step} (stop_at={stop_at})")

@@ -1,0 +1,88 @@
+"""Optimizer benchmarks in the manner of DeepOBS / AlgoPerf: a declared
+learning-rate search per (problem, optimizer), then the best setting rerun
+over more seeds."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pandas as pd
+
+from ..spec import run_id
+from . import ANALYSES, RunRef
+
+log = logging.getLogger("descentlab")
+
+
+def final_value(run: RunRef, split: str, metric: str) -> float:
+    """The run's last recorded (split, metric); NaN if it diverged or never recorded it."""
+    if run.status != "ok":
+        return math.nan
+    m = pd.read_parquet(run.dir / "metrics.parquet")
+    sel = m[(m["split"] == split) & (m["metric"] == metric)]
+    return float(sel.sort_values("step")["value"].iloc[-1]) if len(sel) else math.nan
+
+
+def select_best(runs: list[RunRef], group_by: list[str], split: str, metric: str, mode: str) -> dict[tuple, RunRef | None]:
+    """Per cell (the values of ``group_by``), the run with the best final value;
+    None for a cell whose every setting diverged."""
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    best: dict[tuple, tuple[float, RunRef] | None] = {}
+    for run in runs:
+        missing = [g for g in group_by if g not in run.labels]
+        if missing:
+            raise ValueError(f"group_by {missing} are not axes of the study; axes: {sorted(run.labels)}")
+        cell = tuple(run.labels[g] for g in group_by)
+        value = final_value(run, split, metric)
+        best.setdefault(cell, None)
+        if math.isnan(value):
+            continue
+        score = value if mode == "min" else -value
+        if best[cell] is None or score < best[cell][0]:
+            best[cell] = (score, run)
+    return {cell: (entry[1] if entry else None) for cell, entry in best.items()}
+
+
+@ANALYSES.register("rerun_best")
+def rerun_best(
+    runs: list[RunRef],
+    device: str = "cpu",
+    group_by: tuple[str, ...] = ("problem", "optimizer"),
+    split: str = "val",
+    metric: str = "loss",
+    mode: str = "min",
+    seeds: tuple[int, ...] = (1, 2),
+) -> pd.DataFrame:
+    """Pick each cell's best run by its final (split, metric), train it again
+    with each of ``seeds`` (runs are named by their spec hash, so reruns are
+    cached like any run), and return the tidy metrics of the best run and its
+    reruns with the cell's labels, the tuned axis labels, seed and status.
+    The selection uses the validation split; report test metrics from the table.
+    """
+    from ..data import SplitData
+    from ..train import train_run
+
+    group_by = list(group_by)
+    frames = []
+    for cell, best in sorted(select_best(runs, group_by, split, metric, mode).items(), key=lambda kv: str(kv[0])):
+        if best is None:
+            log.info("%s: every setting diverged; nothing to rerun", dict(zip(group_by, cell)))
+            continue
+        data = SplitData.load(best.data)
+        members = [(best.run_id, best.spec["seed"], best.status)]
+        for seed in seeds:
+            spec = dict(best.spec, seed=int(seed))
+            rid = run_id(spec)
+            result = train_run(spec, data, best.dir.parent / rid, device=device, progress=False)
+            members.append((rid, int(seed), result.status))
+            log.info("%s seed %d: %s (%s)", dict(zip(group_by, cell)), seed, result.status, rid)
+        for rid, seed, status in members:
+            m = pd.read_parquet(best.dir.parent / rid / "metrics.parquet")
+            for key, value in best.labels.items():
+                if key != "seed":
+                    m[key] = value
+            m["run_id"], m["seed"], m["status"], m["selected_from"] = rid, seed, status, best.run_id
+            frames.append(m)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
