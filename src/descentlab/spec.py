@@ -158,6 +158,10 @@ _POSITIONAL = {
 
 
 def _check_kwargs(kind: str, builder: Callable[..., Any], kwargs: dict[str, Any], where: str) -> None:
+    if kind == "dataset":
+        from .data import COMMON_OPTIONS
+
+        kwargs = {k: v for k, v in kwargs.items() if k not in COMMON_OPTIONS}
     try:
         sig = inspect.signature(builder)
     except (TypeError, ValueError):  # builtins without signatures: nothing to check

@@ -191,5 +191,32 @@ def teacher_student(
     )
 
 
+def with_label_noise(data: SplitData, fraction: float, seed: int) -> SplitData:
+    """A copy whose training labels are, for a random ``fraction`` of examples,
+    replaced by a uniformly drawn *different* class; val and test stay clean."""
+    if data.task != "classification":
+        raise ValueError("label_noise applies to classification datasets only")
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"label_noise must be in [0, 1], got {fraction}")
+    gen = torch.Generator().manual_seed(int(seed) + 7919)  # independent of the split's permutation
+    y = data.y["train"].clone()
+    n_noisy = int(round(fraction * len(y)))
+    idx = torch.randperm(len(y), generator=gen)[:n_noisy]
+    shift = torch.randint(1, data.num_outputs, (n_noisy,), generator=gen)
+    y[idx] = (y[idx] + shift) % data.num_outputs
+    info = dict(data.info, label_noise=fraction, noisy_indices=idx.tolist())
+    return SplitData(x=dict(data.x), y=dict(data.y, train=y), task=data.task,
+                     num_outputs=data.num_outputs, input_shape=data.input_shape, info=info)
+
+
+# Options every dataset spec may carry, applied after its builder.
+COMMON_OPTIONS = ("label_noise",)
+
+
 def build_dataset(spec: dict) -> SplitData:
-    return DATASETS.build(spec)
+    """Build ``{"name": ..., **kwargs}``; ``label_noise: f`` flips a fraction f
+    of the training labels (seeded by the dataset's ``seed``, default 0)."""
+    spec = dict(spec)
+    noise = float(spec.pop("label_noise", 0.0))
+    data = DATASETS.build(spec)
+    return with_label_noise(data, noise, spec.get("seed", 0)) if noise else data

@@ -36,5 +36,15 @@ class GradNorm:
         return {"grad_norm": float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))}
 
 
+@INSTRUMENTS.register("top_eigenvalue")
+def top_eigenvalue(every: int = 10, n_examples: int | None = None, tol: float = 1e-3, **kwargs):
+    """Sharpness (top Hessian eigenvalue of the training loss, warm-started
+    Lanczos) every ``every`` steps, for edge-of-stability plots; see
+    ``descentlab.curvature.instruments.TopEigenvalue`` for the options."""
+    from ..curvature.instruments import TopEigenvalue
+
+    return TopEigenvalue(every=every, n_examples=n_examples, tol=tol, **kwargs)
+
+
 def build_instrument(spec: dict):
     return INSTRUMENTS.build(spec)
