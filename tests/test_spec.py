@@ -85,7 +85,8 @@ def test_validate_checks_hyperparameter_names_against_the_builder():
     "bad, message",
     [({"steps": 0}, "steps must be a positive integer"), ({"batch_size": 2.5}, "batch_size"),
      ({"eval_splits": ["dev"]}, "eval_splits"), ({"checkpoints": [21]}, "outside"),
-     ({"instruments": [{"name": "nope"}]}, "unknown instrument")],
+     ({"instruments": [{"name": "nope"}]}, "unknown instrument"),
+     ({"schedule": {"name": "cosine", "warmup_steps": 50}}, r"schedule .*warmup_steps must be in \[0, total_steps=20\]")],
 )
 def test_validate_rejects_bad_values(bad, message):
     with pytest.raises(SpecError, match=message):

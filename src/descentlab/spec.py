@@ -215,6 +215,16 @@ def validate(spec: dict[str, Any], where: str = "run spec") -> dict[str, Any]:
     bad_ckpts = [s for s in spec["checkpoints"] if not 0 <= s <= spec["steps"]]
     if bad_ckpts:
         raise SpecError(f"{where}: checkpoints {bad_ckpts} outside [0, steps={spec['steps']}]")
+    # Cheap components are built once here, so bad values (a warmup longer than
+    # the run, a negative smoothing) fail at parse time rather than in a job.
+    for key in ("schedule", "loss"):
+        try:
+            if key == "schedule":
+                regs[key].build(spec[key], spec["steps"])
+            else:
+                regs[key].build(spec[key])
+        except (TypeError, ValueError) as err:
+            raise SpecError(f"{where}: {key} {spec[key]}: {err}") from None
     from .train.instruments import INSTRUMENTS
 
     for inst in spec["instruments"]:

@@ -1,0 +1,119 @@
+"""Curvature of trained runs: sharpness, trace and spectrum of the training-loss
+Hessian, computed with ``descentlab.curvature`` on a fixed training subset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..losses import build_loss
+from . import ANALYSES, RunRef
+
+
+def _subset(run: RunRef, data, n_examples: int | None, device: str):
+    """The first ``n_examples`` training examples (the split is already shuffled)."""
+    n = data.size("train") if n_examples is None else min(int(n_examples), data.size("train"))
+    return data.x["train"][:n].to(device), data.y["train"][:n].to(device)
+
+
+def _operator(run: RunRef, device: str, n_examples: int | None, chunk_size: int | None, dtype: str):
+    from ..curvature import HessianOperator
+
+    model, data = run.load(device=device)
+    loss_fn = build_loss(run.spec["loss"], model=model)
+    x, y = _subset(run, data, n_examples, device)
+    return HessianOperator(model, loss_fn, x, y, chunk_size=chunk_size, dtype=dtype), model, data, loss_fn
+
+
+@ANALYSES.register("curvature_summary")
+def curvature_summary(
+    runs: list[RunRef],
+    device: str = "cpu",
+    n_examples: int | None = 1000,
+    chunk_size: int | None = None,
+    dtype: str = "float32",
+    eig_tol: float = 1e-4,
+    trace_probes: int = 50,
+    adaptive_rho: float | None = None,
+    split: str = "test",
+) -> pd.DataFrame:
+    """Per run: top Hessian eigenvalue (with its residual), Hutchinson trace
+    (with its standard error), both of the training loss on ``n_examples``
+    training examples, the accuracy on ``split``, and, with ``adaptive_rho``,
+    the adaptive sharpness of ASAM (Kwon et al. 2021)."""
+    from ..curvature import adaptive_sharpness, hutchinson, top_eigenvalues
+    from ..train.loop import evaluate
+
+    rows = []
+    for run in runs:
+        row = {"run_id": run.run_id, **run.labels, "status": run.status}
+        if run.status == "ok":
+            op, model, data, loss_fn = _operator(run, device, n_examples, chunk_size, dtype)
+            top = top_eigenvalues(op, k=1, tol=eig_tol)
+            trace = hutchinson(op, n_probes=trace_probes, seed=0)
+            row.update(
+                top_eigenvalue=float(top.eigenvalues[0]),
+                top_eigenvalue_residual=float(top.residuals[0]),
+                trace=trace.estimate,
+                trace_stderr=trace.stderr,
+                train_loss=op.loss(),
+                **{f"{split}_{k}": v for k, v in evaluate(model, loss_fn, data.x[split].to(device), data.y[split].to(device), data.task).items()},
+            )
+            if adaptive_rho is not None:
+                x, y = _subset(run, data, n_examples, device)
+                row["adaptive_sharpness"] = float(adaptive_sharpness(model, loss_fn, x, y, rho=adaptive_rho)["sharpness"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def count_outliers(eigenvalues: np.ndarray) -> int:
+    """Outliers = the eigenvalues above the largest ratio gap among the top ones
+    (Sagun et al.: about C of them, then the bulk)."""
+    lam = np.sort(np.asarray(eigenvalues))[::-1]
+    positive = lam[lam > 0]
+    if len(positive) < 2:
+        return len(positive)
+    ratios = positive[:-1] / positive[1:]
+    return int(np.argmax(ratios) + 1)
+
+
+@ANALYSES.register("hessian_spectrum")
+def hessian_spectrum(
+    runs: list[RunRef],
+    device: str = "cpu",
+    n_examples: int | None = 1000,
+    chunk_size: int | None = None,
+    dtype: str = "float64",
+    top_k: int = 20,
+    eig_tol: float = 1e-6,
+    slq_iter: int = 60,
+    slq_runs: int = 5,
+    grid: int = 400,
+) -> pd.DataFrame:
+    """Per run: the top ``top_k`` eigenvalues (rows ``kind = eigenvalue``, with
+    residuals), the SLQ spectral density on ``grid`` points (``kind =
+    density``), and a summary row (``kind = summary``: outlier count, trace
+    estimate from the density, bulk edge = the 0.99 quantile of the spectrum)."""
+    from ..curvature import spectral_density, top_eigenvalues
+
+    frames = []
+    for run in runs:
+        base = {"run_id": run.run_id, **run.labels, "status": run.status}
+        if run.status != "ok":
+            frames.append(pd.DataFrame([dict(base, kind="summary")]))
+            continue
+        op, _, _, _ = _operator(run, device, n_examples, chunk_size, dtype)
+        k = min(int(top_k), op.shape[0] - 2)
+        top = top_eigenvalues(op, k=k, tol=eig_tol)
+        density = spectral_density(op, n_iter=slq_iter, n_runs=slq_runs, n_grid=grid, seed=0)
+        # the bulk edge: where the SLQ distribution reaches 99% of the spectrum
+        cdf = density.cdf(density.grid)
+        bulk_edge = float(density.grid[np.searchsorted(cdf, 0.99)]) if cdf[-1] >= 0.99 else float(density.grid[-1])
+        frames.append(pd.DataFrame([dict(base, kind="eigenvalue", index=i + 1, value=float(v), residual=float(r))
+                                    for i, (v, r) in enumerate(zip(top.eigenvalues, top.residuals))]))
+        frames.append(pd.DataFrame(dict(base, kind="density", eigenvalue=density.grid, value=density.density)))
+        frames.append(pd.DataFrame([dict(base, kind="summary", outliers=count_outliers(top.eigenvalues),
+                                         trace=density.moment(1) * op.shape[0], bulk_edge=bulk_edge,
+                                         top_eigenvalue=float(top.eigenvalues[0]), num_params=op.shape[0])]))
+    return pd.concat(frames, ignore_index=True)
