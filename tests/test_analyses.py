@@ -60,3 +60,11 @@ def test_learning_curves_and_summary_points_draw():
     fig, data, summary = FIGURES.get("summary_points")(metrics, runs, {"t": table}, columns=["accuracy", "ece"], x="ds", hue="method")
     row = summary[summary.method == "A"].iloc[0]
     assert row.accuracy_mean == pytest.approx(0.6) and row.accuracy_std == pytest.approx(np.std([0.5, 0.7], ddof=1))
+
+
+def test_count_outliers_finds_the_largest_gap():
+    from descentlab.analyses.curvature import count_outliers
+
+    assert count_outliers(np.array([3.0, 2.9, 2.0, 1.05, 0.95, 0.9])) == 3
+    assert count_outliers(np.array([0.5, 10.0, 9.0, 0.4])) == 2  # order does not matter
+    assert count_outliers(np.array([1.0])) == 1
