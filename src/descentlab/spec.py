@@ -33,6 +33,7 @@ DEFAULT_SPEC: dict[str, Any] = {
     "checkpoints": [],  # steps at which to save the weights
     "resume_every": 0,  # resume point at the first log step k steps after the last (0: every minute)
     "instruments": [],  # [{"name": ..., "every": k, ...}] measured during training
+    "subspace": None,  # {"dim": d, "seed": s}: train theta_0 + P theta_d only (intrinsic dimension)
 }
 
 # Keys whose dict values name a registry entry; the registries are looked up
@@ -209,6 +210,9 @@ def validate(spec: dict[str, Any], where: str = "run spec") -> dict[str, Any]:
     for key in ("seed", "eval_every", "resume_every"):
         if not isinstance(spec[key], int) or spec[key] < 0:
             raise SpecError(f"{where}: {key} must be a non-negative integer, got {spec[key]!r}")
+    sub = spec["subspace"]
+    if sub is not None and (not isinstance(sub, dict) or set(sub) - {"dim", "seed"} or not isinstance(sub.get("dim"), int) or sub["dim"] < 1):
+        raise SpecError(f"{where}: subspace must be null or {{dim: positive integer, seed: integer}}, got {sub!r}")
     bad_splits = sorted(set(spec["eval_splits"]) - {"train", "val", "test"})
     if bad_splits:
         raise SpecError(f"{where}: eval_splits may hold train, val, test; got {bad_splits}")

@@ -41,10 +41,10 @@ class RunRef:
         import torch
 
         from ..data import SplitData
-        from ..models import build_model
+        from ..train.loop import build_run_model
 
         data = SplitData.load(self.data)
-        model = build_model(self.spec["model"], data.input_shape, data.num_outputs)
+        model = build_run_model(self.spec, data)
         model.load_state_dict(torch.load(self.dir / weights, weights_only=True, map_location="cpu"))
         return model.to(device).eval(), data
 

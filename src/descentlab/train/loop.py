@@ -149,6 +149,20 @@ class _BatchSampler:
         self.pos = state["pos"]
 
 
+def build_run_model(spec: dict[str, Any], data: SplitData) -> torch.nn.Module:
+    """The run's model at initialisation: seeded by the run's seed, wrapped in
+    a random subspace when the spec asks for one. Analyses rebuild it this way
+    before loading weights, so the subspace's fixed theta_0 and P (not saved:
+    they are D x d) come back identical."""
+    torch.manual_seed(spec["seed"])
+    model = build_model(spec["model"], data.input_shape, data.num_outputs)
+    if spec.get("subspace"):
+        from ..landscape.subspace import RandomSubspace
+
+        model = RandomSubspace(model, **spec["subspace"], persistent=False)
+    return model
+
+
 def _call_if_present(obj: Any, method: str) -> None:
     fn = getattr(obj, method, None)
     if callable(fn):
@@ -195,8 +209,7 @@ def train_run(
         _write_outputs(out, spec, rid, saved)
         return RunResult(rid, saved["status"], saved["step"], out, saved["step"], 0.0)
 
-    torch.manual_seed(spec["seed"])
-    model = build_model(spec["model"], data.input_shape, data.num_outputs).to(device)
+    model = build_run_model(spec, data).to(device)
     loss_fn = build_loss(spec["loss"], model=model)
     optimizer = build_optimizer(model.parameters(), spec["optimizer"])
     multiplier = build_schedule(spec["schedule"], steps)
