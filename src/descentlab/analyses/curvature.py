@@ -117,3 +117,41 @@ def hessian_spectrum(
                                          trace=density.moment(1) * op.shape[0], bulk_edge=bulk_edge,
                                          top_eigenvalue=float(top.eigenvalues[0]), num_params=op.shape[0])]))
     return pd.concat(frames, ignore_index=True)
+
+
+@ANALYSES.register("minibatch_sharpness")
+def minibatch_sharpness(
+    runs: list[RunRef],
+    device: str = "cpu",
+    where: dict | None = None,
+    batch_sizes: tuple[int, ...] = (8, 32, 128, 512),
+    batches: int = 5,
+    eig_tol: float = 1e-3,
+    dtype: str = "float32",
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Top eigenvalue of the minibatch Hessian vs batch size, at the final
+    weights of the first run whose labels match ``where``: for each batch size,
+    ``batches`` random training minibatches (drawn with ``seed``), plus the
+    full training set (``batch_size`` = its size, ``full = True``)."""
+    from ..curvature import HessianOperator, top_eigenvalues
+
+    where = where or {}
+    chosen = [r for r in runs if r.status == "ok" and all(str(r.labels.get(k)) == str(v) for k, v in where.items())]
+    if not chosen:
+        raise ValueError(f"minibatch_sharpness: no finished run has labels {where}")
+    run = chosen[0]
+    model, data = run.load(device=device)
+    loss_fn = build_loss(run.spec["loss"], model=model)
+    x, y = data.x["train"].to(device), data.y["train"].to(device)
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for b in [int(b) for b in batch_sizes if int(b) < len(x)] + [len(x)]:
+        draws = 1 if b == len(x) else int(batches)
+        for k in range(draws):
+            idx = torch.randperm(len(x), generator=gen)[:b].to(device)
+            op = HessianOperator(model, loss_fn, x[idx], y[idx], dtype=dtype)
+            top = top_eigenvalues(op, k=1, tol=eig_tol, seed=k)
+            rows.append({"run_id": run.run_id, **run.labels, "batch_size": b, "draw": k, "full": b == len(x),
+                         "top_eigenvalue": float(top.eigenvalues[0]), "residual": float(top.residuals[0])})
+    return pd.DataFrame(rows)
