@@ -22,8 +22,12 @@ BATCHNORM_MODES = ("eval", "train")
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
 
-def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """Accept torch.float32/float64 or their names."""
+def parse_dtype(dtype: torch.dtype | str | None, model: nn.Module | None = None) -> torch.dtype:
+    """Accept torch.float32/float64 or their names; None means the model's parameter dtype."""
+    if dtype is None:
+        if model is None:
+            raise ValueError("dtype=None needs a model to take the dtype from")
+        dtype = next(model.parameters()).dtype
     if isinstance(dtype, str):
         dtype = {"float32": torch.float32, "float64": torch.float64, "float": torch.float32,
                  "double": torch.float64}.get(dtype, dtype)

@@ -11,7 +11,8 @@ the curvlinops package by Dangel et al.).
 Speed: when the data fit in one chunk (or ``cache_graph=True``), the
 first-order graph is built once and every product is one extra backward pass
 through it (the graph-reuse trick of PyHessian, Yao et al., arXiv 1912.07145),
-which measured ~1.8x faster per product than a fresh double-backward on CPU.
+which REFERENCES.md 5.1 measured at 29.8 vs 53.2 ms per product for a fresh
+double backward (99k-parameter MLP, 2,000 examples, CPU).
 Parameters are snapshotted at construction, so the operator is the curvature
 at that point even if the model is trained further afterwards.
 """
@@ -61,7 +62,8 @@ class CurvatureOperator(LinearOperator):
         loss_fn: ``loss_fn(outputs, targets)`` returning the mean over the batch.
         x, y: the fixed dataset (first dimension = examples).
         chunk_size: examples per forward pass (None: all at once).
-        dtype: ``torch.float32`` or ``torch.float64``; model, data and products use it.
+        dtype: ``torch.float32`` or ``torch.float64`` (None: the model's dtype); the
+            parameter snapshot, the data and the products use it.
         batchnorm: ``"eval"`` uses running statistics (chunking exact), ``"train"``
             uses each chunk's batch statistics (then the matrix depends on chunk_size).
         cache_graph: keep the first-order graph of the whole dataset between products
@@ -69,9 +71,9 @@ class CurvatureOperator(LinearOperator):
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, x, y, chunk_size: int | None = None,
-                 dtype: torch.dtype | str = torch.float64, batchnorm: str = "eval",
+                 dtype: torch.dtype | str | None = None, batchnorm: str = "eval",
                  cache_graph: bool | None = None):
-        self.torch_dtype = parse_dtype(dtype)
+        self.torch_dtype = parse_dtype(dtype, model)
         self.batchnorm = check_batchnorm_mode(batchnorm)
         self.model = model
         self.loss_fn = loss_fn
@@ -274,7 +276,7 @@ class FisherOperator(_OutputSpaceOperator):
     used only for the determinism check. This is not the empirical Fisher (1/N) sum g_i g_i^T.
     """
 
-    def __init__(self, model, loss_fn, x, y, chunk_size=None, dtype=torch.float64, batchnorm="eval",
+    def __init__(self, model, loss_fn, x, y, chunk_size=None, dtype=None, batchnorm="eval",
                  cache_graph=None, likelihood: str = "categorical", variance: float = 1.0):
         if likelihood not in ("categorical", "gaussian"):
             raise ValueError(f"likelihood must be 'categorical' or 'gaussian', got {likelihood!r}")

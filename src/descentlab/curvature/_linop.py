@@ -1,0 +1,57 @@
+"""Counting products of any linear operator (the number of HVPs every result reports)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+from scipy.sparse.linalg import LinearOperator, aslinearoperator
+
+
+class CountingOperator(LinearOperator):
+    """Wrap a square symmetric operator (array, sparse matrix or LinearOperator); count columns applied."""
+
+    def __init__(self, op):
+        self.inner = op if isinstance(op, LinearOperator) else aslinearoperator(op)
+        if self.inner.shape[0] != self.inner.shape[1]:
+            raise ValueError(f"operator must be square, got shape {self.inner.shape}")
+        self.count = 0
+        super().__init__(dtype=self.inner.dtype, shape=self.inner.shape)
+
+    def _matvec(self, v):
+        self.count += 1
+        return self.inner.matvec(v)
+
+    def _rmatvec(self, v):
+        return self._matvec(v)
+
+    def _matmat(self, V):
+        V = np.asarray(V)
+        self.count += V.shape[1]
+        return self.inner.matmat(V)
+
+    def _adjoint(self):
+        return self
+
+
+def rademacher(rng: np.random.Generator, shape, dtype) -> np.ndarray:
+    return rng.choice(np.array([-1.0, 1.0]), size=shape).astype(dtype)
+
+
+def work_dtype(op) -> np.dtype:
+    return np.dtype(op.dtype) if np.dtype(op.dtype) in (np.float32, np.float64) else np.dtype(np.float64)
+
+
+def single_threaded_blas():
+    """Limit numpy/scipy BLAS to one thread inside the iterative solvers.
+
+    The operator products run in torch's thread pool; OpenBLAS's own threads,
+    spinning beside them, made ARPACK's bookkeeping cost more than the products:
+    22 products of a 99k-parameter Hessian took 1.62 s in ``eigsh`` vs 0.41 s with
+    one BLAS thread (2-core machine). The solvers' own vector work is memory-bound.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: without it, BLAS keeps its default threads
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")

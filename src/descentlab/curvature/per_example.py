@@ -1,0 +1,65 @@
+"""Per-example gradients and Jacobians with ``torch.func`` (vmap over examples).
+
+BatchNorm runs in eval mode (batch statistics would couple the examples and
+train-mode BatchNorm fails under vmap, pytorch#85533); a random model
+(dropout in training mode) is refused.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import grad, jacrev, vmap
+
+from ._model import LossFn, ParameterSnapshot, as_tensor, check_deterministic, chunks, module_modes, parse_dtype
+
+__all__ = ["per_example_gradients", "jacobian"]
+
+
+def per_example_gradients(model: nn.Module, loss_fn: LossFn, x, y, chunk_size: int | None = 256,
+                          dtype: torch.dtype | str | None = None) -> torch.Tensor:
+    """(N, P) matrix whose row i is the gradient of loss_fn on example i alone.
+
+    Columns follow the flattened-parameter layout of the curvature operators.
+    """
+    dtype = parse_dtype(dtype, model)
+    snap = ParameterSnapshot(model, dtype)
+    x = as_tensor(x, dtype, snap.device)
+    y = as_tensor(y, dtype, snap.device)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y need the same number of examples, got {x.shape[0]} and {y.shape[0]}")
+
+    def loss_one(params, xi, yi):
+        return loss_fn(snap.call(model, params, xi.unsqueeze(0)), yi.unsqueeze(0))
+
+    per_example = vmap(grad(loss_one), in_dims=(None, 0, 0))
+    rows = []
+    with module_modes(model, "eval"):
+        check_deterministic(model, snap, loss_fn, x[: min(len(x), 8)], y[: min(len(y), 8)])
+        for a, b in chunks(len(x), chunk_size):
+            g = per_example(snap.tensors, x[a:b], y[a:b])
+            rows.append(torch.cat([g[n].reshape(b - a, -1) for n in snap.names], dim=1))
+    return torch.cat(rows).detach()
+
+
+def jacobian(model: nn.Module, x, chunk_size: int | None = 256, dtype: torch.dtype | str | None = None) -> torch.Tensor:
+    """(N * C, P) Jacobian of the flattened outputs; row n * C + c is d f_c(x_n) / d theta."""
+    dtype = parse_dtype(dtype, model)
+    snap = ParameterSnapshot(model, dtype)
+    x = as_tensor(x, dtype, snap.device)
+
+    def out_one(params, xi):
+        return snap.call(model, params, xi.unsqueeze(0)).reshape(-1)
+
+    jac = vmap(jacrev(out_one), in_dims=(None, 0))
+    rows = []
+    with module_modes(model, "eval"), torch.no_grad():
+        first = out_one(snap.tensors, x[0])
+        if not torch.equal(first, out_one(snap.tensors, x[0])):
+            raise ValueError("the model's outputs are random (dropout in training mode?): call model.eval() first")
+        for a, b in chunks(len(x), chunk_size):
+            with torch.enable_grad():
+                j = jac(snap.tensors, x[a:b])
+            c = first.numel()
+            rows.append(torch.cat([j[n].reshape(b - a, c, -1) for n in snap.names], dim=2).reshape((b - a) * c, -1))
+    return torch.cat(rows).detach()

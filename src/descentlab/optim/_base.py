@@ -1,0 +1,150 @@
+"""Shared machinery for descentlab's own optimizers.
+
+Every optimizer in this package has two update paths over the same state:
+
+- a multi-tensor path built on ``torch._foreach_*`` (the default,
+  ``foreach=None`` or ``True``), fast for many tensors;
+- a plain per-parameter reference path (``foreach=False``), written to read
+  like the paper, that the tests compare the fast path against.
+
+``MultiTensorOptimizer.step`` does the bookkeeping both paths share: the
+closure, skipping parameters without a gradient, ``maximize`` (on a negated
+copy, so ``p.grad`` is never modified), lazy state initialisation and the
+per-parameter step counter ``state["step"]`` (a 0-dim float32 tensor, as in
+torch.optim). Subclasses implement ``_init_state``, ``_update_reference`` and
+``_update_foreach``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import Tensor
+
+
+def as_float(value: float | Tensor) -> float:
+    """A hyperparameter as a Python float (torch allows a tensor lr)."""
+    return float(value.item()) if isinstance(value, Tensor) else float(value)
+
+
+def check_lr(lr: float | Tensor) -> None:
+    if not as_float(lr) >= 0.0:
+        raise ValueError(f"invalid learning rate: lr={lr!r} (must be >= 0)")
+
+
+def check_non_negative(name: str, value: float) -> None:
+    if not value >= 0.0:
+        raise ValueError(f"invalid {name}: {value!r} (must be >= 0)")
+
+
+def check_beta(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"invalid {name}: {value!r} (must be in [0, 1))")
+
+
+def check_betas(betas: Iterable[float], count: int = 2) -> None:
+    betas = tuple(betas)
+    if len(betas) != count:
+        raise ValueError(f"invalid betas: {betas!r} (need {count} values)")
+    for index, beta in enumerate(betas):
+        check_beta(f"beta at index {index}", beta)
+
+
+class MultiTensorOptimizer(torch.optim.Optimizer):
+    """Base class: closure, grad gathering, ``maximize``, state init, steps.
+
+    Class attribute ``counts_steps``: whether parameters carry
+    ``state["step"]`` (methods without bias correction, such as Lion, skip it).
+    """
+
+    counts_steps: bool = True
+
+    def __init__(self, params: Any, defaults: dict[str, Any]):
+        defaults.setdefault("maximize", False)
+        defaults.setdefault("foreach", None)
+        super().__init__(params, defaults)
+
+    # --- hooks for subclasses -------------------------------------------------
+    def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _update_reference(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], steps: list[int]
+    ) -> None:
+        """Plain per-parameter update; ``steps[i]`` is parameter i's step (1-based)."""
+        raise NotImplementedError
+
+    def _update_foreach(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], step: int
+    ) -> None:
+        """Multi-tensor update of parameters that all share the step ``step``."""
+        raise NotImplementedError
+
+    # --- the shared step --------------------------------------------------------
+    def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
+        params, grads = [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            params.append(p)
+            grads.append(p.grad)
+            state = self.state[p]
+            if len(state) == 0:
+                if self.counts_steps:
+                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                self._init_state(p, state, group)
+        return params, grads
+
+    @staticmethod
+    def _uses_foreach(group: dict[str, Any]) -> bool:
+        return group["foreach"] is None or bool(group["foreach"])
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One update; returns the closure's loss (``None`` without a closure)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = self._gather(group)
+            if not params:
+                continue
+            foreach = self._uses_foreach(group)
+            if group["maximize"]:
+                # A negated copy: p.grad itself must stay untouched.
+                grads = torch._foreach_neg(grads) if foreach else [-g for g in grads]
+            if not self.counts_steps:
+                if foreach:
+                    self._update_foreach(group, params, grads, 0)
+                else:
+                    self._update_reference(group, params, grads, [0] * len(params))
+                continue
+            step_tensors = [self.state[p]["step"] for p in params]
+            if foreach:
+                torch._foreach_add_(step_tensors, 1.0)
+            else:
+                for s in step_tensors:
+                    s += 1.0
+            # one stack + tolist: a single sync instead of one .item() per tensor
+            steps = [int(s) for s in torch.stack(step_tensors).tolist()]
+            if not foreach:
+                self._update_reference(group, params, grads, steps)
+                continue
+            # Parameters that missed steps (grad None) have other counts and
+            # bias corrections: update each count's parameters together.
+            by_step: dict[int, list[int]] = defaultdict(list)
+            for index, t in enumerate(steps):
+                by_step[t].append(index)
+            for t, indices in by_step.items():
+                if len(indices) == len(params):
+                    self._update_foreach(group, params, grads, t)
+                else:
+                    self._update_foreach(
+                        group, [params[i] for i in indices], [grads[i] for i in indices], t
+                    )
+        return loss

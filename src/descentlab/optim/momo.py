@@ -1,0 +1,312 @@
+"""MoMo and MoMo-Adam (Schaipp et al., "MoMo: Momentum Models for Adaptive Learning
+Rates", ICML 2024, arXiv 2305.07583); official code fabian-sp/MoMo (``momo-opt``).
+
+MoMo keeps exponential averages d (gradients), f_bar (losses) and gamma
+(<g_i, x_i>) and takes the step of the truncated model
+    tau = min(lr / rho, (f_bar - rho*lb + <d, x> - gamma)_+ / ||d||^2),   x <- x - tau d,
+with rho = 1 (or 1 - beta^k with ``bias_correction``); weight decay lambda enters
+proximally: the numerator scales f_bar - rho*lb and gamma by (1 + lr*lambda) and
+x is divided by (1 + lr*lambda). MoMo-Adam uses Adam's EMAs and preconditioner
+D = sqrt(v / (1 - beta2^k)) + eps, the norm ||d||^2_{D^-1} and step x - tau d/D,
+with rho = 1 - beta1^k.
+
+The model is the whole parameter vector: <d, x>, gamma and ||d||^2 are summed
+over all param groups, and each group applies its own ``lr`` and
+``weight_decay`` (as the official code does). ``beta``/``betas``, ``lb`` and
+the bias correction are global: they may not differ between groups.
+
+Agreement with ``momo-opt`` 0.1.0 (float64, 20 steps): 1e-12, except with
+``bias_correction=True``, where the official code keeps the <g, x> average in a
+float32 ``torch.zeros(1)`` (measured 2.5e-7).
+
+Both need the loss, so ``step(closure)`` requires the closure (the training
+loop always passes one). Not implemented: the official ``use_fstar`` online
+estimate of the lower bound.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+
+from . import OPTIMIZERS
+
+_GLOBAL = "global"  # key of the model-level state (step, loss average) in self.state
+
+
+class _MomoBase(torch.optim.Optimizer):
+    _global_keys: tuple[str, ...] = ()
+
+    def _check_global_hparams(self) -> None:
+        first = self.param_groups[0]
+        for group in self.param_groups[1:]:
+            for key in self._global_keys:
+                if group[key] != first[key]:
+                    raise ValueError(
+                        f"{type(self).__name__}: {key!r} is global (one loss model for all "
+                        f"parameters) but the param groups set {first[key]!r} and {group[key]!r}"
+                    )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        self._check_global_hparams()
+
+    def _loss(self, closure: Callable[[], Any] | None):
+        if closure is None:
+            raise ValueError(f"{type(self).__name__} needs the loss: call step(closure)")
+        with torch.enable_grad():
+            loss = closure()
+        return loss
+
+    @staticmethod
+    def _value(loss) -> float:
+        return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+
+    def _global_state(self) -> dict[str, Any]:
+        if _GLOBAL not in self.state:
+            self.state[_GLOBAL] = {"step": 0, "loss_avg": 0.0}
+        return self.state[_GLOBAL]
+
+    def _active(self) -> list[tuple[dict[str, Any], list[torch.Tensor]]]:
+        out = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                out.append((group, params))
+        return out
+
+
+def _dots_foreach(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [t.sum() for t in torch._foreach_mul(xs, ys)]
+
+
+def _check(name: str, value: float, ok: bool) -> None:
+    if not ok:
+        raise ValueError(f"Invalid {name}: {value}")
+
+
+@OPTIMIZERS.register("momo")
+class Momo(_MomoBase):
+    """MoMo on SGD with momentum (arXiv 2305.07583, Algorithm 1); defaults from ``momo-opt``.
+
+    Args:
+        lr: the cap alpha on the adaptive step (MoMo is robust to large values).
+        beta: EMA factor of gradients, losses and <g, x>.
+        weight_decay: proximal (divisive) weight decay.
+        lb: lower bound f_* on the loss (0 for most losses).
+        bias_correction: zero-initialised EMAs with rho = 1 - beta^k; if False
+            (default) the EMAs start at the first values and rho = 1.
+        foreach: multi-tensor (None/True) or per-parameter loop (False).
+    """
+
+    _global_keys = ("beta", "lb", "bias_correction")
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1.0,
+        beta: float = 0.9,
+        weight_decay: float = 0.0,
+        lb: float = 0.0,
+        bias_correction: bool = False,
+        foreach: bool | None = None,
+    ):
+        _check("learning rate", lr, lr >= 0.0)
+        _check("beta", beta, 0.0 <= beta < 1.0)
+        _check("weight_decay", weight_decay, weight_decay >= 0.0)
+        defaults = dict(lr=lr, beta=beta, weight_decay=weight_decay, lb=lb,
+                        bias_correction=bias_correction, foreach=foreach)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None):
+        loss = self._loss(closure)
+        first = self.param_groups[0]
+        beta, lb, bias_correction = first["beta"], first["lb"], first["bias_correction"]
+        glob = self._global_state()
+        glob["step"] = k = glob["step"] + 1
+        f = self._value(loss)
+        # Without bias correction the averages start at the first values.
+        fresh = k == 1 and not bias_correction
+        glob["loss_avg"] = f if fresh else beta * glob["loss_avg"] + (1.0 - beta) * f
+        rho = 1.0 - beta**k if bias_correction else 1.0
+
+        active = self._active()
+        dots, gammas, norms = [], [], []
+        for group, params in active:
+            for p in params:
+                state = self.state[p]
+                if "grad_avg" not in state:
+                    state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["grad_dot_w"] = torch.zeros((), dtype=p.dtype, device=p.device)
+            grads = [p.grad for p in params]
+            ds = [self.state[p]["grad_avg"] for p in params]
+            gws = [self.state[p]["grad_dot_w"] for p in params]
+            if group["foreach"] is False:
+                for p, g, d, gw in zip(params, grads, ds, gws):
+                    new_dot = (p * g).sum()
+                    if fresh:
+                        d.copy_(g)
+                        gw.copy_(new_dot)
+                    else:
+                        d.mul_(beta).add_(g, alpha=1.0 - beta)
+                        gw.mul_(beta).add_(new_dot, alpha=1.0 - beta)
+                    dots.append((p * d).sum())
+                    gammas.append(gw.clone())
+                    norms.append(torch.linalg.vector_norm(d).square())
+            else:
+                new_dots = _dots_foreach(params, grads)
+                if fresh:
+                    torch._foreach_copy_(ds, grads)
+                    torch._foreach_copy_(gws, new_dots)
+                else:
+                    torch._foreach_mul_(ds, beta)
+                    torch._foreach_add_(ds, grads, alpha=1.0 - beta)
+                    torch._foreach_mul_(gws, beta)
+                    torch._foreach_add_(gws, new_dots, alpha=1.0 - beta)
+                dots.extend(_dots_foreach(params, ds))
+                gammas.extend(t.clone() for t in gws)
+                norms.extend(t.square() for t in torch._foreach_norm(ds))
+        if not active:
+            return loss
+        dot = torch.stack(dots).sum().item()
+        gamma = torch.stack(gammas).sum().item()
+        norm = torch.stack(norms).sum().item()
+
+        for group, params in active:
+            lr, lam = group["lr"], group["weight_decay"]
+            shrink = 1.0 + lr * lam
+            numerator = shrink * (glob["loss_avg"] - rho * lb) + dot - shrink * gamma
+            tau = min(lr / rho, max(numerator, 0.0) / norm) if norm > 0 else 0.0
+            ds = [self.state[p]["grad_avg"] for p in params]
+            if group["foreach"] is False:
+                for p, d in zip(params, ds):
+                    p.add_(d, alpha=-tau)
+                    if lam > 0:
+                        p.div_(shrink)
+            else:
+                torch._foreach_add_(params, ds, alpha=-tau)
+                if lam > 0:
+                    torch._foreach_div_(params, shrink)
+        return loss
+
+
+@OPTIMIZERS.register("momo_adam")
+class MomoAdam(_MomoBase):
+    """MoMo-Adam (arXiv 2305.07583, Algorithm 3); defaults from ``momo-opt``.
+
+    Args:
+        lr: the cap on the adaptive step (divided by 1 - beta1^k).
+        betas: Adam's (beta1, beta2); beta1 also averages losses and <g, x>.
+        eps: added to sqrt(v_hat) in D.
+        weight_decay: lambda; ``divide=True`` (default) applies it proximally
+            (x / (1 + lr*lambda)), ``divide=False`` AdamW-style (x * (1 - lr*lambda)).
+        lb: lower bound f_* on the loss.
+        foreach: multi-tensor (None/True) or per-parameter loop (False).
+    """
+
+    _global_keys = ("betas", "lb")
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-2,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        lb: float = 0.0,
+        divide: bool = True,
+        foreach: bool | None = None,
+    ):
+        _check("learning rate", lr, lr >= 0.0)
+        _check("beta1", betas[0], 0.0 <= betas[0] < 1.0)
+        _check("beta2", betas[1], 0.0 <= betas[1] < 1.0)
+        _check("eps", eps, eps >= 0.0)
+        _check("weight_decay", weight_decay, weight_decay >= 0.0)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, lb=lb,
+                        divide=divide, foreach=foreach)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None):
+        loss = self._loss(closure)
+        first = self.param_groups[0]
+        (beta1, beta2), lb = first["betas"], first["lb"]
+        glob = self._global_state()
+        glob["step"] = k = glob["step"] + 1
+        glob["loss_avg"] = beta1 * glob["loss_avg"] + (1.0 - beta1) * self._value(loss)
+        bc1, bc2 = 1.0 - beta1**k, 1.0 - beta2**k
+
+        active = self._active()
+        dots, gammas, norms = [], [], []
+        for group, params in active:
+            for p in params:
+                state = self.state[p]
+                if "grad_avg" not in state:
+                    state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["grad_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["grad_dot_w"] = torch.zeros((), dtype=p.dtype, device=p.device)
+            grads = [p.grad for p in params]
+            ds = [self.state[p]["grad_avg"] for p in params]
+            vs = [self.state[p]["grad_avg_sq"] for p in params]
+            gws = [self.state[p]["grad_dot_w"] for p in params]
+            eps = group["eps"]
+            if group["foreach"] is False:
+                for p, g, d, v, gw in zip(params, grads, ds, vs, gws):
+                    d.mul_(beta1).add_(g, alpha=1.0 - beta1)
+                    v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+                    gw.mul_(beta1).add_((p * g).sum(), alpha=1.0 - beta1)
+                    precond = v.div(bc2).sqrt_().add_(eps)
+                    dots.append((p * d).sum())
+                    gammas.append(gw.clone())
+                    norms.append((d * d).div_(precond).sum())
+            else:
+                new_dots = _dots_foreach(params, grads)
+                torch._foreach_mul_(ds, beta1)
+                torch._foreach_add_(ds, grads, alpha=1.0 - beta1)
+                torch._foreach_mul_(vs, beta2)
+                torch._foreach_addcmul_(vs, grads, grads, value=1.0 - beta2)
+                torch._foreach_mul_(gws, beta1)
+                torch._foreach_add_(gws, new_dots, alpha=1.0 - beta1)
+                precond = torch._foreach_div(vs, bc2)
+                torch._foreach_sqrt_(precond)
+                torch._foreach_add_(precond, eps)
+                dots.extend(_dots_foreach(params, ds))
+                gammas.extend(t.clone() for t in gws)
+                squares = torch._foreach_mul(ds, ds)
+                torch._foreach_div_(squares, precond)
+                norms.extend(t.sum() for t in squares)
+        if not active:
+            return loss
+        dot = torch.stack(dots).sum().item()
+        gamma = torch.stack(gammas).sum().item()
+        norm = torch.stack(norms).sum().item()
+
+        for group, params in active:
+            lr, lam, eps = group["lr"], group["weight_decay"], group["eps"]
+            shrink = 1.0 + lr * lam
+            numerator = shrink * (glob["loss_avg"] - bc1 * lb) + dot - shrink * gamma
+            tau = min(lr / bc1, max(numerator, 0.0) / norm) if norm > 0 else 0.0
+            ds = [self.state[p]["grad_avg"] for p in params]
+            vs = [self.state[p]["grad_avg_sq"] for p in params]
+            decay_first = lam > 0 and not group["divide"]
+            decay_after = lam > 0 and group["divide"]
+            if group["foreach"] is False:
+                for p, d, v in zip(params, ds, vs):
+                    precond = v.div(bc2).sqrt_().add_(eps)
+                    if decay_first:
+                        p.mul_(1.0 - lam * lr)
+                    p.addcdiv_(d, precond, value=-tau)
+                    if decay_after:
+                        p.div_(shrink)
+            else:
+                precond = torch._foreach_div(vs, bc2)
+                torch._foreach_sqrt_(precond)
+                torch._foreach_add_(precond, eps)
+                if decay_first:
+                    torch._foreach_mul_(params, 1.0 - lam * lr)
+                torch._foreach_addcdiv_(params, ds, precond, value=-tau)
+                if decay_after:
+                    torch._foreach_div_(params, shrink)
+        return loss
