@@ -28,7 +28,8 @@ def summary_points(
     ylabels = ylabels or {}
     fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.6), squeeze=False)
     for ax, column in zip(axes[0], columns):
-        sns.pointplot(data=data, x=x, y=column, hue=hue, errorbar="sd", dodge=0.4, linestyle="none",
+        dodge = 0.4 if hue and data[hue].nunique() > 1 else False  # seaborn divides by levels - 1
+        sns.pointplot(data=data, x=x, y=column, hue=hue, errorbar="sd", dodge=dodge, linestyle="none",
                       capsize=0.1, ax=ax, legend=ax is axes[0][0])
         ax.set_ylabel(ylabels.get(column, column))
         ax.grid(alpha=0.3)
