@@ -19,7 +19,6 @@ Jacobians from ``torch.func`` (chunk_size x C x P numbers at a time, much slower
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 from torch.func import hessian, jacrev, vmap
