@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-REGISTRY_KINDS = ("datasets", "models", "losses", "optimizers", "schedules", "instruments", "figures")
+REGISTRY_KINDS = ("datasets", "models", "losses", "optimizers", "schedules", "instruments", "analyses", "figures")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -55,13 +55,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from .analyses import ANALYSES
     from .plots import FIGURES
     from .spec import registries
     from .train.instruments import INSTRUMENTS
 
     plural = {"dataset": "datasets", "model": "models", "loss": "losses", "optimizer": "optimizers", "schedule": "schedules"}
     regs = {plural[k]: v for k, v in registries().items()}
-    regs.update(instruments=INSTRUMENTS, figures=FIGURES)
+    regs.update(instruments=INSTRUMENTS, analyses=ANALYSES, figures=FIGURES)
     print("\n".join(regs[args.kind].names()))
     return 0
 
