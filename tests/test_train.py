@@ -168,3 +168,16 @@ def test_killed_process_resumes_where_it_stopped(tmp_path):
     assert 0 < resumed_from < 4000
     subprocess.run(cmd + ["--out", str(tmp_path / "whole")], capture_output=True, check=True)
     pd.testing.assert_frame_equal(metrics(tmp_path / "whole"), metrics(tmp_path / "cut"))
+
+
+def test_resume_with_a_curvature_instrument_is_exact(data, tmp_path):
+    """The instrument's warm-start vector travels with the resume point."""
+    spec = dict(SPEC, steps=40, log_every=5, resume_every=10, eval_every=0, batch_size=10**6,
+                instruments=[{"name": "top_eigenvalue", "every": 5, "n_examples": 100}])
+    train_run(spec, data, tmp_path / "whole")
+    with pytest.raises(Interrupted):
+        train_run(spec, data, tmp_path / "cut", stop_at=20)
+    train_run(spec, data, tmp_path / "cut")
+    a, b = metrics(tmp_path / "whole"), metrics(tmp_path / "cut")
+    assert (a.metric == "sharpness").sum() == 8  # steps 5, 10, ..., 40
+    pd.testing.assert_frame_equal(a, b)

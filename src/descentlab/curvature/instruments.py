@@ -79,3 +79,16 @@ class TopEigenvalue:
         p = self.prefix
         return {p: float(res.eigenvalues[0]), f"{p}_residual": float(res.residuals[0]),
                 f"{p}_hvps": float(res.n_hvps)}
+
+    # The training loop saves these with its resume point, so a resumed run
+    # warm-starts from the same vector and records the same numbers.
+    def state_dict(self) -> dict:
+        return {
+            "indices": self.indices,
+            "eigenvector": None if self.eigenvector is None else torch.from_numpy(self.eigenvector.copy()),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.indices = state["indices"]
+        vec = state["eigenvector"]
+        self.eigenvector = None if vec is None else vec.numpy().copy()
