@@ -68,3 +68,48 @@ def test_count_outliers_finds_the_largest_gap():
     assert count_outliers(np.array([3.0, 2.9, 2.0, 1.05, 0.95, 0.9])) == 3
     assert count_outliers(np.array([0.5, 10.0, 9.0, 0.4])) == 2  # order does not matter
     assert count_outliers(np.array([1.0])) == 1
+
+
+def test_rerun_best_selects_by_validation_loss_and_reruns_exactly(tmp_path):
+    from descentlab.analyses import RunRef
+    from descentlab.analyses.benchmark import rerun_best
+    from descentlab.data import build_dataset
+    from descentlab.spec import canonical, run_id
+    from descentlab.train import train_run
+
+    ds = {"name": "gaussian_mixture", "n_samples": 300, "dim": 6, "n_classes": 3}
+    data = build_dataset(ds)
+    data.save(tmp_path / "data.pt")
+    refs = []
+    for lr in (1e-4, 0.1):  # the tiny lr barely moves: the 0.1 run must win
+        spec = canonical({"dataset": ds, "model": {"name": "mlp", "width": 8}, "optimizer": {"name": "sgd", "lr": lr},
+                          "steps": 30, "eval_every": 10, "log_every": 10})
+        rid = run_id(spec)
+        train_run(spec, data, tmp_path / "runs" / rid)
+        refs.append(RunRef(rid, {"problem": "p", "optimizer": "sgd", "lr": lr, "seed": 0}, tmp_path / "runs" / rid, spec, tmp_path / "data.pt"))
+    table = rerun_best(refs, group_by=("problem", "optimizer"), seeds=(1,), threads=1)
+    assert set(table.lr) == {0.1} and sorted(set(table.seed)) == [0, 1]
+    rerun = table[table.seed == 1]
+    direct = train_run(dict(refs[1].spec, seed=1), data, tmp_path / "direct")
+    expected = pd.read_parquet(direct.out_dir / "metrics.parquet")
+    np.testing.assert_array_equal(rerun.sort_values(["step", "split", "metric"]).value.to_numpy(),
+                                  expected.sort_values(["step", "split", "metric"]).value.to_numpy())
+
+
+def test_performance_profile_by_hand():
+    from descentlab.plots.benchmark import performance_profile_table
+
+    rows = []
+    # problem P1: A reaches 0.5 at step 10, B at step 20; problem P2: A at 40, B at 10
+    curves = {("P1", "A"): [(10, 0.5), (20, 0.4)], ("P1", "B"): [(10, 0.9), (20, 0.5)],
+              ("P2", "A"): [(10, 0.9), (40, 0.5)], ("P2", "B"): [(10, 0.5), (40, 0.45)]}
+    for (prob, solver), points in curves.items():
+        for step, value in points:
+            rows.append({"problem": prob, "optimizer": solver, "seed": 0, "step": step, "split": "val", "metric": "loss", "value": value})
+    steps, profile = performance_profile_table(pd.DataFrame(rows), "problem", "optimizer", "val", "loss", "min", 1.0)
+    s = steps.set_index(["problem", "optimizer"])
+    # target quantile 1.0 of the best values = the worst solver's best: P1 0.4 vs 0.5 -> 0.5; P2 0.5 vs 0.45 -> 0.5
+    assert s.loc[("P1", "A"), "steps"] == 10 and s.loc[("P1", "B"), "steps"] == 20
+    assert s.loc[("P2", "A"), "ratio"] == 4 and s.loc[("P2", "B"), "ratio"] == 1
+    rho = profile.set_index(["optimizer", "tau"])["rho"]
+    assert rho[("A", 1.0)] == 0.5 and rho[("B", 1.0)] == 0.5 and rho[("A", 4.0)] == 1.0 and rho[("B", 2.0)] == 1.0

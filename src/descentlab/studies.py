@@ -110,7 +110,7 @@ def _check_analyses_and_figures(study: dict[str, Any], path: Path) -> None:
         if analysis["runs"] and "base" not in study:
             raise StudyError(f"{path}: analysis {analysis['name']!r} reads runs, but the study has no base spec")
         fn = ANALYSES.get(analysis["kind"])
-        accepted = set(inspect.signature(fn).parameters) - {"runs", "device"}
+        accepted = set(inspect.signature(fn).parameters) - {"runs", "device", "threads"}
         for scale in SCALES:
             unknown = sorted(set(analysis_options(analysis, scale)) - accepted)
             if unknown:

@@ -13,7 +13,7 @@ rule analysis:
         analysis=analysis_spec,
         runs=analysis_runs,
         device=config["device"],
-    threads: config["threads_per_job"]
+    threads: config["analysis_threads"]
     log:
         f"{RESULTS}/logs/analyses/{{study}}/{{analysis}}.log",
     conda:

@@ -2,9 +2,9 @@
 
 An analysis turns a study's runs (or nothing, for a standalone experiment such
 as an online-learning counterexample) into one tidy table that figures read.
-It is called as ``fn(runs, device=..., **options)`` where ``runs`` is a list of
-``RunRef`` (id, axis labels, directory, spec, prepared-data path) and returns a
-``pandas.DataFrame``. Analyses read checkpoints; figures read only the tables.
+It is called as ``fn(runs, device=..., **options)`` (plus ``threads=`` when its
+signature takes it) where ``runs`` is a list of ``RunRef`` (id, axis labels,
+directory, spec, prepared-data path) and returns a ``pandas.DataFrame``. Analyses read checkpoints; figures read only the tables.
 """
 
 from __future__ import annotations

@@ -45,10 +45,22 @@ def select_best(runs: list[RunRef], group_by: list[str], split: str, metric: str
     return {cell: (entry[1] if entry else None) for cell, entry in best.items()}
 
 
+def _train_one(spec: dict, data_path: str, out_dir: str, device: str) -> str:
+    """One rerun, in a worker process (one torch thread: workers share the cores)."""
+    import torch
+
+    from ..data import SplitData
+    from ..train import train_run
+
+    torch.set_num_threads(1)
+    return train_run(spec, SplitData.load(data_path), out_dir, device=device, progress=False).status
+
+
 @ANALYSES.register("rerun_best")
 def rerun_best(
     runs: list[RunRef],
     device: str = "cpu",
+    threads: int = 1,
     group_by: tuple[str, ...] = ("problem", "optimizer"),
     split: str = "val",
     metric: str = "loss",
@@ -60,25 +72,36 @@ def rerun_best(
     cached like any run), and return the tidy metrics of the best run and its
     reruns with the cell's labels, the tuned axis labels, seed and status.
     The selection uses the validation split; report test metrics from the table.
+    With ``threads`` > 1 the reruns train in that many worker processes.
     """
-    from ..data import SplitData
-    from ..train import train_run
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     group_by = list(group_by)
-    frames = []
-    for cell, best in sorted(select_best(runs, group_by, split, metric, mode).items(), key=lambda kv: str(kv[0])):
+    cells = [(cell, best) for cell, best in sorted(select_best(runs, group_by, split, metric, mode).items(), key=lambda kv: str(kv[0]))]
+    jobs = []  # (cell, best, rerun spec, run id)
+    for cell, best in cells:
         if best is None:
             log.info("%s: every setting diverged; nothing to rerun", dict(zip(group_by, cell)))
             continue
-        data = SplitData.load(best.data)
-        members = [(best.run_id, best.spec["seed"], best.status)]
         for seed in seeds:
             spec = dict(best.spec, seed=int(seed))
-            rid = run_id(spec)
-            result = train_run(spec, data, best.dir.parent / rid, device=device, progress=False)
-            members.append((rid, int(seed), result.status))
-            log.info("%s seed %d: %s (%s)", dict(zip(group_by, cell)), seed, result.status, rid)
-        for rid, seed, status in members:
+            jobs.append((cell, best, spec, run_id(spec)))
+    args = [(spec, str(best.data), str(best.dir.parent / rid), device) for _, best, spec, rid in jobs]
+    if threads > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=int(threads), mp_context=multiprocessing.get_context("spawn")) as pool:
+            statuses = list(pool.map(_train_one, *zip(*args)))
+    else:
+        statuses = [_train_one(*a) for a in args]
+    reruns: dict[str, list[tuple[str, int, str]]] = {}
+    for (cell, best, spec, rid), status in zip(jobs, statuses):
+        reruns.setdefault(best.run_id, []).append((rid, spec["seed"], status))
+        log.info("%s seed %d: %s (%s)", dict(zip(group_by, cell)), spec["seed"], status, rid)
+    frames = []
+    for cell, best in cells:
+        if best is None:
+            continue
+        for rid, seed, status in [(best.run_id, best.spec["seed"], best.status)] + reruns.get(best.run_id, []):
             m = pd.read_parquet(best.dir.parent / rid / "metrics.parquet")
             for key, value in best.labels.items():
                 if key != "seed":
