@@ -87,8 +87,8 @@ def test_rerun_best_selects_by_validation_loss_and_reruns_exactly(tmp_path):
         rid = run_id(spec)
         train_run(spec, data, tmp_path / "runs" / rid)
         refs.append(RunRef(rid, {"problem": "p", "optimizer": "sgd", "lr": lr, "seed": 0}, tmp_path / "runs" / rid, spec, tmp_path / "data.pt"))
-    table = rerun_best(refs, group_by=("problem", "optimizer"), seeds=(1,), threads=1)
-    assert set(table.lr) == {0.1} and sorted(set(table.seed)) == [0, 1]
+    table = rerun_best(refs, group_by=("problem", "optimizer"), seeds=(1, 2), threads=2)  # worker processes
+    assert set(table.lr) == {0.1} and sorted(set(table.seed)) == [0, 1, 2]
     rerun = table[table.seed == 1]
     direct = train_run(dict(refs[1].spec, seed=1), data, tmp_path / "direct")
     expected = pd.read_parquet(direct.out_dir / "metrics.parquet")

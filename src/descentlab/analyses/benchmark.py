@@ -88,8 +88,12 @@ def rerun_best(
             spec = dict(best.spec, seed=int(seed))
             jobs.append((cell, best, spec, run_id(spec)))
     args = [(spec, str(best.data), str(best.dir.parent / rid), device) for _, best, spec, rid in jobs]
-    if threads > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=int(threads), mp_context=multiprocessing.get_context("spawn")) as pool:
+    # Forked workers (spawned ones would re-run the calling script, e.g. a
+    # Snakemake job's); CPU only, where forking a process that has not yet run
+    # parallel torch work is safe. Elsewhere the reruns train one by one.
+    parallel = threads > 1 and len(jobs) > 1 and device == "cpu" and "fork" in multiprocessing.get_all_start_methods()
+    if parallel:
+        with ProcessPoolExecutor(max_workers=int(threads), mp_context=multiprocessing.get_context("fork")) as pool:
             statuses = list(pool.map(_train_one, *zip(*args)))
     else:
         statuses = [_train_one(*a) for a in args]
