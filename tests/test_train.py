@@ -94,7 +94,8 @@ def test_artifacts_and_tidy_metrics(data, tmp_path):
     assert list(m.columns) == ["step", "split", "metric", "value"]
     assert set(m.split) == {"train", "val", "test"}
     assert sorted(m[(m.split == "test") & (m.metric == "accuracy")].step) == [0, 20, 40, 60]
-    assert sorted(m[(m.split == "train") & (m.metric == "loss")].step)[:3] == [0, 5, 10]
+    assert sorted(m[(m.split == "train") & (m.metric == "loss")].step)[:3] == [5, 10, 15]  # running means
+    assert sorted(m[(m.split == "train") & (m.metric == "full_loss")].step) == [0, 20, 40, 60]  # whole-set evals
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["status"] == "ok" and status["steps_completed"] == 60
     final = weights(tmp_path)

@@ -29,7 +29,7 @@ DEFAULT_SPEC: dict[str, Any] = {
     "seed": 0,
     "log_every": 10,  # train loss (mean over the window) and lr every k steps
     "eval_every": 100,  # val/test metrics every k steps (and at 0 and the end); 0: ends only
-    "eval_splits": ["val", "test"],
+    "eval_splits": ["val", "test"],  # "train": whole-set metrics full_loss, full_accuracy
     "checkpoints": [],  # steps at which to save the weights
     "resume_every": 0,  # resume point at the first log step k steps after the last (0: every minute)
     "instruments": [],  # [{"name": ..., "every": k, ...}] measured during training

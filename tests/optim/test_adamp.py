@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from descentlab.optim import _base
 from descentlab.optim.adamp import SGDP, AdamP, project_radial
 
 from _problems import compare_maximize, compare_paths, grad_stream, make_params, run_on_stream
@@ -157,3 +158,61 @@ def test_rejects_bad_hyperparameters():
         SGDP(p, nesterov=True)
     with pytest.raises(ValueError, match="momentum"):
         SGDP(p, momentum=1.5)
+
+
+def mixed_run(optimizer, params, steps=12, seed=4):
+    """Per step, each parameter's gradient is orthogonal to its rows (channel view
+    fires), to the whole weight (layer view fires) or random (neither), so that
+    one batch of same-shape tensors mixes all three cases."""
+    gen = torch.Generator().manual_seed(seed)
+    for t in range(steps):
+        for i, p in enumerate(params):
+            g = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            mode = (t + i) % 3
+            if p.dim() > 1 and mode < 2:
+                rows = p.shape[0] if mode == 0 else 1
+                w, g2 = p.detach().reshape(rows, -1), g.reshape(rows, -1)
+                g = (g2 - w * (w * g2).sum(1, keepdim=True) / (w * w).sum(1, keepdim=True)).reshape(p.shape)
+            p.grad = g
+        optimizer.step()
+
+
+@pytest.mark.parametrize("cls, hp", [
+    (AdamP, dict(ADAMP_HP, nesterov=False)), (AdamP, dict(ADAMP_HP, nesterov=True)),
+    (SGDP, dict(SGDP_HP, nesterov=True)), (SGDP, dict(SGDP_HP, project_buffer=True)),
+])
+def test_paths_agree_on_many_tensors_of_one_shape(cls, hp):
+    # The multi-tensor path projects same-shape tensors as one batch.
+    shapes = ((4, 3),) * 5 + ((3, 2, 2, 2),) * 3 + ((5,), (6, 4))
+    runs = []
+    for foreach in (False, True):
+        params = make_params(shapes)
+        mixed_run(cls(params, foreach=foreach, **hp), params)
+        runs.append(params)
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("min_bytes", [0, 64])
+def test_paths_agree_with_persistent_buffers(monkeypatch, min_bytes):
+    # Temporaries of tensors of at least SCRATCH_MIN_BYTES are written into
+    # persistent buffers (the test tensors are far below the default): force
+    # that for all tensors (0), then for a mix of large and small ones (64).
+    monkeypatch.setattr(_base, "SCRATCH_MIN_BYTES", min_bytes)
+    for nesterov in (False, True):
+        compare_paths(AdamP, dict(ADAMP_HP, nesterov=nesterov), shapes=SHAPES)
+        ours, ref = run_both(lambda p: AdamP(p, foreach=True, nesterov=nesterov, **ADAMP_HP),
+                             lambda p: AdamP(p, foreach=False, nesterov=nesterov, **ADAMP_HP))
+        for a, b in zip(ours, ref):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_row_dot_products_are_products_summed(dtype):
+    # The multi-tensor path forms w * g in a spare buffer and sums it where the
+    # reference calls linalg.vecdot: the two must agree bit for bit.
+    gen = torch.Generator().manual_seed(6)
+    for shape in [(4, 3), (64, 27), (1024, 512), (1, 300000)]:
+        w = torch.randn(shape, generator=gen, dtype=dtype)
+        g = torch.randn(shape, generator=gen, dtype=dtype)
+        assert torch.equal(torch.linalg.vecdot(w, g, dim=1), (w * g).sum(1))

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from descentlab.optim import _base
 from descentlab.optim.exadam import EXAdam
 
 from _problems import (assert_golden, compare_maximize, compare_paths, grad_stream, make_params,
@@ -88,3 +89,15 @@ def test_first_step_by_hand():
         p.grad = g.clone()
         EXAdam([p], lr=lr, eps=eps, log_step_size=log_step_size).step()
         torch.testing.assert_close(p.detach(), factor * expected, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("min_bytes", [0, 64])
+def test_paths_agree_with_persistent_buffers(monkeypatch, min_bytes):
+    # Temporaries of tensors of at least SCRATCH_MIN_BYTES are written into
+    # persistent buffers (the test tensors are far below the default): force
+    # that for all tensors (0), then for a mix of large and small ones (64).
+    monkeypatch.setattr(_base, "SCRATCH_MIN_BYTES", min_bytes)
+    compare_paths(EXAdam, HP)
+    compare_paths(EXAdam, dict(HP, log_step_size=True))
+    compare_paths(EXAdam, dict(HP, betas=(0.2, 0.4)), steps=60)
+    compare_paths(EXAdam, dict(HP, betas=(0.2, 0.4)), steps=60, dtype=torch.float32)

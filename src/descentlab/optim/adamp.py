@@ -32,7 +32,7 @@ from torch import Tensor
 
 from . import OPTIMIZERS
 from ._base import (
-    MultiTensorOptimizer, as_float, check_beta, check_betas, check_lr, check_non_negative,
+    MultiTensorOptimizer, as_float, check_beta, check_betas, check_lr, check_non_negative, foreach_into,
 )
 
 
@@ -63,6 +63,105 @@ def project_radial(
     u = update.reshape(w_unit.shape)
     radial = torch.linalg.vecdot(w_unit, u, dim=1).unsqueeze(1)
     return torch.addcmul(u, w_unit, radial, value=-1.0).reshape(update.shape), wd_ratio
+
+
+# Below ATen's parallel grain size (32768 elements) a tensor's reductions run
+# serially; a batch of such tensors is split between threads by output rows only,
+# so each row is summed in the same order as for the tensor alone. A larger tensor
+# alone may have one row split between threads (the layer view): it is not batched.
+_BATCH_BELOW = 32768
+
+
+def project_radial_same_shape(
+    weights: list[Tensor], grads: list[Tensor], updates: list[Tensor],
+    delta: float, wd_ratio: float, eps: float, product_buffer: Tensor | None = None,
+) -> tuple[list[Tensor], list[float]]:
+    """``project_radial`` for tensors of one shape at once, bit for bit.
+
+    The same operations on a leading batch dimension: one set of kernels and a
+    single sync for the whole batch instead of a Python loop (the cost on many
+    small tensors). Unprojected updates are returned as the same objects.
+    ``product_buffer`` (one tensor only): a contiguous free buffer shaped like
+    it, for the products w * g of the row dot products (``vecdot`` is that
+    product summed; the tests check that the two agree).
+    """
+    count, rows = len(weights), weights[0].shape[0]
+
+    def batch(tensors: list[Tensor]) -> Tensor:
+        stacked = torch.stack(tensors) if count > 1 else tensors[0].unsqueeze(0)
+        return stacked.reshape(count, rows, -1)
+
+    w, g = batch(weights), batch(grads)
+    cols = w.shape[2]
+    if product_buffer is not None and count == 1 and product_buffer.is_contiguous():
+        dots = torch.mul(w, g, out=product_buffer.view(w.shape)).sum(2)
+    else:
+        dots = torch.linalg.vecdot(w, g, dim=2)
+    w_norms = torch.linalg.vector_norm(w, dim=2)
+    g_norms = torch.linalg.vector_norm(g, dim=2)
+    channel_cos = dots.abs() / (w_norms.clamp_min(eps) * g_norms.clamp_min(eps))
+    channel = channel_cos.amax(1) < delta / math.sqrt(cols)
+    w_norm = w_norms.square().sum(1).sqrt()
+    layer_cos = dots.sum(1).abs() / (w_norm.clamp_min(eps) * g_norms.square().sum(1).sqrt().clamp_min(eps))
+    layer = layer_cos < delta / math.sqrt(rows * cols)
+    # one sync for the batch's data-dependent choice
+    choices = torch.stack((channel, layer)).tolist()
+    channel_idx = [i for i in range(count) if choices[0][i]]
+    layer_idx = [i for i in range(count) if not choices[0][i] and choices[1][i]]
+    out, ratios = list(updates), [1.0] * count
+    if not channel_idx and not layer_idx:
+        return out, ratios
+    u = batch(updates)
+
+    def take(x: Tensor, idx: list[int]) -> Tensor:
+        return x if len(idx) == count else x[idx]
+
+    if channel_idx:
+        w_unit = take(w, channel_idx) / take(w_norms, channel_idx).add(eps).unsqueeze(2)
+        u_sel = take(u, channel_idx)
+        radial = torch.linalg.vecdot(w_unit, u_sel, dim=2).unsqueeze(2)
+        projected = torch.addcmul(u_sel, w_unit, radial, value=-1.0)
+        for j, i in enumerate(channel_idx):
+            out[i], ratios[i] = projected[j].reshape(updates[i].shape), wd_ratio
+    if layer_idx:
+        k = len(layer_idx)
+        w_unit = (take(w, layer_idx) / take(w_norm, layer_idx).add(eps).reshape(k, 1, 1)).reshape(k, 1, -1)
+        u_sel = take(u, layer_idx).reshape(k, 1, -1)
+        radial = torch.linalg.vecdot(w_unit, u_sel, dim=2).unsqueeze(2)
+        projected = torch.addcmul(u_sel, w_unit, radial, value=-1.0)
+        for j, i in enumerate(layer_idx):
+            out[i], ratios[i] = projected[j].reshape(updates[i].shape), wd_ratio
+    return out, ratios
+
+
+def project_radial_foreach(
+    params: list[Tensor], grads: list[Tensor], updates: list[Tensor],
+    delta: float, wd_ratio: float, eps: float, free_buffers: list[Tensor | None] | None = None,
+) -> tuple[list[Tensor], list[float]]:
+    """``project_radial`` of every parameter with more than one dimension.
+
+    Small CPU tensors of one shape go through ``project_radial_same_shape``
+    together; large ones (where batching saves nothing and multi-threaded
+    reductions could split differently) one at a time, with ``free_buffers[i]``
+    (if given) as their product buffer.
+    """
+    groups: dict[Any, list[int]] = {}
+    for i, p in enumerate(params):
+        if p.dim() > 1:
+            # CPU only: CUDA picks its reduction split from the number of outputs
+            batchable = p.device.type == "cpu" and p.numel() < _BATCH_BELOW
+            key = (p.shape, p.dtype) if batchable else i
+            groups.setdefault(key, []).append(i)
+    out, ratios = list(updates), [1.0] * len(params)
+    for idx in groups.values():
+        buffer = free_buffers[idx[0]] if free_buffers is not None and len(idx) == 1 else None
+        projected, group_ratios = project_radial_same_shape(
+            [params[i] for i in idx], [grads[i] for i in idx], [updates[i] for i in idx],
+            delta, wd_ratio, eps, buffer,
+        )
+        for i, u, r in zip(idx, projected, group_ratios):
+            out[i], ratios[i] = u, r
+    return out, ratios
 
 
 def _check_projection(delta: float, wd_ratio: float, eps: float) -> None:
@@ -135,18 +234,19 @@ class AdamP(MultiTensorOptimizer):
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
         bc2_sqrt = math.sqrt(1 - beta2**step)
-        denom = torch._foreach_sqrt(exp_avg_sqs)
+        denom_buffers = self._scratch("denom", params)
+        denom = foreach_into("sqrt", denom_buffers, exp_avg_sqs)
         torch._foreach_add_(denom, eps * bc2_sqrt)
+        update_buffers = self._scratch("update", params)
         if group["nesterov"]:
-            updates = list(torch._foreach_mul(exp_avgs, beta1))
+            updates = foreach_into("mul", update_buffers, exp_avgs, beta1)
             torch._foreach_add_(updates, grads, alpha=1 - beta1)
             torch._foreach_div_(updates, denom)
         else:
-            updates = list(torch._foreach_div(exp_avgs, denom))
-        # The projection test is data-dependent and per tensor.
-        ratios = [1.0] * len(params)
-        for i, (p, g) in enumerate(zip(params, grads)):
-            updates[i], ratios[i] = self._project(group, p, g, updates[i])
+            updates = foreach_into("div", update_buffers, exp_avgs, denom)
+        # denom is dead once divided: its buffers hold the projection's products
+        updates, ratios = project_radial_foreach(
+            params, grads, updates, group["delta"], group["wd_ratio"], group["eps"], denom_buffers)
         if wd != 0:
             torch._foreach_mul_(params, [1 - lr * wd * r for r in ratios])
         torch._foreach_add_(params, updates, alpha=-lr * bc2_sqrt / (1 - beta1**step))
@@ -229,10 +329,10 @@ class SGDP(MultiTensorOptimizer):
             updates = list(torch._foreach_add(grads, torch._foreach_mul(bufs, mu)))
         else:
             updates = list(bufs)
-        ratios = [1.0] * len(params)
-        for i, (p, g) in enumerate(zip(params, grads)):
-            updates[i], ratios[i] = self._project(group, p, g, updates[i])
-            self._maybe_project_buffer(group, bufs[i], updates[i])
+        updates, ratios = project_radial_foreach(
+            params, grads, updates, group["delta"], group["wd_ratio"], group["eps"])
+        for buf, update in zip(bufs, updates):
+            self._maybe_project_buffer(group, buf, update)
         if group["weight_decay"] != 0:
             torch._foreach_mul_(params, [self._decay_factor(group, lr, r) for r in ratios])
         torch._foreach_add_(params, updates, alpha=-lr)

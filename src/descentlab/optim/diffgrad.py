@@ -22,7 +22,9 @@ import torch
 from torch import Tensor
 
 from . import OPTIMIZERS
-from ._base import MultiTensorOptimizer, as_float, check_betas, check_lr, check_non_negative
+from ._base import (
+    MultiTensorOptimizer, as_float, check_betas, check_lr, check_non_negative, foreach_into,
+)
 
 
 @OPTIMIZERS.register("diffgrad")
@@ -77,8 +79,9 @@ class DiffGrad(MultiTensorOptimizer):
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
         exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
         previous = [self.state[p]["previous_grad"] for p in params]
+        # Temporaries of large tensors live in persistent buffers (see _base.SCRATCH_MIN_BYTES).
         if wd != 0:
-            grads = torch._foreach_add(grads, params, alpha=wd)
+            grads = foreach_into("add", self._scratch("grad", params), grads, params, alpha=wd)
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
@@ -87,7 +90,7 @@ class DiffGrad(MultiTensorOptimizer):
         torch._foreach_sigmoid_(previous)
         torch._foreach_mul_(previous, exp_avgs)  # previous now holds xi * m
         bc2_sqrt = math.sqrt(1 - beta2**step)
-        denom = torch._foreach_sqrt(exp_avg_sqs)
+        denom = foreach_into("sqrt", self._scratch("denom", params), exp_avg_sqs)
         torch._foreach_add_(denom, eps * bc2_sqrt)
         torch._foreach_addcdiv_(params, previous, denom, value=-lr * bc2_sqrt / (1 - beta1**step))
         torch._foreach_copy_(previous, grads)

@@ -25,9 +25,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch._C._nn import flatten_dense_tensors, unflatten_dense_tensors
 
 from . import OPTIMIZERS
-from ._base import MultiTensorOptimizer, as_float, check_betas, check_lr, check_non_negative
+from ._base import (
+    MultiTensorOptimizer, as_float, check_betas, check_lr, check_non_negative, foreach_into, split_small,
+)
 
 
 def exadam_step_size(lr: float, step: int, log_step_size: bool) -> float:
@@ -85,6 +88,36 @@ class EXAdam(MultiTensorOptimizer):
             alpha = exadam_step_size(lr, t, group["log_step_size"])
             p.addcdiv_(numerator, denom, value=-alpha * bc2_sqrt / (1 - beta1**t))
 
+    @staticmethod
+    def _direction(exp_avgs, exp_avg_sqs, grads, numerator_out, ratio_out, denom_out, group, step):
+        """(m + g) d1 and sqrt(d2 v) for lists of tensors; results go into the *_out
+        buffers where given (ratios x / (x + eps) are divided in place: out
+        aliasing an input is exact for elementwise kernels)."""
+        eps = group["eps"]
+        beta1, beta2 = group["betas"]
+        # d = 1 + beta^t * r with r in [0, 1) rounds to exactly 1 once beta^t is
+        # below half an ulp of 1: skipping it then changes no bit (d2 after ~160
+        # steps in float32 with beta1 = 0.9).
+        half_ulp = min(torch.finfo(m.dtype).eps for m in exp_avgs) / 2
+        numerator = foreach_into("add", numerator_out, exp_avgs, grads)
+        if beta2**step >= half_ulp:
+            d1 = foreach_into("add", ratio_out, exp_avg_sqs, eps)
+            d1 = foreach_into("div", ratio_out, exp_avg_sqs, d1)
+            torch._foreach_mul_(d1, beta2**step)
+            torch._foreach_add_(d1, 1.0)
+            torch._foreach_mul_(numerator, d1)
+        if beta1**step >= half_ulp:
+            m_sq = foreach_into("mul", ratio_out, exp_avgs, exp_avgs)
+            denom = foreach_into("add", denom_out, m_sq, eps)
+            denom = foreach_into("div", denom_out, m_sq, denom)
+            torch._foreach_mul_(denom, beta1**step)
+            torch._foreach_add_(denom, 1.0)
+            torch._foreach_mul_(denom, exp_avg_sqs)
+            torch._foreach_sqrt_(denom)
+        else:
+            denom = foreach_into("sqrt", denom_out, exp_avg_sqs)
+        return numerator, denom
+
     def _update_foreach(self, group, params, grads, step) -> None:
         lr, wd, eps = as_float(group["lr"]), group["weight_decay"], group["eps"]
         beta1, beta2 = group["betas"]
@@ -95,25 +128,27 @@ class EXAdam(MultiTensorOptimizer):
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-        # d = 1 + beta^t * r with r in [0, 1) rounds to exactly 1 once beta^t is
-        # below half an ulp of 1: skipping it then changes no bit (d2 after ~160
-        # steps in float32 with beta1 = 0.9).
-        half_ulp = min(torch.finfo(p.dtype).eps for p in params) / 2
-        numerator = torch._foreach_add(exp_avgs, grads)
-        if beta2**step >= half_ulp:
-            d1 = torch._foreach_div(exp_avg_sqs, torch._foreach_add(exp_avg_sqs, eps))
-            torch._foreach_mul_(d1, beta2**step)
-            torch._foreach_add_(d1, 1.0)
-            torch._foreach_mul_(numerator, d1)
-        if beta1**step >= half_ulp:
-            m_sq = torch._foreach_mul(exp_avgs, exp_avgs)
-            denom = torch._foreach_div(m_sq, torch._foreach_add(m_sq, eps))
-            torch._foreach_mul_(denom, beta1**step)
-            torch._foreach_add_(denom, 1.0)
-            torch._foreach_mul_(denom, exp_avg_sqs)
-            torch._foreach_sqrt_(denom)
-        else:
-            denom = torch._foreach_sqrt(exp_avg_sqs)
+        # Small CPU tensors: the direction on their concatenation (see split_small);
+        # large tensors keep their own memory (no copies).
+        numerator: list[Tensor | None] = [None] * len(params)
+        denom: list[Tensor | None] = [None] * len(params)
+        small, large = split_small(params)
+        for idx in small:
+            flat = [flatten_dense_tensors([ts[i] for i in idx]) for ts in (exp_avgs, exp_avg_sqs, grads)]
+            num, den = self._direction(*[[t] for t in flat], None, None, None, group, step)
+            like = [exp_avgs[i] for i in idx]
+            num_views, den_views = (unflatten_dense_tensors(x[0], like) for x in (num, den))
+            for i, n, d in zip(idx, num_views, den_views):
+                numerator[i], denom[i] = n, d
+        if large:
+            sub = [params[i] for i in large]
+            num, den = self._direction(
+                [exp_avgs[i] for i in large], [exp_avg_sqs[i] for i in large], [grads[i] for i in large],
+                self._scratch("numerator", sub), self._scratch("ratio", sub), self._scratch("denom", sub),
+                group, step,
+            )
+            for i, n, d in zip(large, num, den):
+                numerator[i], denom[i] = n, d
         # sqrt(d2 v / bc2) + eps = (sqrt(d2 v) + eps sqrt(bc2)) / sqrt(bc2)
         bc2_sqrt = math.sqrt(1 - beta2**step)
         torch._foreach_add_(denom, eps * bc2_sqrt)

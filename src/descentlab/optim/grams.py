@@ -21,7 +21,9 @@ import torch
 from torch import Tensor
 
 from . import OPTIMIZERS
-from ._base import MultiTensorOptimizer, as_float, check_betas, check_lr, check_non_negative
+from ._base import (
+    MultiTensorOptimizer, as_float, check_betas, check_lr, check_non_negative, foreach_into,
+)
 
 
 @OPTIMIZERS.register("grams")
@@ -79,10 +81,11 @@ class Grams(MultiTensorOptimizer):
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
         bc2_sqrt = math.sqrt(1 - beta2**step)
-        denom = torch._foreach_sqrt(exp_avg_sqs)
+        # Temporaries of large tensors live in persistent buffers (see _base.SCRATCH_MIN_BYTES).
+        denom = foreach_into("sqrt", self._scratch("denom", params), exp_avg_sqs)
         torch._foreach_add_(denom, eps * bc2_sqrt)
-        signed_magnitude = torch._foreach_abs(exp_avgs)
-        torch._foreach_mul_(signed_magnitude, torch._foreach_sign(grads))
+        signed_magnitude = foreach_into("abs", self._scratch("update", params), exp_avgs)
+        torch._foreach_mul_(signed_magnitude, foreach_into("sign", self._scratch("sign", params), grads))
         if wd != 0:
             torch._foreach_mul_(params, 1 - lr * wd)
         torch._foreach_addcdiv_(params, signed_magnitude, denom,

@@ -13,8 +13,13 @@ from ._tables import one_table
 
 def largest_stable_lr(metrics: pd.DataFrame, runs: pd.DataFrame, lr: str, by: list[str]) -> pd.DataFrame:
     """Per ``by`` cell, the largest ``lr`` whose runs all finished without
-    diverging and ended below their first logged training loss."""
-    loss = metrics[(metrics["split"] == "train") & (metrics["metric"] == "loss")].sort_values("step")
+    diverging and ended with a lower whole-training-set loss than they started
+    with (``full_loss`` at the first and last evaluation: the runs need
+    ``eval_splits: [train]``; a running minibatch mean would flatter a run whose
+    first steps blew up)."""
+    loss = metrics[(metrics["split"] == "train") & (metrics["metric"] == "full_loss")].sort_values("step")
+    if loss.empty:
+        raise ValueError("largest_stable_lr: no full_loss metric; train the runs with eval_splits: [train]")
     first = loss.groupby("run_id")["value"].first()
     last = loss.groupby("run_id")["value"].last()
     table = runs.copy()

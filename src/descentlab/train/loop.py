@@ -248,7 +248,9 @@ def train_run(
         finite = True
         for split in spec["eval_splits"]:
             for metric, value in evaluate(model, loss_fn, x[split], y[split], data.task).items():
-                rows.append((at_step, split, metric, value))
+                # On the training split, "full_" tells the whole-set evaluation
+                # apart from the running mean of minibatch losses ("loss").
+                rows.append((at_step, split, f"full_{metric}" if split == "train" else metric, value))
                 finite &= math.isfinite(value)
         _call_if_present(optimizer, "train")
         return finite
