@@ -105,6 +105,7 @@ def test_smoke_end_to_end(workdir):
     # restored, not retrained), and so do the tables and figures downstream.
     assert "prepare_data" not in jobs and {"all", "figure", "run_index"} <= set(jobs)
     assert any(j.startswith("train_mnist1d") for j in jobs) and not any(j.startswith("train_digits") for j in jobs)
+    shutil.rmtree(results / "logs" / "train")  # keep only this invocation's training logs
     snakemake(workdir, "--cores", "2", "--config", "scale=smoke")
     log = "".join(p.read_text() for p in (results / "logs" / "train").glob("*.log"))
     trained = re.findall(r"INFO (\S+): ok after 60 steps \(resumed from 0\)", log)
