@@ -38,6 +38,9 @@ def lr_sensitivity(
         part = table[table[facet] == value]
         sns.lineplot(data=part, x=x, y="value", hue=hue, marker="o", errorbar=None, ax=ax, legend=ax is axes[0][-1])
         ax.set(xscale="log", title=str(value), xlabel=x, ylabel=f"final {split} {metric}")
+        grid = sorted(part[x].unique())
+        ax.set_xticks(grid, [f"{v:g}" for v in grid])
+        ax.xaxis.set_minor_locator(plt.NullLocator())
         if log_y:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
@@ -119,6 +122,6 @@ def performance_profile(
     ax.legend(fontsize=6, ncol=2, bbox_to_anchor=(1.02, 1), loc="upper left")
     ax.grid(alpha=0.3)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig, profile, steps
