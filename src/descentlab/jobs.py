@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -49,7 +48,3 @@ def _host() -> str:
     import socket
 
     return socket.gethostname()
-
-
-def stderr_is_tty() -> bool:
-    return sys.stderr.isatty()

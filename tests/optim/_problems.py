@@ -140,3 +140,27 @@ def assert_golden(actual: list[list[float]], expected: list[list[float]], tol: f
     for a, e in zip(actual, expected):
         torch.testing.assert_close(torch.tensor(a, dtype=torch.float64),
                                    torch.tensor(e, dtype=torch.float64), rtol=tol, atol=tol)
+
+
+# A tiny float64 regression problem, shared by the closure-based optimizer tests.
+def make_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+
+
+def regression_batches(steps: int = 20, seed: int = 1) -> list[tuple[Tensor, Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(6, 3, generator=gen, dtype=torch.float64),
+             torch.randn(6, 2, generator=gen, dtype=torch.float64)) for _ in range(steps)]
+
+
+def closure_for(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: tuple[Tensor, Tensor]) -> Callable[[], Tensor]:
+    x, y = batch
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        return loss
+
+    return closure

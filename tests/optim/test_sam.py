@@ -7,35 +7,13 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
+from _problems import closure_for, make_model
+from _problems import regression_batches as batches
 from descentlab.optim import OPTIMIZERS
 from descentlab.optim.sam import ASAM, SAM
 
 STEPS = 20
-
-
-def make_model(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
-
-
-def batches(steps=STEPS, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(6, 3, generator=gen, dtype=torch.float64),
-             torch.randn(6, 2, generator=gen, dtype=torch.float64)) for _ in range(steps)]
-
-
-def closure_for(model, opt, batch):
-    x, y = batch
-
-    def closure():
-        opt.zero_grad()
-        loss = ((model(x) - y) ** 2).mean()
-        loss.backward()
-        return loss
-
-    return closure
 
 
 def train(model, opt, data, pre_closure=False):

@@ -39,7 +39,7 @@ from ..models import build_model
 from ..optim import build_optimizer
 from ..schedules import build_schedule
 from ..spec import run_id as make_run_id
-from ..spec import spec_hash, validate
+from ..spec import canonical, spec_hash, validate
 from .instruments import build_instrument
 
 METRIC_COLUMNS = ["step", "split", "metric", "value"]
@@ -95,7 +95,7 @@ def output_files(out_dir: str | os.PathLike, spec: dict[str, Any]) -> list[Path]
     """Every file a finished run writes (the workflow declares these)."""
     out = Path(out_dir)
     files = [out / "spec.json", out / "metrics.parquet", out / "final.pt", out / "status.json"]
-    return files + [checkpoint_path(out, s) for s in validate(spec)["checkpoints"]]
+    return files + [checkpoint_path(out, s) for s in canonical(spec)["checkpoints"]]
 
 
 @torch.no_grad()
