@@ -60,6 +60,19 @@ def assert_states_equal(a: list[dict[str, Any]], b: list[dict[str, Any]], *,
                 assert va == vb, key
 
 
+# Multi-tensor paths that round in another order than the reference path (torch's
+# fused Adam kernel in ``_base._adam_direction``, reassociated arithmetic) agree
+# with it to 1e-12 in float64.
+ROUNDING_ATOL = 1e-12
+
+
+def use_fused_adam(monkeypatch, fused: bool) -> None:
+    """Let ``_adam_direction`` use torch's fused kernel, or force its foreach fallback."""
+    from descentlab.optim import _base
+    if not fused:
+        monkeypatch.setattr(_base, "FUSED_ADAM_DEVICES", frozenset())
+
+
 def compare_paths(cls: type, hparams: dict[str, Any], steps: int = 25, scale: float = 1.0,
                   shapes: Sequence[tuple[int, ...]] = SHAPES, seed: int = 0,
                   rtol: float = 0.0, atol: float = 0.0, dtype: torch.dtype = torch.float64) -> None:

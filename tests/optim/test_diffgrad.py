@@ -6,14 +6,16 @@ import torch
 from descentlab.optim import _base
 from descentlab.optim.diffgrad import DiffGrad
 
-from _problems import (compare_maximize, compare_paths, grad_stream, make_params, max_abs_diff,
-                       run_on_stream)
+from _problems import (ROUNDING_ATOL, compare_maximize, compare_paths, grad_stream, make_params,
+                       max_abs_diff, run_on_stream, use_fused_adam)
 
 HP = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
 
 
-def test_paths_agree():
-    compare_paths(DiffGrad, HP)
+@pytest.mark.parametrize("fused", [True, False])
+def test_paths_agree(monkeypatch, fused):
+    use_fused_adam(monkeypatch, fused)
+    compare_paths(DiffGrad, HP, atol=ROUNDING_ATOL)
 
 
 def test_maximize():
@@ -82,5 +84,5 @@ def test_paths_agree_with_persistent_buffers(monkeypatch, min_bytes):
     # persistent buffers (the test tensors are far below the default): force
     # that for all tensors (0), then for a mix of large and small ones (64).
     monkeypatch.setattr(_base, "SCRATCH_MIN_BYTES", min_bytes)
-    compare_paths(DiffGrad, HP)
-    compare_paths(DiffGrad, dict(HP, weight_decay=0.0))
+    compare_paths(DiffGrad, HP, atol=ROUNDING_ATOL)
+    compare_paths(DiffGrad, dict(HP, weight_decay=0.0), atol=ROUNDING_ATOL)

@@ -230,26 +230,38 @@ class AdamP(MultiTensorOptimizer):
         beta1, beta2 = group["betas"]
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
         exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
+        if group["nesterov"]:
+            updates, product_buffers, step_size = self._nesterov_updates(group, params, grads, exp_avgs,
+                                                                         exp_avg_sqs, step)
+        else:
+            # u = m_hat / (sqrt(v_hat) + eps) = (m / denom) sqrt(bc2) / bc1: the reference's
+            # update times a scalar, which the (linear) projection carries through
+            updates = self._adam_direction(params, grads, exp_avgs, exp_avg_sqs, step, beta1, beta2, eps)
+            product_buffers, step_size = self._scratch("product", params), lr
+        updates, ratios = project_radial_foreach(
+            params, grads, updates, group["delta"], group["wd_ratio"], group["eps"], product_buffers)
+        if wd != 0:
+            torch._foreach_mul_(params, [1 - lr * wd * r for r in ratios])
+        torch._foreach_add_(params, updates, alpha=-step_size)
+
+    def _nesterov_updates(self, group, params, grads, exp_avgs, exp_avg_sqs, step):
+        """(updates, free buffers for the projection, step size) with Nesterov momentum:
+        (beta1 m + (1 - beta1) g) / (sqrt(v) + eps sqrt(bc2)), moments updated."""
+        lr, eps = as_float(group["lr"]), group["eps"]
+        beta1, beta2 = group["betas"]
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
         bc2_sqrt = math.sqrt(1 - beta2**step)
+        # temporaries of large tensors in persistent buffers (see _base.SCRATCH_MIN_BYTES)
         denom_buffers = self._scratch("denom", params)
         denom = foreach_into("sqrt", denom_buffers, exp_avg_sqs)
         torch._foreach_add_(denom, eps * bc2_sqrt)
-        update_buffers = self._scratch("update", params)
-        if group["nesterov"]:
-            updates = foreach_into("mul", update_buffers, exp_avgs, beta1)
-            torch._foreach_add_(updates, grads, alpha=1 - beta1)
-            torch._foreach_div_(updates, denom)
-        else:
-            updates = foreach_into("div", update_buffers, exp_avgs, denom)
+        updates = foreach_into("mul", self._scratch("update", params), exp_avgs, beta1)
+        torch._foreach_add_(updates, grads, alpha=1 - beta1)
+        torch._foreach_div_(updates, denom)
         # denom is dead once divided: its buffers hold the projection's products
-        updates, ratios = project_radial_foreach(
-            params, grads, updates, group["delta"], group["wd_ratio"], group["eps"], denom_buffers)
-        if wd != 0:
-            torch._foreach_mul_(params, [1 - lr * wd * r for r in ratios])
-        torch._foreach_add_(params, updates, alpha=-lr * bc2_sqrt / (1 - beta1**step))
+        return updates, denom_buffers, lr * bc2_sqrt / (1 - beta1**step)
 
 
 @OPTIMIZERS.register("sgdp")

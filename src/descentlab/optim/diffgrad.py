@@ -74,23 +74,17 @@ class DiffGrad(MultiTensorOptimizer):
             previous.copy_(g)
 
     def _update_foreach(self, group, params, grads, step) -> None:
-        lr, wd, eps = as_float(group["lr"]), group["weight_decay"], group["eps"]
+        lr, wd = as_float(group["lr"]), group["weight_decay"]
         beta1, beta2 = group["betas"]
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
         exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
         previous = [self.state[p]["previous_grad"] for p in params]
-        # Temporaries of large tensors live in persistent buffers (see _base.SCRATCH_MIN_BYTES).
-        if wd != 0:
+        if wd != 0:  # a persistent buffer for large tensors (see _base.SCRATCH_MIN_BYTES)
             grads = foreach_into("add", self._scratch("grad", params), grads, params, alpha=wd)
-        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+        # u = m_hat / (sqrt(v_hat) + eps), moments updated (fused Adam kernel)
+        direction = self._adam_direction(params, grads, exp_avgs, exp_avg_sqs, step, beta1, beta2, group["eps"])
         torch._foreach_sub_(previous, grads)
         torch._foreach_abs_(previous)
-        torch._foreach_sigmoid_(previous)
-        torch._foreach_mul_(previous, exp_avgs)  # previous now holds xi * m
-        bc2_sqrt = math.sqrt(1 - beta2**step)
-        denom = foreach_into("sqrt", self._scratch("denom", params), exp_avg_sqs)
-        torch._foreach_add_(denom, eps * bc2_sqrt)
-        torch._foreach_addcdiv_(params, previous, denom, value=-lr * bc2_sqrt / (1 - beta1**step))
+        torch._foreach_sigmoid_(previous)  # previous now holds the friction xi
+        torch._foreach_addcmul_(params, previous, direction, value=-lr)
         torch._foreach_copy_(previous, grads)

@@ -28,14 +28,41 @@ from torch import Tensor
 from torch._C._nn import flatten_dense_tensors, unflatten_dense_tensors
 
 from . import OPTIMIZERS
-from ._base import (
-    MultiTensorOptimizer, as_float, check_betas, check_lr, check_non_negative, foreach_into, split_small,
-)
+from ._base import MultiTensorOptimizer, as_float, blocks, check_betas, check_lr, check_non_negative, is_large
 
 
 def exadam_step_size(lr: float, step: int, log_step_size: bool) -> float:
     """alpha_t: lr (arXiv v2) or lr * ln(sqrt(2 (t + 1))) (arXiv v1)."""
     return lr * math.log(math.sqrt(2.0) * math.sqrt(step + 1)) if log_step_size else lr
+
+
+def exadam_direction(
+    m: Tensor, v: Tensor, g: Tensor, step: int, betas: tuple[float, float], eps: float,
+    numerator: Tensor | None = None, ratio: Tensor | None = None, denom: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """((m + g) d1, sqrt(d2 v)) elementwise, in the given buffers (fresh tensors where None).
+
+    Reassociated for fewer passes over memory: n d1 = n + beta2^t n r and
+    d2 v = v + beta1^t v q with r = v / (v + eps), q = m^2 / (m^2 + eps);
+    equal to the reference path's (m + g) d1 and d2 v to rounding.
+    """
+    beta1, beta2 = betas
+    # d = 1 + beta^t * r with r in [0, 1) rounds to exactly 1 once beta^t is below
+    # half an ulp of 1: skipping it then changes nothing (d2 after ~160 steps in
+    # float32 with beta1 = 0.9)
+    half_ulp = torch.finfo(m.dtype).eps / 2
+    numerator = torch.add(m, g, out=numerator)
+    if beta2**step >= half_ulp:
+        ratio = torch.add(v, eps, out=ratio)
+        torch.div(v, ratio, out=ratio)
+        numerator.addcmul_(numerator, ratio, value=beta2**step)
+    if beta1**step >= half_ulp:
+        m_sq = torch.mul(m, m, out=ratio)  # r is spent: its buffer is free
+        denom = torch.add(m_sq, eps, out=denom)
+        torch.div(m_sq, denom, out=denom)
+        torch.addcmul(v, v, denom, value=beta1**step, out=denom)
+        return numerator, denom.sqrt_()
+    return numerator, torch.sqrt(v, out=denom)
 
 
 @OPTIMIZERS.register("exadam")
@@ -88,69 +115,57 @@ class EXAdam(MultiTensorOptimizer):
             alpha = exadam_step_size(lr, t, group["log_step_size"])
             p.addcdiv_(numerator, denom, value=-alpha * bc2_sqrt / (1 - beta1**t))
 
-    @staticmethod
-    def _direction(exp_avgs, exp_avg_sqs, grads, numerator_out, ratio_out, denom_out, group, step):
-        """(m + g) d1 and sqrt(d2 v) for lists of tensors; results go into the *_out
-        buffers where given (ratios x / (x + eps) are divided in place: out
-        aliasing an input is exact for elementwise kernels)."""
-        eps = group["eps"]
-        beta1, beta2 = group["betas"]
-        # d = 1 + beta^t * r with r in [0, 1) rounds to exactly 1 once beta^t is
-        # below half an ulp of 1: skipping it then changes no bit (d2 after ~160
-        # steps in float32 with beta1 = 0.9).
-        half_ulp = min(torch.finfo(m.dtype).eps for m in exp_avgs) / 2
-        numerator = foreach_into("add", numerator_out, exp_avgs, grads)
-        if beta2**step >= half_ulp:
-            d1 = foreach_into("add", ratio_out, exp_avg_sqs, eps)
-            d1 = foreach_into("div", ratio_out, exp_avg_sqs, d1)
-            torch._foreach_mul_(d1, beta2**step)
-            torch._foreach_add_(d1, 1.0)
-            torch._foreach_mul_(numerator, d1)
-        if beta1**step >= half_ulp:
-            m_sq = foreach_into("mul", ratio_out, exp_avgs, exp_avgs)
-            denom = foreach_into("add", denom_out, m_sq, eps)
-            denom = foreach_into("div", denom_out, m_sq, denom)
-            torch._foreach_mul_(denom, beta1**step)
-            torch._foreach_add_(denom, 1.0)
-            torch._foreach_mul_(denom, exp_avg_sqs)
-            torch._foreach_sqrt_(denom)
-        else:
-            denom = foreach_into("sqrt", denom_out, exp_avg_sqs)
-        return numerator, denom
-
     def _update_foreach(self, group, params, grads, step) -> None:
-        lr, wd, eps = as_float(group["lr"]), group["weight_decay"], group["eps"]
-        beta1, beta2 = group["betas"]
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
         exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
+        tensors = list(zip(params, grads, exp_avgs, exp_avg_sqs))
+        flattened: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for i, quad in enumerate(tensors):
+            if is_large(quad[0]) and all(t.is_contiguous() for t in quad):
+                self._step_blocks(group, quad, step)
+            else:
+                flattened.setdefault((quad[0].device, quad[0].dtype), []).append(i)
+        for idx in flattened.values():
+            self._step_flattened(group, *([ts[i] for i in idx] for ts in zip(*tensors)), step)
+
+    def _step_blocks(self, group, quad, step) -> None:
+        """A large contiguous CPU tensor a block at a time (see _base.blocks): the
+        update's fifteen passes then hit cache instead of main memory, and the
+        temporaries need only block-sized buffers."""
+        lr, wd, eps = as_float(group["lr"]), group["weight_decay"], group["eps"]
+        beta1, beta2 = group["betas"]
+        bc2_sqrt, coefficient = self._scalars(group, step)
+        for (p, g, m, v), buffers in blocks(self, quad, ("numerator", "ratio", "denom")):
+            if wd != 0:
+                p.mul_(1 - lr * wd)
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            numerator, denom = exadam_direction(m, v, g, step, group["betas"], eps, *buffers)
+            p.addcdiv_(numerator, denom.add_(eps * bc2_sqrt), value=coefficient)
+
+    def _step_flattened(self, group, params, grads, exp_avgs, exp_avg_sqs, step) -> None:
+        """Tensors of one device and dtype: moments per tensor (foreach), the
+        direction's long chain once on their concatenation (see split_small)."""
+        lr, wd, eps = as_float(group["lr"]), group["weight_decay"], group["eps"]
+        beta1, beta2 = group["betas"]
         if wd != 0:
             torch._foreach_mul_(params, 1 - lr * wd)
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-        # Small CPU tensors: the direction on their concatenation (see split_small);
-        # large tensors keep their own memory (no copies).
-        numerator: list[Tensor | None] = [None] * len(params)
-        denom: list[Tensor | None] = [None] * len(params)
-        small, large = split_small(params)
-        for idx in small:
-            flat = [flatten_dense_tensors([ts[i] for i in idx]) for ts in (exp_avgs, exp_avg_sqs, grads)]
-            num, den = self._direction(*[[t] for t in flat], None, None, None, group, step)
-            like = [exp_avgs[i] for i in idx]
-            num_views, den_views = (unflatten_dense_tensors(x[0], like) for x in (num, den))
-            for i, n, d in zip(idx, num_views, den_views):
-                numerator[i], denom[i] = n, d
-        if large:
-            sub = [params[i] for i in large]
-            num, den = self._direction(
-                [exp_avgs[i] for i in large], [exp_avg_sqs[i] for i in large], [grads[i] for i in large],
-                self._scratch("numerator", sub), self._scratch("ratio", sub), self._scratch("denom", sub),
-                group, step,
-            )
-            for i, n, d in zip(large, num, den):
-                numerator[i], denom[i] = n, d
-        # sqrt(d2 v / bc2) + eps = (sqrt(d2 v) + eps sqrt(bc2)) / sqrt(bc2)
+        flat = [flatten_dense_tensors(ts) for ts in (exp_avgs, exp_avg_sqs, grads)]
+        numerator, denom = exadam_direction(*flat, step, group["betas"], eps)
+        bc2_sqrt, coefficient = self._scalars(group, step)
+        denom.add_(eps * bc2_sqrt)
+        torch._foreach_addcdiv_(params, unflatten_dense_tensors(numerator, params),
+                                unflatten_dense_tensors(denom, params), value=coefficient)
+
+    @staticmethod
+    def _scalars(group, step) -> tuple[float, float]:
+        """(sqrt(bc2), the step's coefficient): sqrt(d2 v / bc2) + eps =
+        (sqrt(d2 v) + eps sqrt(bc2)) / sqrt(bc2), so the step is
+        -alpha_t sqrt(bc2) / bc1 * numerator / (sqrt(d2 v) + eps sqrt(bc2))."""
+        beta1, beta2 = group["betas"]
         bc2_sqrt = math.sqrt(1 - beta2**step)
-        torch._foreach_add_(denom, eps * bc2_sqrt)
-        alpha = exadam_step_size(lr, step, group["log_step_size"])
-        torch._foreach_addcdiv_(params, numerator, denom, value=-alpha * bc2_sqrt / (1 - beta1**step))
+        alpha = exadam_step_size(as_float(group["lr"]), step, group["log_step_size"])
+        return bc2_sqrt, -alpha * bc2_sqrt / (1 - beta1**step)

@@ -73,20 +73,15 @@ class Grams(MultiTensorOptimizer):
             p.addcdiv_(signed_magnitude, denom, value=-lr * bc2_sqrt / (1 - beta1**t))
 
     def _update_foreach(self, group, params, grads, step) -> None:
-        lr, wd, eps = as_float(group["lr"]), group["weight_decay"], group["eps"]
+        lr, wd = as_float(group["lr"]), group["weight_decay"]
         beta1, beta2 = group["betas"]
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
         exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
-        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-        bc2_sqrt = math.sqrt(1 - beta2**step)
-        # Temporaries of large tensors live in persistent buffers (see _base.SCRATCH_MIN_BYTES).
-        denom = foreach_into("sqrt", self._scratch("denom", params), exp_avg_sqs)
-        torch._foreach_add_(denom, eps * bc2_sqrt)
-        signed_magnitude = foreach_into("abs", self._scratch("update", params), exp_avgs)
-        torch._foreach_mul_(signed_magnitude, foreach_into("sign", self._scratch("sign", params), grads))
+        # u = m_hat / (sqrt(v_hat) + eps), moments updated (fused Adam kernel)
+        magnitude = self._adam_direction(params, grads, exp_avgs, exp_avg_sqs, step, beta1, beta2, group["eps"])
+        torch._foreach_abs_(magnitude)
+        # persistent buffers for the large tensors' signs (see _base.SCRATCH_MIN_BYTES)
+        signs = foreach_into("sign", self._scratch("sign", params), grads)
         if wd != 0:
             torch._foreach_mul_(params, 1 - lr * wd)
-        torch._foreach_addcdiv_(params, signed_magnitude, denom,
-                                value=-lr * bc2_sqrt / (1 - beta1**step))
+        torch._foreach_addcmul_(params, magnitude, signs, value=-lr)
