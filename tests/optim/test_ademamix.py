@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 
+from descentlab.optim import _base
 from descentlab.optim.ademamix import AdEMAMix, alpha_at, beta3_at
 
-from _problems import (assert_golden, compare_maximize, compare_paths, grad_stream, make_params,
-                       run_golden, run_on_stream)
+from _problems import (ROUNDING_ATOL, assert_golden, compare_maximize, compare_paths, grad_stream,
+                       make_params, run_golden, run_on_stream, use_fused_adam)
 
 HP = dict(lr=1e-2, betas=(0.9, 0.999, 0.9999), alpha=5.0, weight_decay=0.1,
           alpha_warmup=10, beta3_warmup=10)
@@ -30,9 +31,18 @@ ADEMAMIX_WARMUP = [
 ]
 
 
-def test_paths_agree():
-    compare_paths(AdEMAMix, HP)
-    compare_paths(AdEMAMix, dict(HP, alpha_warmup=None, beta3_warmup=None))
+@pytest.mark.parametrize("fused", [True, False])
+def test_paths_agree(monkeypatch, fused):
+    use_fused_adam(monkeypatch, fused)
+    compare_paths(AdEMAMix, HP, atol=ROUNDING_ATOL)
+    compare_paths(AdEMAMix, dict(HP, alpha_warmup=None, beta3_warmup=None), atol=ROUNDING_ATOL)
+    # beta1 = 0 takes the plain chain (the fused trick divides by beta1)
+    compare_paths(AdEMAMix, dict(HP, betas=(0.0, 0.999, 0.9999)), atol=ROUNDING_ATOL)
+
+
+def test_paths_agree_with_persistent_buffers(monkeypatch):
+    monkeypatch.setattr(_base, "SCRATCH_MIN_BYTES", 64)  # a mix of large and small tensors
+    compare_paths(AdEMAMix, HP, atol=ROUNDING_ATOL)
 
 
 def test_maximize():

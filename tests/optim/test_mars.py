@@ -9,10 +9,11 @@ and a 5-vector (1-D AdamW branch), lr=1e-2, weight_decay=0.1, 10 steps.
 import pytest
 import torch
 
+from descentlab.optim import _base
 from descentlab.optim.mars import MARS
 
-from _problems import (assert_golden, compare_maximize, compare_paths, grad_stream, make_params,
-                       run_golden, run_on_stream)
+from _problems import (ROUNDING_ATOL, assert_golden, compare_maximize, compare_paths, grad_stream,
+                       make_params, run_golden, run_on_stream, use_fused_adam)
 
 HP = dict(lr=1e-2, weight_decay=0.1)
 
@@ -59,9 +60,17 @@ MARS_LION = [
 
 @pytest.mark.parametrize("extra", [{}, {"mars_type": "lion"}, {"optimize_1d": True},
                                    {"gamma": 0.5, "mars_type": "lion", "optimize_1d": True}])
-def test_paths_agree(extra):
-    compare_paths(MARS, dict(HP, **extra))
-    compare_paths(MARS, dict(HP, **extra), scale=0.05)
+@pytest.mark.parametrize("fused", [True, False])
+def test_paths_agree(monkeypatch, extra, fused):
+    use_fused_adam(monkeypatch, fused)
+    compare_paths(MARS, dict(HP, **extra), atol=ROUNDING_ATOL)
+    compare_paths(MARS, dict(HP, **extra), scale=0.05, atol=ROUNDING_ATOL)
+
+
+def test_paths_agree_with_persistent_buffers(monkeypatch):
+    monkeypatch.setattr(_base, "SCRATCH_MIN_BYTES", 64)  # a mix of large and small tensors
+    for extra in ({}, {"mars_type": "lion"}):
+        compare_paths(MARS, dict(HP, **extra), atol=ROUNDING_ATOL)
 
 
 def test_maximize():

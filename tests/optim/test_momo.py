@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from _problems import closure_for, make_model
+from _problems import ROUNDING_ATOL, closure_for, make_model, use_fused_adam
 from _problems import regression_batches as batches
 from descentlab.optim import OPTIMIZERS
 from descentlab.optim.momo import Momo, MomoAdam
@@ -98,8 +98,10 @@ def test_momo_adam_matches_official(kw):
     assert_models_close(m1, m2, atol=1e-12)
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("cls,kw", [(Momo, c) for c in MOMO_CASES] + [(MomoAdam, c) for c in MOMO_ADAM_CASES])
-def test_foreach_matches_loop_with_groups(cls, kw):
+def test_foreach_matches_loop_with_groups(monkeypatch, cls, kw, fused):
+    use_fused_adam(monkeypatch, fused)
     data = batches()
     results = []
     for foreach in (True, False):
@@ -109,12 +111,15 @@ def test_foreach_matches_loop_with_groups(cls, kw):
         opt = cls(groups, foreach=foreach, **kw)
         train(model, opt, data)
         results.append((model, opt))
+    # the multi-tensor path forms dot products with torch.dot and (MoMo-Adam) takes
+    # its direction from the fused Adam kernel: equal to rounding
     (ma, oa), (mb, ob) = results
-    assert_models_close(ma, mb, atol=1e-15)
+    assert_models_close(ma, mb, atol=ROUNDING_ATOL)
     for p, q in zip(ma.parameters(), mb.parameters()):
         for key in oa.state[p]:
-            torch.testing.assert_close(oa.state[p][key], ob.state[q][key], rtol=0, atol=1e-15)
-    assert oa.state["global"] == ob.state["global"]
+            torch.testing.assert_close(oa.state[p][key], ob.state[q][key], rtol=0, atol=ROUNDING_ATOL)
+    assert oa.state["global"]["step"] == ob.state["global"]["step"]
+    assert abs(oa.state["global"]["loss_avg"] - ob.state["global"]["loss_avg"]) <= ROUNDING_ATOL
 
 
 @pytest.mark.parametrize("name", ["momo", "momo_adam"])

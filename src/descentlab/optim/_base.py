@@ -164,6 +164,90 @@ def fused_adam_supported(p: Tensor) -> bool:
     return p.device.type in FUSED_ADAM_DEVICES and p.dtype in FUSED_ADAM_DTYPES
 
 
+def scratch_buffers(
+    owner: Any, name: str, params: list[Tensor], every: bool = False
+) -> list[Tensor | None] | None:
+    """Persistent work buffers ``name`` for the large ones of ``params`` (None for small;
+    None instead of the list when none is large), for ``foreach_into``;
+    ``every=True``: a buffer for every parameter, on any device.
+
+    One buffer per (name, parameter), kept on ``owner`` (an optimizer) outside
+    its state: not saved, not loaded, not copied with the optimizer; contents
+    are garbage between uses. The assembled list is cached per parameter list, so a step over
+    many small tensors pays one lookup.
+    """
+    lists = owner.__dict__.setdefault("_scratch_lists", {})
+    key = (name, every, tuple(map(id, params)))
+    hit = lists.get(key)
+    if hit is not None and all(
+        hit[1][i].shape == params[i].shape and hit[1][i].dtype == params[i].dtype for i in hit[2]
+    ):
+        return hit[1]
+    buffers = owner.__dict__.setdefault("_scratch_buffers", {})
+    out: list[Tensor | None] = []
+    for p in params:
+        if not (every or is_large(p)):
+            out.append(None)
+            continue
+        entry = buffers.get((name, id(p)))
+        if entry is None or entry[0] is not p or entry[1].shape != p.shape or entry[1].dtype != p.dtype:
+            # holding p keeps its id from being reused while the entry lives
+            entry = (p, torch.empty_like(p, memory_format=torch.preserve_format))
+            buffers[(name, id(p))] = entry
+        out.append(entry[1])
+    if len(lists) > 64:  # parameter subsets vary (missed steps): keep the cache bounded
+        lists.clear()
+    large = [i for i, b in enumerate(out) if b is not None]
+    lists[key] = (list(params), out if large else None, large)
+    return out if large else None
+
+def adam_direction(
+    owner: Any, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor], step: int, beta1: float, beta2: float, eps: float,
+) -> list[Tensor]:
+    """Adam's moment updates and direction, for parameters that share ``step``.
+
+    In place: m <- lerp(m, g, 1 - beta1), v <- beta2 v + (1 - beta2) g^2.
+    Returns u = m_hat / (sqrt(v_hat) + eps) (bias-corrected moments) in the
+    persistent buffers "adam_direction" of ``owner``, valid until the next call.
+
+    torch's fused Adam kernel does it in one pass: it subtracts
+    lr * u from its "parameter", here a zeroed buffer with lr = -1.
+    Unsupported devices and dtypes take the same chain of foreach ops
+    as torch's foreach Adam (equal to rounding).
+    """
+    buffers: list[Tensor] = scratch_buffers(owner, "adam_direction", params, every=True)  # type: ignore[assignment]
+    fused = [i for i, p in enumerate(params) if fused_adam_supported(p)]
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
+    for i in fused:
+        groups[(params[i].device, params[i].dtype)].append(i)
+    for (device, _), idx in groups.items():
+        out = [buffers[i] for i in idx]
+        torch._foreach_zero_(out)
+        # the kernel reads the (already counted) step; one tensor serves all
+        step_tensor = torch.tensor(float(step), dtype=torch.float32, device=device)
+        torch._fused_adam_(
+            out, [grads[i] for i in idx], [exp_avgs[i] for i in idx], [exp_avg_sqs[i] for i in idx],
+            [], [step_tensor] * len(idx), lr=-1.0, beta1=beta1, beta2=beta2,
+            weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
+        )
+    fused_set = set(fused)
+    rest = [i for i in range(len(params)) if i not in fused_set]
+    if rest:
+        m, v, g = ([ts[i] for i in rest] for ts in (exp_avgs, exp_avg_sqs, grads))
+        torch._foreach_lerp_(m, g, 1 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, g, g, value=1 - beta2)
+        out = [buffers[i] for i in rest]
+        foreach_into("sqrt", out, v)
+        torch._foreach_div_(out, math.sqrt(1 - beta2**step))
+        torch._foreach_add_(out, eps)
+        foreach_into("div", out, m, out)  # out aliasing an input is fine elementwise
+        torch._foreach_div_(out, 1 - beta1**step)
+    return buffers
+
+
+
 class MultiTensorOptimizer(torch.optim.Optimizer):
     """Base class: closure, grad gathering, ``maximize``, state init, steps.
 
@@ -194,87 +278,16 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
         """Multi-tensor update of parameters that all share the step ``step``."""
         raise NotImplementedError
 
-    def _scratch(
-        self, name: str, params: list[Tensor], every: bool = False
-    ) -> list[Tensor | None] | None:
-        """Persistent work buffers ``name`` for the large ones of ``params`` (None for small;
-        None instead of the list when none is large), for ``foreach_into``;
-        ``every=True``: a buffer for every parameter, on any device.
-
-        One buffer per (name, parameter), kept outside ``self.state``: not saved,
-        not loaded, not copied with the optimizer; contents are garbage between
-        uses. The assembled list is cached per parameter list, so a step over
-        many small tensors pays one lookup.
-        """
-        lists = self.__dict__.setdefault("_scratch_lists", {})
-        key = (name, every, tuple(map(id, params)))
-        hit = lists.get(key)
-        if hit is not None and all(
-            hit[1][i].shape == params[i].shape and hit[1][i].dtype == params[i].dtype for i in hit[2]
-        ):
-            return hit[1]
-        buffers = self.__dict__.setdefault("_scratch_buffers", {})
-        out: list[Tensor | None] = []
-        for p in params:
-            if not (every or is_large(p)):
-                out.append(None)
-                continue
-            entry = buffers.get((name, id(p)))
-            if entry is None or entry[0] is not p or entry[1].shape != p.shape or entry[1].dtype != p.dtype:
-                # holding p keeps its id from being reused while the entry lives
-                entry = (p, torch.empty_like(p, memory_format=torch.preserve_format))
-                buffers[(name, id(p))] = entry
-            out.append(entry[1])
-        if len(lists) > 64:  # parameter subsets vary (missed steps): keep the cache bounded
-            lists.clear()
-        large = [i for i, b in enumerate(out) if b is not None]
-        lists[key] = (list(params), out if large else None, large)
-        return out if large else None
+    # Persistent work buffers and the fused Adam direction (module functions
+    # below, so that optimizers with their own step, such as MoMo, share them).
+    def _scratch(self, name: str, params: list[Tensor], every: bool = False) -> list[Tensor | None] | None:
+        return scratch_buffers(self, name, params, every)
 
     def _adam_direction(
         self, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
         exp_avg_sqs: list[Tensor], step: int, beta1: float, beta2: float, eps: float,
     ) -> list[Tensor]:
-        """Adam's moment updates and direction, for parameters that share ``step``.
-
-        In place: m <- lerp(m, g, 1 - beta1), v <- beta2 v + (1 - beta2) g^2.
-        Returns u = m_hat / (sqrt(v_hat) + eps) (bias-corrected moments) in the
-        persistent buffers "adam_direction", valid until the next call.
-
-        torch's fused Adam kernel does it in one pass: it subtracts
-        lr * u from its "parameter", here a zeroed buffer with lr = -1.
-        Unsupported devices and dtypes take the same chain of foreach ops
-        as torch's foreach Adam (equal to rounding).
-        """
-        buffers: list[Tensor] = self._scratch("adam_direction", params, every=True)  # type: ignore[assignment]
-        fused = [i for i, p in enumerate(params) if fused_adam_supported(p)]
-        groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
-        for i in fused:
-            groups[(params[i].device, params[i].dtype)].append(i)
-        for (device, _), idx in groups.items():
-            out = [buffers[i] for i in idx]
-            torch._foreach_zero_(out)
-            # the kernel reads the (already counted) step; one tensor serves all
-            step_tensor = torch.tensor(float(step), dtype=torch.float32, device=device)
-            torch._fused_adam_(
-                out, [grads[i] for i in idx], [exp_avgs[i] for i in idx], [exp_avg_sqs[i] for i in idx],
-                [], [step_tensor] * len(idx), lr=-1.0, beta1=beta1, beta2=beta2,
-                weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
-            )
-        fused_set = set(fused)
-        rest = [i for i in range(len(params)) if i not in fused_set]
-        if rest:
-            m, v, g = ([ts[i] for i in rest] for ts in (exp_avgs, exp_avg_sqs, grads))
-            torch._foreach_lerp_(m, g, 1 - beta1)
-            torch._foreach_mul_(v, beta2)
-            torch._foreach_addcmul_(v, g, g, value=1 - beta2)
-            out = [buffers[i] for i in rest]
-            foreach_into("sqrt", out, v)
-            torch._foreach_div_(out, math.sqrt(1 - beta2**step))
-            torch._foreach_add_(out, eps)
-            foreach_into("div", out, m, out)  # out aliasing an input is fine elementwise
-            torch._foreach_div_(out, 1 - beta1**step)
-        return buffers
+        return adam_direction(self, params, grads, exp_avgs, exp_avg_sqs, step, beta1, beta2, eps)
 
     # --- the shared step --------------------------------------------------------
     def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:

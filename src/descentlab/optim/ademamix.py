@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from . import OPTIMIZERS
-from ._base import MultiTensorOptimizer, as_float, check_betas, check_lr, check_non_negative
+from ._base import MultiTensorOptimizer, as_float, check_betas, check_lr, check_non_negative, foreach_into
 
 
 def alpha_at(step: int, alpha: float, warmup: int | None) -> float:
@@ -114,12 +114,33 @@ class AdEMAMix(MultiTensorOptimizer):
             p.addcdiv_(numerator, denom, value=-lr * bc2_sqrt)
 
     def _update_foreach(self, group, params, grads, step) -> None:
-        lr, wd, eps = as_float(group["lr"]), group["weight_decay"], group["eps"]
+        lr, wd = as_float(group["lr"]), group["weight_decay"]
         beta1, beta2, _ = group["betas"]
         alpha, beta3 = self._coefficients(group, step)
         fast = [self.state[p]["exp_avg_fast"] for p in params]
         slow = [self.state[p]["exp_avg_slow"] for p in params]
         exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
+        if beta1 == 0:
+            self._update_chain(group, params, grads, fast, slow, exp_avg_sqs, step)
+            return
+        torch._foreach_lerp_(slow, grads, 1 - beta3)
+        # The fused Adam kernel divides lerp(C, g, 1 - beta1) / bc1 by sqrt(v_hat) + eps
+        # for its first moment C. With C = fast + (alpha bc1 / beta1) slow that
+        # numerator is (fast_new + alpha bc1 slow) / bc1 = fast_hat + alpha slow:
+        # AdEMAMix's whole direction in one pass (equal to rounding).
+        bc1 = 1 - beta1**step
+        combined = foreach_into("add", self._scratch("combined", params), fast, slow, alpha=alpha * bc1 / beta1)
+        torch._foreach_lerp_(fast, grads, 1 - beta1)
+        direction = self._adam_direction(params, grads, combined, exp_avg_sqs, step, beta1, beta2, group["eps"])
+        if wd != 0:
+            torch._foreach_mul_(params, 1 - lr * wd)
+        torch._foreach_add_(params, direction, alpha=-lr)
+
+    def _update_chain(self, group, params, grads, fast, slow, exp_avg_sqs, step) -> None:
+        """The update as a plain chain of foreach ops (beta1 = 0)."""
+        lr, wd, eps = as_float(group["lr"]), group["weight_decay"], group["eps"]
+        beta1, beta2, _ = group["betas"]
+        alpha, beta3 = self._coefficients(group, step)
         torch._foreach_lerp_(fast, grads, 1 - beta1)
         torch._foreach_lerp_(slow, grads, 1 - beta3)
         torch._foreach_mul_(exp_avg_sqs, beta2)

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from . import OPTIMIZERS
-from ._base import MultiTensorOptimizer, as_float, check_betas, check_lr, check_non_negative
+from ._base import MultiTensorOptimizer, as_float, check_betas, check_lr, check_non_negative, foreach_into
 
 MARS_TYPES = ("adamw", "lion")
 
@@ -163,24 +163,24 @@ class MARS(MultiTensorOptimizer):
         beta1, beta2 = group["betas"]
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
         k = group["gamma"] * beta1 / (1 - beta1)
-        c = torch._foreach_mul(grads, 1 + k)  # g + k (g - g_prev)
+        # c in persistent buffers for large tensors (see _base.SCRATCH_MIN_BYTES)
+        c = foreach_into("mul", self._scratch("correction", params), grads, 1 + k)  # g + k (g - g_prev)
         torch._foreach_sub_(c, [self.state[p]["last_grad"] for p in params], alpha=k)
         norms = torch._foreach_norm(c)
         torch._foreach_clamp_min_(norms, 1.0)  # dividing by 1 leaves c unclipped
         torch._foreach_div_(c, norms)
-        torch._foreach_lerp_(exp_avgs, c, 1 - beta1)
-        if wd != 0:
-            torch._foreach_mul_(params, 1 - lr * wd)
         if group["mars_type"] == "lion":
+            torch._foreach_lerp_(exp_avgs, c, 1 - beta1)
+            if wd != 0:
+                torch._foreach_mul_(params, 1 - lr * wd)
             torch._foreach_add_(params, torch._foreach_sign(exp_avgs), alpha=-lr)
             return
+        # the AdamW flavour is Adam on c: moments and direction in one fused pass
         exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, c, c, value=1 - beta2)
-        bc2_sqrt = math.sqrt(1 - beta2**t)
-        denom = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_add_(denom, eps * bc2_sqrt)
-        torch._foreach_addcdiv_(params, exp_avgs, denom, value=-lr * bc2_sqrt / (1 - beta1**t))
+        direction = self._adam_direction(params, c, exp_avgs, exp_avg_sqs, t, beta1, beta2, eps)
+        if wd != 0:
+            torch._foreach_mul_(params, 1 - lr * wd)
+        torch._foreach_add_(params, direction, alpha=-lr)
 
     def _adamw_foreach(self, group, params, grads, t: int) -> None:
         lr = as_float(group["lr"]) * group["lr_1d_factor"]
@@ -188,12 +188,7 @@ class MARS(MultiTensorOptimizer):
         beta1, beta2 = group["betas_1d"]
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
         exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
-        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-        bc2_sqrt = math.sqrt(1 - beta2**t)
-        denom = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_add_(denom, eps * bc2_sqrt)
+        direction = self._adam_direction(params, grads, exp_avgs, exp_avg_sqs, t, beta1, beta2, eps)
         if wd != 0:
             torch._foreach_mul_(params, 1 - lr * wd)
-        torch._foreach_addcdiv_(params, exp_avgs, denom, value=-lr * bc2_sqrt / (1 - beta1**t))
+        torch._foreach_add_(params, direction, alpha=-lr)

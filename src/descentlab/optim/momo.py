@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from . import OPTIMIZERS
+from ._base import adam_direction
 
 _GLOBAL = "global"  # key of the model-level state (step, loss average) in self.state
 
@@ -77,8 +78,9 @@ class _MomoBase(torch.optim.Optimizer):
         return out
 
 
-def _dots_foreach(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [t.sum() for t in torch._foreach_mul(xs, ys)]
+def _dots(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> list[torch.Tensor]:
+    """<x_i, y_i> for each pair: one fused kernel per pair, no product tensor."""
+    return [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]
 
 
 def _check(name: str, value: float, ok: bool) -> None:
@@ -134,6 +136,7 @@ class Momo(_MomoBase):
 
         active = self._active()
         dots, gammas, norms = [], [], []
+        directions: dict[int, list[torch.Tensor]] = {}
         for group, params in active:
             for p in params:
                 state = self.state[p]
@@ -156,7 +159,7 @@ class Momo(_MomoBase):
                     gammas.append(gw.clone())
                     norms.append(torch.linalg.vector_norm(d).square())
             else:
-                new_dots = _dots_foreach(params, grads)
+                new_dots = _dots(params, grads)
                 if fresh:
                     torch._foreach_copy_(ds, grads)
                     torch._foreach_copy_(gws, new_dots)
@@ -165,7 +168,7 @@ class Momo(_MomoBase):
                     torch._foreach_add_(ds, grads, alpha=1.0 - beta)
                     torch._foreach_mul_(gws, beta)
                     torch._foreach_add_(gws, new_dots, alpha=1.0 - beta)
-                dots.extend(_dots_foreach(params, ds))
+                dots.extend(_dots(params, ds))
                 gammas.extend(t.clone() for t in gws)
                 norms.extend(t.square() for t in torch._foreach_norm(ds))
         if not active:
@@ -240,6 +243,7 @@ class MomoAdam(_MomoBase):
 
         active = self._active()
         dots, gammas, norms = [], [], []
+        directions: dict[int, list[torch.Tensor]] = {}
         for group, params in active:
             for p in params:
                 state = self.state[p]
@@ -262,21 +266,15 @@ class MomoAdam(_MomoBase):
                     gammas.append(gw.clone())
                     norms.append((d * d).div_(precond).sum())
             else:
-                new_dots = _dots_foreach(params, grads)
-                torch._foreach_mul_(ds, beta1)
-                torch._foreach_add_(ds, grads, alpha=1.0 - beta1)
-                torch._foreach_mul_(vs, beta2)
-                torch._foreach_addcmul_(vs, grads, grads, value=1.0 - beta2)
+                new_dots = _dots(params, grads)  # <g, x> at the current x
                 torch._foreach_mul_(gws, beta1)
                 torch._foreach_add_(gws, new_dots, alpha=1.0 - beta1)
-                precond = torch._foreach_div(vs, bc2)
-                torch._foreach_sqrt_(precond)
-                torch._foreach_add_(precond, eps)
-                dots.extend(_dots_foreach(params, ds))
+                # d, v updated and u = d / (bc1 D) in one pass (fused Adam kernel);
+                # kept for the step below, which is x - tau d / D = x - tau bc1 u
+                directions[id(group)] = u = adam_direction(self, params, grads, ds, vs, k, beta1, beta2, eps)
+                dots.extend(_dots(params, ds))
                 gammas.extend(t.clone() for t in gws)
-                squares = torch._foreach_mul(ds, ds)
-                torch._foreach_div_(squares, precond)
-                norms.extend(t.sum() for t in squares)
+                norms.extend(bc1 * t for t in _dots(u, ds))  # ||d||^2_{D^-1} = bc1 <u, d>
         if not active:
             return loss
         dot = torch.stack(dots).sum().item()
@@ -301,12 +299,9 @@ class MomoAdam(_MomoBase):
                     if decay_after:
                         p.div_(shrink)
             else:
-                precond = torch._foreach_div(vs, bc2)
-                torch._foreach_sqrt_(precond)
-                torch._foreach_add_(precond, eps)
                 if decay_first:
                     torch._foreach_mul_(params, 1.0 - lam * lr)
-                torch._foreach_addcdiv_(params, ds, precond, value=-tau)
+                torch._foreach_add_(params, directions[id(group)], alpha=-tau * bc1)
                 if decay_after:
                     torch._foreach_div_(params, shrink)
         return loss
