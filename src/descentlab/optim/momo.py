@@ -136,7 +136,6 @@ class Momo(_MomoBase):
 
         active = self._active()
         dots, gammas, norms = [], [], []
-        directions: dict[int, list[torch.Tensor]] = {}
         for group, params in active:
             for p in params:
                 state = self.state[p]
