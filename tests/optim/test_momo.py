@@ -10,7 +10,7 @@ import torch
 
 from _problems import ROUNDING_ATOL, closure_for, make_model, use_fused_adam
 from _problems import regression_batches as batches
-from descentlab.optim import OPTIMIZERS
+from descentlab.optim import OPTIMIZERS, _base
 from descentlab.optim.momo import Momo, MomoAdam
 
 STEPS = 20
@@ -98,10 +98,13 @@ def test_momo_adam_matches_official(kw):
     assert_models_close(m1, m2, atol=1e-12)
 
 
+@pytest.mark.parametrize("min_bytes", [None, 64])
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("cls,kw", [(Momo, c) for c in MOMO_CASES] + [(MomoAdam, c) for c in MOMO_ADAM_CASES])
-def test_foreach_matches_loop_with_groups(monkeypatch, cls, kw, fused):
+def test_foreach_matches_loop_with_groups(monkeypatch, cls, kw, fused, min_bytes):
     use_fused_adam(monkeypatch, fused)
+    if min_bytes is not None:  # treat some tensors as large: torch.dot instead of segment sums
+        monkeypatch.setattr(_base, "SCRATCH_MIN_BYTES", min_bytes)
     data = batches()
     results = []
     for foreach in (True, False):

@@ -29,9 +29,10 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable
 
 import torch
+from torch._C._nn import flatten_dense_tensors
 
 from . import OPTIMIZERS
-from ._base import adam_direction
+from ._base import adam_direction, split_small
 
 _GLOBAL = "global"  # key of the model-level state (step, loss average) in self.state
 
@@ -78,9 +79,35 @@ class _MomoBase(torch.optim.Optimizer):
         return out
 
 
-def _dots(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> list[torch.Tensor]:
-    """<x_i, y_i> for each pair: one fused kernel per pair, no product tensor."""
-    return [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]
+def _dots(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
+    """<x_i, y_i> for each pair, as one 1-D tensor.
+
+    Large tensors: ``torch.dot`` (one pass, no product tensor). Small CPU
+    tensors: their products concatenated and summed per tensor in one
+    ``segment_reduce`` (a Python call per tensor would cost more than the sums).
+    """
+    small, others = split_small(xs)
+    parts, order = [], []
+    for idx in small:
+        products = torch._foreach_mul([xs[i] for i in idx], [ys[i] for i in idx])
+        lengths = torch.tensor([xs[i].numel() for i in idx])
+        parts.append(torch.segment_reduce(flatten_dense_tensors(products), "sum", lengths=lengths))
+        order += idx
+    if others:
+        parts.append(torch.stack([torch.dot(xs[i].reshape(-1), ys[i].reshape(-1)) for i in others]))
+        order += others
+    values = torch.cat(parts) if len(parts) > 1 else parts[0]
+    if order == sorted(order):
+        return values
+    return values[torch.tensor(order).argsort().to(values.device)]
+
+
+def _average_dots(averages: list[torch.Tensor], new: torch.Tensor, beta: float, fresh: bool) -> torch.Tensor:
+    """gamma_i <- beta gamma_i + (1 - beta) <g_i, x_i> (``fresh``: <g_i, x_i>) for the
+    0-dim per-parameter states ``averages``, all at once; returns their sum."""
+    averaged = new.clone() if fresh else torch.stack(averages).mul_(beta).add_(new, alpha=1.0 - beta)
+    torch._foreach_copy_(averages, list(averaged.unbind()))
+    return averaged.sum()
 
 
 def _check(name: str, value: float, ok: bool) -> None:
@@ -158,18 +185,14 @@ class Momo(_MomoBase):
                     gammas.append(gw.clone())
                     norms.append(torch.linalg.vector_norm(d).square())
             else:
-                new_dots = _dots(params, grads)
+                gammas.append(_average_dots(gws, _dots(params, grads), beta, fresh))
                 if fresh:
                     torch._foreach_copy_(ds, grads)
-                    torch._foreach_copy_(gws, new_dots)
                 else:
                     torch._foreach_mul_(ds, beta)
                     torch._foreach_add_(ds, grads, alpha=1.0 - beta)
-                    torch._foreach_mul_(gws, beta)
-                    torch._foreach_add_(gws, new_dots, alpha=1.0 - beta)
-                dots.extend(_dots(params, ds))
-                gammas.extend(t.clone() for t in gws)
-                norms.extend(t.square() for t in torch._foreach_norm(ds))
+                dots.append(_dots(params, ds).sum())
+                norms.append(torch.stack(torch._foreach_norm(ds)).square().sum())
         if not active:
             return loss
         dot = torch.stack(dots).sum().item()
@@ -265,15 +288,12 @@ class MomoAdam(_MomoBase):
                     gammas.append(gw.clone())
                     norms.append((d * d).div_(precond).sum())
             else:
-                new_dots = _dots(params, grads)  # <g, x> at the current x
-                torch._foreach_mul_(gws, beta1)
-                torch._foreach_add_(gws, new_dots, alpha=1.0 - beta1)
+                gammas.append(_average_dots(gws, _dots(params, grads), beta1, fresh=False))
                 # d, v updated and u = d / (bc1 D) in one pass (fused Adam kernel);
                 # kept for the step below, which is x - tau d / D = x - tau bc1 u
                 directions[id(group)] = u = adam_direction(self, params, grads, ds, vs, k, beta1, beta2, eps)
-                dots.extend(_dots(params, ds))
-                gammas.extend(t.clone() for t in gws)
-                norms.extend(bc1 * t for t in _dots(u, ds))  # ||d||^2_{D^-1} = bc1 <u, d>
+                dots.append(_dots(params, ds).sum())
+                norms.append(bc1 * _dots(u, ds).sum())  # ||d||^2_{D^-1} = bc1 <u, d>
         if not active:
             return loss
         dot = torch.stack(dots).sum().item()
