@@ -141,6 +141,19 @@ def test_rademacher_probes_are_signs_and_seeded():
     assert all(set(x.unique().tolist()) <= {-1.0, 1.0} for x in a)
 
 
+def test_rademacher_single_draw_equals_a_draw_per_parameter():
+    # One draw split into views must give the numbers of one draw per parameter
+    # (what the official code and the brute-force test do), for mixed dtypes too.
+    shapes = [(3, 4), (7,), (2, 3, 2, 2), (40000,)]
+    for dtypes in ([torch.float64] * 4, [torch.float32, torch.float64, torch.float32, torch.float64]):
+        params = [torch.zeros(s, dtype=d) for s, d in zip(shapes, dtypes)]
+        ours = rademacher_like(params, torch.Generator().manual_seed(9))
+        gen = torch.Generator().manual_seed(9)
+        for p, z in zip(params, ours):
+            expected = torch.randint(0, 2, p.shape, generator=gen, dtype=p.dtype) * 2 - 1
+            assert z.shape == p.shape and z.dtype == p.dtype and torch.equal(z, expected)
+
+
 def test_brute_force_trajectory_with_official_update_formula():
     """Dense Hessian (torch.func.hessian) times the same seeded probes, then the official
     update written out: D = |Hz| (mean over kernel dims 2, 3), v = EMA(D^2),
