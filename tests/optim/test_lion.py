@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from descentlab.optim import _base
 from descentlab.optim.lion import Lion
 
 from _problems import compare_maximize, compare_paths, grad_stream, make_params, run_on_stream
@@ -11,6 +12,14 @@ HP = dict(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1)
 
 
 def test_paths_agree():
+    compare_paths(Lion, HP)
+
+
+@pytest.mark.parametrize("min_bytes", [0, 64])
+def test_paths_agree_with_persistent_buffers(monkeypatch, min_bytes):
+    # the direction of large tensors goes into persistent buffers: force that for
+    # all tensors (0), then for a mix of large and small ones (64)
+    monkeypatch.setattr(_base, "SCRATCH_MIN_BYTES", min_bytes)
     compare_paths(Lion, HP)
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from . import OPTIMIZERS
-from ._base import MultiTensorOptimizer, as_float, check_betas, check_lr, check_non_negative
+from ._base import MultiTensorOptimizer, as_float, check_betas, check_lr, check_non_negative, foreach_into
 
 
 @OPTIMIZERS.register("lion")
@@ -68,7 +68,8 @@ class Lion(MultiTensorOptimizer):
         # lerp(m, g, w) = m + w (g - m): one kernel for beta m + (1 - beta) g. It
         # rounds differently from mul+add (lion-pytorch) in the last bit only,
         # which can flip a sign only where |c| is ~1e-16 |m|.
-        direction = torch._foreach_lerp(exp_avgs, grads, 1 - beta1)
+        # (in persistent buffers for large tensors, see _base.SCRATCH_MIN_BYTES)
+        direction = foreach_into("lerp", self._scratch("direction", params), exp_avgs, grads, 1 - beta1)
         torch._foreach_sign_(direction)
         if wd != 0:
             torch._foreach_mul_(params, 1 - lr * wd)
