@@ -15,11 +15,13 @@ def test_paths_agree():
     compare_paths(Lion, HP)
 
 
-@pytest.mark.parametrize("min_bytes", [0, 64])
-def test_paths_agree_with_persistent_buffers(monkeypatch, min_bytes):
-    # the direction of large tensors goes into persistent buffers: force that for
-    # all tensors (0), then for a mix of large and small ones (64)
+@pytest.mark.parametrize("min_bytes, block_bytes", [(0, 32), (64, 40), (0, 1 << 20)])
+def test_paths_agree_block_by_block(monkeypatch, min_bytes, block_bytes):
+    # Large contiguous CPU tensors are updated a block at a time: force that for
+    # all tensors (0) or a mix of large and small ones (64), with blocks of 4 or 5
+    # float64 elements (uneven last blocks) or one block per tensor. Same kernels: exact.
     monkeypatch.setattr(_base, "SCRATCH_MIN_BYTES", min_bytes)
+    monkeypatch.setattr(_base, "BLOCK_BYTES", block_bytes)
     compare_paths(Lion, HP)
 
 

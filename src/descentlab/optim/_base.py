@@ -128,6 +128,31 @@ def blocks(
     yield from zip(zip(*(t.view(-1).split(size) for t in tensors)), zip(*buffers))
 
 
+def split_blockable(owner: Any, tensors: tuple[list[Tensor], ...]) -> tuple[list[int], list[int]]:
+    """(indices for ``blocks``, the others) of lists of per-parameter tensors
+    (params first, then e.g. grads and moments): large CPU parameters whose
+    tensors are all contiguous go block by block.
+
+    Which parameters are large is cached per parameter list on ``owner``
+    (checking 400 small tensors costs ~0.5 ms a step); a stale entry could only
+    send a tensor down the other path, which computes the same update.
+    """
+    params = tensors[0]
+    cache = owner.__dict__.setdefault("_large_indices", {})
+    key = tuple(map(id, params))
+    entry = cache.get(key)
+    if entry is None:
+        if len(cache) > 64:  # parameter subsets vary (missed steps): keep the cache bounded
+            cache.clear()
+        # holding the list keeps its ids from being reused while the entry lives
+        entry = cache[key] = (list(params), [i for i, p in enumerate(params) if is_large(p)])
+    blocked = [i for i in entry[1] if all(ts[i].is_contiguous() for ts in tensors)]
+    if not blocked:
+        return [], list(range(len(params)))
+    chosen = set(blocked)
+    return blocked, [i for i in range(len(params)) if i not in chosen]
+
+
 def block_elements(t: Tensor) -> int:
     return max(1, BLOCK_BYTES // t.element_size())
 

@@ -28,7 +28,9 @@ from torch import Tensor
 from torch._C._nn import flatten_dense_tensors, unflatten_dense_tensors
 
 from . import OPTIMIZERS
-from ._base import MultiTensorOptimizer, as_float, blocks, check_betas, check_lr, check_non_negative, is_large
+from ._base import (
+    MultiTensorOptimizer, as_float, blocks, check_betas, check_lr, check_non_negative, split_blockable,
+)
 
 
 def exadam_step_size(lr: float, step: int, log_step_size: bool) -> float:
@@ -121,15 +123,15 @@ class EXAdam(MultiTensorOptimizer):
     def _update_foreach(self, group, params, grads, step) -> None:
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
         exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
-        tensors = list(zip(params, grads, exp_avgs, exp_avg_sqs))
+        tensors = (params, grads, exp_avgs, exp_avg_sqs)
+        blocked, rest = split_blockable(self, tensors)
+        for i in blocked:
+            self._step_blocks(group, tuple(ts[i] for ts in tensors), step)
         flattened: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-        for i, quad in enumerate(tensors):
-            if is_large(quad[0]) and all(t.is_contiguous() for t in quad):
-                self._step_blocks(group, quad, step)
-            else:
-                flattened.setdefault((quad[0].device, quad[0].dtype), []).append(i)
+        for i in rest:
+            flattened.setdefault((params[i].device, params[i].dtype), []).append(i)
         for idx in flattened.values():
-            self._step_flattened(group, *([ts[i] for i in idx] for ts in zip(*tensors)), step)
+            self._step_flattened(group, *([ts[i] for i in idx] for ts in tensors), step)
 
     def _step_blocks(self, group, quad, step) -> None:
         """A large contiguous CPU tensor a block at a time (see _base.blocks): the

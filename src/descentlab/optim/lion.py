@@ -20,7 +20,9 @@ import torch
 from torch import Tensor
 
 from . import OPTIMIZERS
-from ._base import MultiTensorOptimizer, as_float, check_betas, check_lr, check_non_negative, foreach_into
+from ._base import (
+    MultiTensorOptimizer, as_float, blocks, check_betas, check_lr, check_non_negative, split_blockable,
+)
 
 
 @OPTIMIZERS.register("lion")
@@ -62,16 +64,34 @@ class Lion(MultiTensorOptimizer):
             m.lerp_(g, 1 - beta2)
 
     def _update_foreach(self, group, params, grads, step) -> None:
+        exp_avgs = [self.state[p]["exp_avg"] for p in params]
+        blocked, rest = split_blockable(self, (params, grads, exp_avgs))
+        for i in blocked:
+            self._step_blocks(group, (params[i], grads[i], exp_avgs[i]))
+        if rest:
+            self._step_lists(group, *([ts[i] for i in rest] for ts in (params, grads, exp_avgs)))
+
+    def _step_lists(self, group, params, grads, exp_avgs) -> None:
         lr, wd = as_float(group["lr"]), group["weight_decay"]
         beta1, beta2 = group["betas"]
-        exp_avgs = [self.state[p]["exp_avg"] for p in params]
         # lerp(m, g, w) = m + w (g - m): one kernel for beta m + (1 - beta) g. It
         # rounds differently from mul+add (lion-pytorch) in the last bit only,
         # which can flip a sign only where |c| is ~1e-16 |m|.
-        # (in persistent buffers for large tensors, see _base.SCRATCH_MIN_BYTES)
-        direction = foreach_into("lerp", self._scratch("direction", params), exp_avgs, grads, 1 - beta1)
+        direction = torch._foreach_lerp(exp_avgs, grads, 1 - beta1)
         torch._foreach_sign_(direction)
         if wd != 0:
             torch._foreach_mul_(params, 1 - lr * wd)
         torch._foreach_add_(params, direction, alpha=-lr)
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)
+
+    def _step_blocks(self, group, triple) -> None:
+        """The same update on a large contiguous CPU tensor, a block at a time
+        (see _base.blocks): its four passes then hit cache, not main memory."""
+        lr, wd = as_float(group["lr"]), group["weight_decay"]
+        beta1, beta2 = group["betas"]
+        for (p, g, m), (direction,) in blocks(self, triple, ("direction",)):
+            torch.lerp(m, g, 1 - beta1, out=direction).sign_()
+            if wd != 0:
+                p.mul_(1 - lr * wd)
+            p.add_(direction, alpha=-lr)
+            m.lerp_(g, 1 - beta2)
