@@ -64,7 +64,10 @@ def check_betas(betas: Iterable[float], count: int = 2) -> None:
 # freshly allocated large blocks tend to come back from the OS page by page
 # (page faults cost about as much as the arithmetic), small ones are cheap.
 # The price is memory: each named buffer holds one more copy of the large
-# parameters for the optimizer's life (AdamP 2, DiffGrad 1-2, Grams 3, EXAdam 3).
+# parameters for the optimizer's life (Grams, AdamP, AdEMAMix, MARS, diffGrad
+# with weight decay: 1 besides the Adam-direction buffers; Lion and EXAdam
+# need only block-sized ones). ``adam_direction`` keeps one buffer per
+# parameter of every size, on any device: where its fused kernel writes u.
 SCRATCH_MIN_BYTES = 1 << 17
 
 
