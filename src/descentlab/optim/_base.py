@@ -203,8 +203,8 @@ def scratch_buffers(
 
     One buffer per (name, parameter), kept on ``owner`` (an optimizer) outside
     its state: not saved, not loaded, not copied with the optimizer; contents
-    are garbage between uses. The assembled list is cached per parameter list, so a step over
-    many small tensors pays one lookup.
+    are garbage between uses. The assembled list is cached per parameter list,
+    so a step over many small tensors pays one lookup.
     """
     lists = owner.__dict__.setdefault("_scratch_lists", {})
     key = (name, every, tuple(map(id, params)))
@@ -230,6 +230,7 @@ def scratch_buffers(
     large = [i for i, b in enumerate(out) if b is not None]
     lists[key] = (list(params), out if large else None, large)
     return out if large else None
+
 
 def adam_direction(
     owner: Any, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
@@ -277,7 +278,6 @@ def adam_direction(
     return buffers
 
 
-
 class MultiTensorOptimizer(torch.optim.Optimizer):
     """Base class: closure, grad gathering, ``maximize``, state init, steps.
 
@@ -309,7 +309,7 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     # Persistent work buffers and the fused Adam direction (module functions
-    # below, so that optimizers with their own step, such as MoMo, share them).
+    # above, so that optimizers with their own step, such as MoMo, share them).
     def _scratch(self, name: str, params: list[Tensor], every: bool = False) -> list[Tensor | None] | None:
         return scratch_buffers(self, name, params, every)
 

@@ -150,7 +150,9 @@ class EXAdam(MultiTensorOptimizer):
 
     def _step_flattened(self, group, params, grads, exp_avgs, exp_avg_sqs, step) -> None:
         """Tensors of one device and dtype: moments per tensor (foreach), the
-        direction's long chain once on their concatenation (see split_small)."""
+        direction's long chain once on their concatenation (see split_small).
+        Small CPU tensors come here, and everything on accelerators (one kernel
+        per op for all tensors; the price is a copy of m, v and g per step)."""
         lr, wd, eps = as_float(group["lr"]), group["weight_decay"], group["eps"]
         beta1, beta2 = group["betas"]
         if wd != 0:
