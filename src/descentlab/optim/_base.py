@@ -128,7 +128,11 @@ def blocks(
             buffer = torch.empty(min(size, first.numel()), dtype=first.dtype, device=first.device)
             cache[key] = tuple(buffer[: len(part)] for part in first.view(-1).split(size))
         buffers.append(cache[key])
-    yield from zip(zip(*(t.view(-1).split(size) for t in tensors)), zip(*buffers))
+    parts = zip(*(t.view(-1).split(size) for t in tensors))
+    if not buffers:
+        yield from ((block, ()) for block in parts)
+        return
+    yield from zip(parts, zip(*buffers))
 
 
 def split_blockable(owner: Any, tensors: tuple[list[Tensor], ...]) -> tuple[list[int], list[int]]:
@@ -190,8 +194,45 @@ FUSED_ADAM_DEVICES = frozenset({"cpu", "cuda"})
 FUSED_ADAM_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
 
 
+def is_dense(t: Tensor) -> bool:
+    """Whether ``t``'s elements fill exactly ``numel`` consecutive memory slots, in
+    any dimension order (contiguous, channels_last, transposed: yes; expanded or
+    sliced with a step: no)."""
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def fused_adam_supported(p: Tensor) -> bool:
-    return p.device.type in FUSED_ADAM_DEVICES and p.dtype in FUSED_ADAM_DTYPES
+    return p.device.type in FUSED_ADAM_DEVICES and p.dtype in FUSED_ADAM_DTYPES and is_dense(p)
+
+
+def fusable_indices(owner: Any, params: list[Tensor], *others: list[Tensor]) -> list[int]:
+    """Indices of the parameters the fused Adam kernel may take with ``others``
+    (gradients, moments: lists aligned with ``params``).
+
+    The kernel walks raw memory: every tensor of a parameter must be dense
+    with the parameter's layout (a transposed gradient is otherwise read in
+    the wrong order, silently: measured). Device, dtype and density of the
+    parameters are cached per parameter list on ``owner``; the strides of the
+    others are compared every step (~0.1 ms per list of 400 tensors).
+    """
+    cache = owner.__dict__.setdefault("_fusable", {})
+    key = tuple(map(id, params))
+    entry = cache.get(key)
+    if entry is None:
+        if len(cache) > 64:  # parameter subsets vary (missed steps): keep the cache bounded
+            cache.clear()
+        # holding the list keeps its ids from being reused while the entry lives
+        entry = cache[key] = (list(params), [p.stride() for p in params],
+                              [i for i, p in enumerate(params) if fused_adam_supported(p)])
+    _, strides, supported = entry
+    if all(list(map(Tensor.stride, ts)) == strides for ts in others):
+        return supported
+    return [i for i in supported if all(ts[i].stride() == strides[i] for ts in others)]
 
 
 def scratch_buffers(
@@ -244,11 +285,11 @@ def adam_direction(
 
     torch's fused Adam kernel does it in one pass: it subtracts
     lr * u from its "parameter", here a zeroed buffer with lr = -1.
-    Unsupported devices and dtypes take the same chain of foreach ops
-    as torch's foreach Adam (equal to rounding).
+    Unsupported devices, dtypes and layouts (see ``fusable_indices``) take
+    the same chain of foreach ops as torch's foreach Adam (equal to rounding).
     """
     buffers: list[Tensor] = scratch_buffers(owner, "adam_direction", params, every=True)  # type: ignore[assignment]
-    fused = [i for i, p in enumerate(params) if fused_adam_supported(p)]
+    fused = fusable_indices(owner, params, grads, exp_avgs, exp_avg_sqs, buffers)
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
     for i in fused:
         groups[(params[i].device, params[i].dtype)].append(i)
