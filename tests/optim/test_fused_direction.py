@@ -40,6 +40,7 @@ def layouts():
         ("channels_last", rand(2, 3, 2, 2).to(memory_format=torch.channels_last),
          rand(2, 3, 2, 2).to(memory_format=torch.channels_last)),
         ("strided parameter", rand(4, 6)[:, ::2], rand(4, 3)),
+        ("size-1 dimension with another stride", rand(2, 1, 5), rand(2, 5).unsqueeze(1).as_strided((2, 1, 5), (5, 1, 1))),
     ]
 
 
@@ -69,6 +70,11 @@ def test_fusable_indices_keeps_the_kernel_from_mismatched_layouts():
     grads = [torch.zeros(4, 3), torch.zeros(3, 4).t(), torch.zeros(4, 3), torch.zeros(5, dtype=torch.int64)]
     assert _base.fusable_indices(owner, params, grads) == [0]
     assert _base.fusable_indices(owner, params, [g.contiguous() for g in grads]) == [0, 1]
+    # strides of size-1 dimensions do not matter (autograd gives such gradients)
+    w = torch.zeros(2, 1, 5)
+    g = torch.zeros(2, 5).unsqueeze(1).as_strided((2, 1, 5), (5, 1, 1))
+    assert w.stride() != g.stride()
+    assert _base.fusable_indices(Owner(), [w], [g]) == [0]
 
 
 @pytest.mark.parametrize("cls", [Grams, DiffGrad])

@@ -232,7 +232,14 @@ def fusable_indices(owner: Any, params: list[Tensor], *others: list[Tensor]) -> 
     _, strides, supported = entry
     if all(list(map(Tensor.stride, ts)) == strides for ts in others):
         return supported
-    return [i for i in supported if all(ts[i].stride() == strides[i] for ts in others)]
+    return [i for i in supported if all(same_layout(ts[i], params[i]) for ts in others)]
+
+
+def same_layout(t: Tensor, p: Tensor) -> bool:
+    """Whether ``t`` (shaped like the dense ``p``) has ``p``'s memory order: equal
+    strides in every dimension of size > 1 (autograd may give size-1 dimensions
+    other strides, pytorch/pytorch#106951)."""
+    return all(a == b for a, b, size in zip(t.stride(), p.stride(), p.shape) if size > 1)
 
 
 def scratch_buffers(
