@@ -40,7 +40,8 @@ def layouts():
         ("channels_last", rand(2, 3, 2, 2).to(memory_format=torch.channels_last),
          rand(2, 3, 2, 2).to(memory_format=torch.channels_last)),
         ("strided parameter", rand(4, 6)[:, ::2], rand(4, 3)),
-        ("size-1 dimension with another stride", rand(2, 1, 5), rand(2, 5).unsqueeze(1).as_strided((2, 1, 5), (5, 1, 1))),
+        ("size-1 dimension with another stride", rand(2, 1, 5),
+         rand(2, 5).unsqueeze(1).as_strided((2, 1, 5), (5, 1, 1))),
     ]
 
 

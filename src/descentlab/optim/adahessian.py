@@ -22,8 +22,9 @@ Differences from the official code: kernels of any ndim >= 3 are averaged over
 dims 2.. (the official code handles only 4-D kernels and breaks on 3-D ones);
 parameters whose gradient does not depend on any parameter get Hz = 0 instead
 of an error. Measured against the official class (global RNG seeded like our
-generator; conv net, float64, 20 steps): max |dw| 3.3e-16. After the Hessian-vector product, ``p.grad`` is detached in place
-(values unchanged), as in the official code: this frees the double-backward
+generator; conv net, float64, 20 steps): max |dw| 3.3e-16. After the
+Hessian-vector product, ``p.grad`` is detached in place (values unchanged),
+as in the official code: this frees the double-backward
 graph and breaks the param -> grad -> graph -> param reference cycle.
 """
 
