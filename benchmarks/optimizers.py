@@ -147,11 +147,11 @@ def contenders_for(names: list[str], make_model, grads, input_dim) -> tuple[list
 
     add("torch AdamW foreach", lambda p: torch.optim.AdamW(p, lr=1e-3, foreach=True))
     for name in names:
-        add(name, lambda p, n=name: OPTIMIZERS.build({"name": n, **HPARAMS.get(n, {})}, p))
+        ours = lambda p, n=name: OPTIMIZERS.build({"name": n, **HPARAMS.get(n, {})}, p)  # noqa: E731
+        add(name, ours)
         if name in LATE_PHASE:
-            add(f"{name} {LATE_PHASE[name][0]}",
-                lambda p, n=name: OPTIMIZERS.build({"name": n, **HPARAMS.get(n, {})}, p),
-                warm_steps=LATE_PHASE[name][1])
+            suffix, warm_steps = LATE_PHASE[name]
+            add(f"{name} {suffix}", ours, warm_steps=warm_steps)
         if po is not None and name in PO_EQUIVALENT:
             cls = getattr(po, PO_EQUIVALENT[name], None)
             if cls is None:
