@@ -43,7 +43,7 @@ EXADAM_V2 = [
 ]
 
 
-# The multi-tensor path reassociates (n d1 = n + beta2^t n r): equal to rounding.
+# The multi-tensor path rewrites d1 and d2 (exadam_direction): equal to rounding.
 FLOAT32_TOL = dict(rtol=1e-5, atol=1e-6)
 
 
