@@ -62,6 +62,23 @@ def test_learning_curves_and_summary_points_draw():
     assert row.accuracy_mean == pytest.approx(0.6) and row.accuracy_std == pytest.approx(np.std([0.5, 0.7], ddof=1))
 
 
+def test_learning_curves_log_panels_get_a_positive_geometric_band():
+    # seeds at 0.01 and 1.0: mean - sd is negative, which on a log axis used to
+    # fill the band down to the bottom of the panel
+    runs = pd.DataFrame({"run_id": ["a", "b"], "method": ["A", "A"], "seed": [0, 1], "status": ["ok", "ok"]})
+    metrics = pd.DataFrame([(rid, step, "train", "loss", v) for rid, v in (("a", 0.01), ("b", 1.0))
+                            for step in (0, 10)], columns=["run_id", "step", "split", "metric", "value"])
+    panels = [{"split": "train", "metric": "loss", "log": True}]
+    fig, _, _ = FIGURES.get("learning_curves")(metrics, runs, {}, hue="method", panels=panels)
+    ax = fig.axes[0]
+    (line,) = [line for line in ax.get_lines() if len(line.get_ydata())]  # not the legend's proxy
+    assert np.allclose(line.get_ydata(), 0.1)  # geometric mean of 0.01 and 1
+    band = np.concatenate([p.vertices[:, 1] for c in ax.collections for p in c.get_paths()])
+    assert band.min() > 0 and np.isclose(band.min(), 0.1 / np.exp(np.log(100) / np.sqrt(2)))
+    with pytest.raises(ValueError, match="band"):
+        FIGURES.get("learning_curves")(metrics, runs, {}, hue="method", band="iqr")
+
+
 def test_count_outliers_finds_the_largest_gap():
     from descentlab.analyses.curvature import count_outliers
 
