@@ -25,11 +25,12 @@ def lr_sensitivity(
     split: str = "val",
     metric: str = "loss",
     log_y: bool = True,
+    xlabel: str | None = None,
     title: str | None = None,
 ):
     """Final (split, metric) of every tuning run vs the learning-rate axis, one
     line per optimizer, one panel per problem (as in the MoMo paper). Diverged
-    runs leave a gap and are listed in the summary."""
+    runs leave a gap and are listed in the summary. ``xlabel`` defaults to ``x``."""
     table = final_values(metrics, runs, split, metric)
     table[x] = pd.to_numeric(table[x])
     facets = list(dict.fromkeys(table[facet]))
@@ -37,7 +38,7 @@ def lr_sensitivity(
     for ax, value in zip(axes[0], facets):
         part = table[table[facet] == value]
         sns.lineplot(data=part, x=x, y="value", hue=hue, marker="o", errorbar=None, ax=ax, legend=ax is axes[0][-1])
-        ax.set(xscale="log", title=str(value), xlabel=x, ylabel=f"final {split} {metric}")
+        ax.set(xscale="log", title=str(value), xlabel=xlabel or x, ylabel=f"final {split} {metric}")
         grid = sorted(part[x].unique())
         ax.set_xticks(grid, [f"{v:g}" for v in grid])
         ax.xaxis.set_minor_locator(plt.NullLocator())
