@@ -77,23 +77,26 @@ class _MomoBase(torch.optim.Optimizer):
         """tau = min(lr / rho, (s (f_bar - rho f*) + <d, x> - s gamma)_+ / norm), s = 1 + lr lambda.
 
         f* is ``lb``, or with ``use_fstar`` the online estimate of the official
-        code (MoMo*), kept in the global state as ``lb_estimate``: reset to cap / (2 s rho) when the cap s f_bar + <d, x>
-        - s gamma falls below s rho f*, then, after the step, set to
-        (f_bar + <d, x> - gamma - tau norm / 2) / rho; never below ``lb``.
-        Groups are taken in order, each seeing the estimate the previous one left.
+        code (MoMo*), kept in the global state as ``lb_estimate``: reset to
+        cap / (2 s rho) when the cap s f_bar + <d, x> - s gamma falls below
+        s rho f*, then, after the step, set to (f_bar + <d, x> - gamma -
+        tau norm / 2) / rho; never below ``lb``. Groups are taken in order,
+        each seeing the estimate the previous one left.
         """
         lr = group["lr"]
         shrink = 1.0 + lr * group["weight_decay"]
         f_bar = glob["loss_avg"]
+        # .get: param groups saved before use_fstar existed load without the key
+        use_fstar = group.get("use_fstar", False)
         fstar = lb
-        if group["use_fstar"]:
+        if use_fstar:
             fstar = glob.setdefault("lb_estimate", lb)
             cap = shrink * f_bar + dot - shrink * gamma
             if cap < shrink * rho * fstar:
                 fstar = max(cap / (2.0 * shrink * rho), lb)
         numerator = shrink * (f_bar - rho * fstar) + dot - shrink * gamma
         tau = min(lr / rho, max(numerator, 0.0) / norm) if norm > 0 else 0.0
-        if group["use_fstar"]:
+        if use_fstar:
             glob["lb_estimate"] = max((f_bar + dot - gamma - 0.5 * tau * norm) / rho, lb)
         return tau
 
