@@ -135,6 +135,20 @@ def blocks(
     yield from zip(parts, zip(*buffers))
 
 
+def per_param_list(owner: Any, name: str, params: list[Tensor], build: Callable[[list[Tensor]], Any]) -> Any:
+    """``build(params)``, cached on ``owner`` (in its attribute ``name``) per
+    parameter list, by the identity of its tensors."""
+    cache = owner.__dict__.setdefault(name, {})
+    key = tuple(map(id, params))
+    entry = cache.get(key)
+    if entry is None:
+        if len(cache) > 64:  # parameter subsets vary (missed steps): keep the cache bounded
+            cache.clear()
+        # holding the list keeps its ids from being reused while the entry lives
+        entry = cache[key] = (list(params), build(params))
+    return entry[1]
+
+
 def split_blockable(owner: Any, tensors: tuple[list[Tensor], ...]) -> tuple[list[int], list[int]]:
     """(indices for ``blocks``, the others) of lists of per-parameter tensors
     (params first, then e.g. grads and moments): large CPU parameters whose
@@ -145,15 +159,9 @@ def split_blockable(owner: Any, tensors: tuple[list[Tensor], ...]) -> tuple[list
     send a tensor down the other path, which computes the same update.
     """
     params = tensors[0]
-    cache = owner.__dict__.setdefault("_large_indices", {})
-    key = tuple(map(id, params))
-    entry = cache.get(key)
-    if entry is None:
-        if len(cache) > 64:  # parameter subsets vary (missed steps): keep the cache bounded
-            cache.clear()
-        # holding the list keeps its ids from being reused while the entry lives
-        entry = cache[key] = (list(params), [i for i, p in enumerate(params) if is_large(p)])
-    blocked = [i for i in entry[1] if all(ts[i].is_contiguous() for ts in tensors)]
+    large = per_param_list(owner, "_large_indices", params,
+                           lambda ps: [i for i, p in enumerate(ps) if is_large(p)])
+    blocked = [i for i in large if all(ts[i].is_contiguous() for ts in tensors)]
     if not blocked:
         return [], list(range(len(params)))
     chosen = set(blocked)
@@ -220,16 +228,8 @@ def fusable_indices(owner: Any, params: list[Tensor], *others: list[Tensor]) -> 
     parameters are cached per parameter list on ``owner``; the strides of the
     others are compared every step (~0.1 ms per list of 400 tensors).
     """
-    cache = owner.__dict__.setdefault("_fusable", {})
-    key = tuple(map(id, params))
-    entry = cache.get(key)
-    if entry is None:
-        if len(cache) > 64:  # parameter subsets vary (missed steps): keep the cache bounded
-            cache.clear()
-        # holding the list keeps its ids from being reused while the entry lives
-        entry = cache[key] = (list(params), [p.stride() for p in params],
-                              [i for i, p in enumerate(params) if fused_adam_supported(p)])
-    _, strides, supported = entry
+    strides, supported = per_param_list(owner, "_fusable", params, lambda ps: (
+        [p.stride() for p in ps], [i for i, p in enumerate(ps) if fused_adam_supported(p)]))
     if all(list(map(Tensor.stride, ts)) == strides for ts in others):
         return supported
     return [i for i in supported if all(same_layout(ts[i], params[i]) for ts in others)]
