@@ -34,6 +34,7 @@ DEFAULT_SPEC: dict[str, Any] = {
     "resume_every": 0,  # resume point at the first log step k steps after the last (0: every minute)
     "instruments": [],  # [{"name": ..., "every": k, ...}] measured during training
     "subspace": None,  # {"dim": d, "seed": s}: train theta_0 + P theta_d only (intrinsic dimension)
+    "init": None,  # {"run": id, "step": k, "restore": weights|optimizer|all, "exclude": [...]}: start from another run
 }
 
 # Keys whose dict values name a registry entry; the registries are looked up
