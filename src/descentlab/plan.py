@@ -103,7 +103,7 @@ def plan(
     study_runs: dict[str, list[Run]] = {}
     study_parents: dict[str, list[Run]] = {}
     for path in sorted(paths, key=lambda p: p.stem):
-        study = load_study(path, schema, scales=(scale,))
+        study = load_study(path, schema, scales=())  # checked at `scale` by the expansion below
         name = study["name"]
         studies[name] = study
         expansion = expand_study_lineage(study, scale, source=str(path))

@@ -9,6 +9,7 @@ share it and changing any value makes a new run.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import inspect
 import json
@@ -122,7 +123,8 @@ def _readable_prefix(spec: dict[str, Any]) -> str:
 def run_id(spec: dict[str, Any]) -> str:
     """``<dataset>-<model>-<optimizer>-lr<lr>-s<seed>-<hash8>``."""
     spec = canonical(spec)
-    return f"{_readable_prefix(spec)}-s{spec['seed']}-{spec_hash(spec)}"
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
+    return f"{_readable_prefix(spec)}-s{spec['seed']}-{digest}"
 
 
 def data_id(dataset: dict[str, Any]) -> str:
@@ -159,23 +161,31 @@ _POSITIONAL = {
 }
 
 
+@functools.lru_cache(maxsize=None)
+def _accepted_kwargs(kind: str, builder: Callable[..., Any]) -> frozenset[str] | None:
+    """The keyword arguments ``builder`` takes from a spec (None: any)."""
+    try:
+        sig = inspect.signature(builder)
+    except (TypeError, ValueError):  # builtins without signatures: nothing to check
+        return None
+    params = list(sig.parameters.values())
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(
+        p.name
+        for p in params[_POSITIONAL[kind] :]
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    )
+
+
 def _check_kwargs(kind: str, builder: Callable[..., Any], kwargs: dict[str, Any], where: str) -> None:
     if kind == "dataset":
         from .data import COMMON_OPTIONS
 
         kwargs = {k: v for k, v in kwargs.items() if k not in COMMON_OPTIONS}
-    try:
-        sig = inspect.signature(builder)
-    except (TypeError, ValueError):  # builtins without signatures: nothing to check
+    accepted = _accepted_kwargs(kind, builder)
+    if accepted is None:
         return
-    params = list(sig.parameters.values())
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return
-    accepted = {
-        p.name
-        for p in params[_POSITIONAL[kind] :]
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise SpecError(

@@ -18,6 +18,9 @@ from descentlab.studies import StudyError, analysis_options, study_paths
 from descentlab.train.loop import output_files
 
 RESULTS = config["results"]
+LOG = logging.getLogger("descentlab")
+if not LOG.handlers:  # parse-time warnings (damaged runs) reach the console
+    LOG.addHandler(logging.StreamHandler(sys.stderr))
 ENV = "../../envs/descentlab.yaml"
 
 try:
@@ -97,18 +100,21 @@ def train_inputs(wc):
     return inputs
 
 
+_HEALTH = {}
+
+
 def group_health(wc):
     """'ok', or what is wrong with the finished job's run files: a changed
     value reruns the job (Snakemake's params trigger), and names the damage."""
-    if not Path(job_manifest(wc.group)).exists():
-        return "ok"
-    problems = []
-    for run in group_members(wc.group):
-        problems += run_damage(run.dir, output_files(run.dir, run.spec))
-    if problems:
-        logging.getLogger("descentlab").warning("training job %s reruns: %s", wc.group, "; ".join(problems[:5]))
-        return "damaged: " + "; ".join(problems[:5])
-    return "ok"
+    if wc.group not in _HEALTH:
+        problems = []
+        if Path(job_manifest(wc.group)).exists():
+            for run in group_members(wc.group):
+                problems += run_damage(run.dir, output_files(run.dir, run.spec))
+        if problems:
+            LOG.warning("training job %s reruns: %s", wc.group, "; ".join(problems[:5]))
+        _HEALTH[wc.group] = "damaged: " + "; ".join(problems[:5]) if problems else "ok"
+    return _HEALTH[wc.group]
 
 
 # -- analyses and figures ------------------------------------------------------------------
