@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from . import OPTIMIZERS
+from ._base import check_gradients
 
 _GENERATOR_KEY = "probe_generator_state"
 
@@ -176,6 +177,9 @@ class AdaHessian(torch.optim.Optimizer):
         if not active:
             return loss
         params = [p for _, ps in active for p in ps]
+        check_gradients(self, params, complex_reason=(
+            "Rademacher probes, the Hessian-vector product and the kernel averaging are "
+            "defined for real parameters"))
         grads = [p.grad for p in params]
         probes = rademacher_like(params, self._probe_generator(params[0].device))
         with torch.enable_grad():

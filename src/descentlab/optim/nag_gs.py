@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from . import OPTIMIZERS
+from ._base import as_real, check_gradients
 
 
 @OPTIMIZERS.register("nag_gs")
@@ -80,6 +81,7 @@ class NAGGS(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
+            check_gradients(self, params)
             for p in params:
                 state = self.state[p]
                 if len(state) == 0:
@@ -90,17 +92,19 @@ class NAGGS(torch.optim.Optimizer):
             keep = [gamma / (alpha * mu + gamma) for gamma in gammas]
             pull = [alpha * mu / (alpha * mu + gamma) for gamma in gammas]
             push = [alpha / (alpha * mu + gamma) for gamma in gammas]
-            vs = [self.state[p]["v"] for p in params]
-            grads = [p.grad for p in params]
+            # complex parameters are updated as their real views (torch.optim's convention)
+            vs = [as_real(self.state[p]["v"]) for p in params]
+            grads = [as_real(p.grad) for p in params]
+            xs = [as_real(p.detach()) for p in params]
             if group["foreach"] is False:
-                for p, v, g, k, b, c in zip(params, vs, grads, keep, pull, push):
+                for p, v, g, k, b, c in zip(xs, vs, grads, keep, pull, push):
                     v.mul_(k).add_(p * b).sub_(g * c)
                     p.lerp_(v, a)
             else:
                 torch._foreach_mul_(vs, keep)
-                torch._foreach_add_(vs, torch._foreach_mul(params, pull))
+                torch._foreach_add_(vs, torch._foreach_mul(xs, pull))
                 torch._foreach_sub_(vs, torch._foreach_mul(grads, push))
-                torch._foreach_lerp_(params, vs, a)
+                torch._foreach_lerp_(xs, vs, a)
             for p, gamma in zip(params, gammas):
                 self.state[p]["gamma"] = (1.0 - a) * gamma + a * mu
         return loss

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from . import OPTIMIZERS
+from ._base import check_gradients
 
 _GRAFTS = ("adam", "adagrad")
 
@@ -137,6 +138,9 @@ class Shampoo(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
+            check_gradients(self, params, complex_reason=(
+                "its Kronecker factors, one per dimension, would need Hermitian Gram matrices; "
+                "the real view would add a factor for its trailing dimension of size 2"))
             for p in params:
                 self._init_state(group, p)["step"] += 1
             if group["foreach"] is False:
