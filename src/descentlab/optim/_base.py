@@ -12,7 +12,9 @@ closure, skipping parameters without a gradient, ``maximize`` (on a negated
 copy, so ``p.grad`` is never modified), lazy state initialisation and the
 per-parameter step counter ``state["step"]`` (a 0-dim float32 tensor, as in
 torch.optim). Subclasses implement ``_init_state``, ``_update_reference`` and
-``_update_foreach``.
+``_update_foreach``. Sparse gradients are refused (``refuse_sparse``, the one
+message of every descentlab optimizer); a complex parameter reaches the hooks
+as its real view, with real views of its (complex) state, as torch.optim does.
 
 Multi-tensor paths may keep the temporaries of large tensors in persistent
 buffers (``_scratch`` + ``foreach_into``): same kernels, same numbers, no

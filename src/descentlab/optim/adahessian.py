@@ -26,6 +26,11 @@ generator; conv net, float64, 20 steps): max |dw| 3.3e-16. After the
 Hessian-vector product, ``p.grad`` is detached in place (values unchanged),
 as in the official code: this frees the double-backward
 graph and breaks the param -> grad -> graph -> param reference cycle.
+
+Complex parameters are refused: the Rademacher probes, the Hessian-vector
+product through complex autograd and the averaging over kernel dimensions are
+defined here for real parameters only (a real view would change which
+dimensions are averaged).
 """
 
 from __future__ import annotations

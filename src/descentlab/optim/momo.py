@@ -22,7 +22,8 @@ dtype. Otherwise it keeps the <g, x> average in a float32 ``torch.zeros(1)`` /
 for MoMo-Adam with ``use_fstar``.
 
 Both need the loss, so ``step(closure)`` requires the closure (the training
-loop always passes one). ``use_fstar=True`` replaces the fixed lower bound by
+loop always passes one). Complex parameters enter as their real views (inner
+products and norms of the (real, imaginary) pairs), as torch.optim does. ``use_fstar=True`` replaces the fixed lower bound by
 the official online estimate (MoMo*), kept in the global state.
 """
 

@@ -29,6 +29,7 @@ Differences from the official code (measured in tests/optim/test_nag_gs.py):
   x_1 = x_0 without using the gradient: its iterate n+1 is our iterate n (its
   README's 200-step value -6.888961e-05 (float32) is our 199-step -6.888932e-05).
 Defaults (alpha 0.05, mu 1, gamma 1.5) are those of the official README.
+Complex parameters are updated as their real views, as torch.optim does.
 """
 
 from __future__ import annotations

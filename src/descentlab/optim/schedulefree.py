@@ -29,7 +29,9 @@ The averaging weights use the running max of lr_k, as the official code does
 scheduler that lowers lr does not freeze the parameters: x keeps averaging
 towards z (c_k ~ 1/k), and y with it.
 
-Unlike the official classes, ``step()`` never writes into ``p.grad``.
+Unlike the official classes, ``step()`` never writes into ``p.grad``. Complex
+parameters are updated (and converted by ``train()``/``eval()``) as their real
+views, as torch.optim does.
 """
 
 from __future__ import annotations

@@ -21,6 +21,10 @@ so the step size follows the first-order method and Shampoo chooses the
 direction. Before ``start_preconditioning_step`` the step *is* the graft's (so it
 equals Adam/AdamW, or AdaGrad with beta1 = 0). Weight decay is decoupled
 (p <- p (1 - lr wd)).
+
+Complex parameters are refused: complex Kronecker factors would be Hermitian
+(G G^H), and the real view would add a factor for its trailing dimension of
+size 2, a different preconditioner.
 """
 
 from __future__ import annotations
