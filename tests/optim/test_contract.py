@@ -459,10 +459,14 @@ class ComplexProblem:
         return [torch.view_as_real(p.detach()) if p.is_complex() else p.detach() for p in self.params]
 
 
+@pytest.mark.parametrize("foreach", [None, False], ids=["foreach", "reference"])
 @pytest.mark.parametrize("name", NAMES)
-def test_complex_parameters_update_as_their_real_views(name):
+def test_complex_parameters_update_as_their_real_views(name, foreach):
+    if foreach is False and not accepts(name, "foreach"):
+        pytest.skip("one update path")
+    kwargs = {} if foreach is None else {"foreach": False}
     problem = ComplexProblem(as_real_view=False)
-    optimizer = build(name, problem.params)
+    optimizer = build(name, problem.params, **kwargs)
     if name in COMPLEX_REFUSED:
         with pytest.raises(RuntimeError, match="does not support complex parameters") as error:
             _run(optimizer, problem.loss, steps=1)
@@ -473,7 +477,7 @@ def test_complex_parameters_update_as_their_real_views(name):
         pytest.skip("routes by shape, and a complex vector's real view is a matrix: "
                     "test_muon.py::test_complex_parameters_are_adamws_real_views")
     reference = ComplexProblem(as_real_view=True)
-    reference_optimizer = build(name, reference.params)
+    reference_optimizer = build(name, reference.params, **kwargs)
     # ours: bit for bit; torch's SGD (also SAM's base here) does complex arithmetic,
     # which rounds differently from the real view's (1 ulp)
     tolerance = 0.0 if name not in ("sgd", "sam", "asam") else 1e-15
