@@ -28,10 +28,12 @@ from ._model import (
     LossFn,
     ParameterSnapshot,
     as_tensor,
+    check_batchnorm_chunks,
     check_batchnorm_mode,
     check_deterministic,
     chunks,
     module_modes,
+    num_examples,
     parse_dtype,
 )
 
@@ -81,17 +83,14 @@ class CurvatureOperator(LinearOperator):
         device = self.snapshot.device
         self.x = as_tensor(x, self.torch_dtype, device)
         self.y = as_tensor(y, self.torch_dtype, device)
-        if self.x.shape[0] != self.y.shape[0] or self.x.shape[0] == 0:
-            raise ValueError(f"x and y need the same non-zero number of examples, got "
-                             f"{self.x.shape[0]} and {self.y.shape[0]}")
-        self.num_examples = int(self.x.shape[0])
+        self.num_examples = num_examples(self.x, self.y)
         self.ranges = chunks(self.num_examples, chunk_size)
+        check_batchnorm_chunks(model, self.batchnorm, self.ranges)
         self.cache_graph = len(self.ranges) == 1 if cache_graph is None else bool(cache_graph)
         self._cache = None
         self.n_matvecs = 0
-        a, b = self.ranges[0]
         with module_modes(model, self.batchnorm):
-            check_deterministic(model, self.snapshot, loss_fn, self.x[a:b], self.y[a:b])
+            check_deterministic(model, self.snapshot, self.x, self.ranges)
         P = self.snapshot.num_params
         super().__init__(dtype=np.dtype("float64" if self.torch_dtype == torch.float64 else "float32"),
                          shape=(P, P))
