@@ -284,6 +284,11 @@ def test_loose_tolerance_bounds_the_error_by_tol_not_tol_squared():
     res = top_eigenvalues(aslinearoperator(A), k=1, tol=1e-2, method="lanczos")
     error = abs(res.eigenvalues[0] - 1.0)
     assert 1e-3 < error <= res.residuals[0] <= 1e-2 * abs(res.eigenvalues[0])
+    # and with k=3 the third Ritz value sits next to a bulk eigenvalue, 6% below the third largest
+    res = top_eigenvalues(aslinearoperator(A), k=3, tol=1e-2, method="lanczos")
+    lam = np.linalg.eigvalsh(A)
+    assert res.converged and abs(res.eigenvalues[2] - 0.996) > 0.05
+    assert np.abs(lam - res.eigenvalues[2]).min() <= res.residuals[2] <= 1e-2 * abs(res.eigenvalues[2])
 
 
 def test_no_convergence_is_reported_the_same_way_by_both_methods():

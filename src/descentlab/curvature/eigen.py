@@ -88,7 +88,7 @@ class _KrylovRecorder(CountingOperator):
     def __init__(self, op, which, window, keep):
         super().__init__(op)
         self.which, self.keep = which, int(keep)
-        n, self.window = self.shape[0], int(window)
+        self.window = int(window)
         self.X = self.AX = None  # allocated at the first product, in its dtype
         self.columns = 0
 
@@ -229,20 +229,21 @@ def top_eigenvalues(op, k: int = 1, tol: float = 1e-6, maxiter: int | None = Non
     in exact arithmetic) is <= tol * |theta|. What that guarantees for a symmetric
     operator: some eigenvalue lambda of H has |lambda - theta| <= ||H v - theta v||,
     so a converged theta is within about tol * |theta| of an eigenvalue (relative
-    error <= tol, not tol^2; exactly: within its returned residual). The returned ``residuals`` are the true norms, recomputed
-    with one product each, and are the error bars to report. The error is often
-    much smaller (<= residual^2 / gap when the rest of the spectrum is at least
-    ``gap`` away), but near-degenerate top eigenvalues (the C - 1 class outliers)
-    leave only the residual bound, so ask for tol = the relative accuracy you
-    need. That the nearest eigenvalue is the i-th largest is likely but not
-    guaranteed: Lanczos can miss members of a tight cluster until the residuals
-    are well below the cluster's width (seen: with k=3 at tol 1e-2, the third Ritz
-    value of a 1, 0.998, 0.996 cluster 6% low, next to a bulk eigenvalue), or an
-    eigenvector the start vector nearly misses. When the
-    rule is not met within ``maxiter``, both methods return ``converged=False``
-    with the k best Ritz pairs found and their true residuals. ``v0`` warm-starts
-    (e.g. with the previous top eigenvector during training). ``method``:
-    ``"eigsh"`` (ARPACK, implicit restarts, ``ncv`` vectors; ``maxiter`` counts
+    error <= tol, not tol^2; exactly: within its returned residual). The returned
+    ``residuals`` are the true norms, recomputed with one product each, and are
+    the error bars to report. The error is often much smaller (<= residual^2 / gap
+    when the rest of the spectrum is at least ``gap`` away), but near-degenerate
+    top eigenvalues (the C - 1 class outliers) leave only the residual bound, so
+    ask for tol = the relative accuracy you need. That the nearest eigenvalue is
+    the i-th largest is likely but not guaranteed: Lanczos can miss members of a
+    tight cluster until the residuals are well below the cluster's width (seen:
+    with k=3 at tol 1e-2, the third Ritz value of a 1, 0.998, 0.996 cluster 6% low,
+    next to a bulk eigenvalue), or an eigenvector the start vector nearly misses.
+    When the rule is not met within ``maxiter``, both methods return
+    ``converged=False`` with the k best Ritz pairs found and their true residuals.
+    ``v0`` warm-starts (e.g. with the previous top eigenvector during training).
+    ``method``: ``"eigsh"`` (ARPACK, implicit restarts, ``ncv`` vectors, plus a
+    record of 4 ncv vectors for the result without convergence; ``maxiter`` counts
     restarts) or ``"lanczos"`` (no restarts, early stop, memory ``maxiter`` x P with
     ``maxiter`` = products, default max(300, 4k)).
     """
