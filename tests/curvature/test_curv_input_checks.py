@@ -27,7 +27,8 @@ def test_empty_data_is_refused_everywhere():
         "jacobian": lambda: jacobian(model, x),
         "empirical_ntk": lambda: empirical_ntk(model, x),
         "ggn_trace": lambda: ggn_trace(model, loss, x, y),
-        **{cls.__name__: (lambda cls=cls: cls(model, loss, x, y)) for cls in (HessianOperator, GGNOperator, FisherOperator)},
+        **{cls.__name__: (lambda cls=cls: cls(model, loss, x, y))
+           for cls in (HessianOperator, GGNOperator, FisherOperator)},
     }
     for name, call in calls.items():
         with pytest.raises(ValueError, match=r"x has no examples \(first dimension 0\)"):
