@@ -322,3 +322,25 @@ def test_no_convergence_is_reported_the_same_way_by_both_methods():
     np.testing.assert_allclose(res.eigenvalues[:2], [10, 5], rtol=1e-6)
     V = res.eigenvectors
     np.testing.assert_allclose(res.residuals, np.linalg.norm(B @ V - V * res.eigenvalues, axis=0), rtol=1e-8)
+
+
+def test_eigsh_without_maxiter_keeps_no_record_and_says_so(monkeypatch):
+    """maxiter=None (ARPACK's 10 n restarts) runs without the record; should ARPACK still give up,
+    the error says to pass maxiter (ARPACK is faked: that limit is not reached in a test's time)."""
+    import descentlab.curvature.eigen as eigen
+    from scipy.sparse.linalg import ArpackNoConvergence
+
+    A = clustered_matrix(n=50)
+    seen = []
+
+    def give_up(op, **kwargs):
+        seen.append(type(op).__name__)
+        op.matvec(np.ones(50))
+        raise ArpackNoConvergence("No convergence", np.zeros(0), np.zeros((50, 0)))
+
+    monkeypatch.setattr(eigen, "eigsh", give_up)
+    with pytest.raises(RuntimeError, match="pass maxiter"):
+        top_eigenvalues(aslinearoperator(A), k=1)
+    res = top_eigenvalues(aslinearoperator(A), k=1, maxiter=5)  # the one product recorded is the estimate
+    assert seen == ["CountingOperator", "_KrylovRecorder"] and not res.converged
+    assert res.eigenvalues[0] == pytest.approx(np.ones(50) @ A @ np.ones(50) / 50)

@@ -10,7 +10,8 @@ k = 1) when the tolerance is loose; power iteration with a residual stopping tes
 norms ||H v - lambda v|| and the number of operator products (HVPs), including
 those spent on the residual check. Without convergence every method returns its
 best estimates with ``converged=False`` (for ARPACK, from a thick-restart record
-of its products, since ARPACK itself returns only converged pairs).
+of its products kept when ``maxiter`` is given, since ARPACK itself returns only
+converged pairs).
 """
 
 from __future__ import annotations
@@ -56,17 +57,18 @@ def _residuals(op, vals, vecs) -> np.ndarray:
 
 
 def _rayleigh_ritz(X, AX, which, count):
-    """The ``count`` wanted Ritz pairs of span(X), given AX: (values, X-coefficients), no products.
+    """The ``count`` wanted Ritz pairs of the span of the rows of X, given the rows of AX
+    (one product per row): (values, row coefficients), no products.
 
     Directions that X spans only to rounding (Gram eigenvalues below 1e-10 of the
-    largest) are dropped, so nearly dependent columns do no harm.
+    largest) are dropped, so nearly dependent rows do no harm.
     """
     X64 = X.astype(np.float64, copy=False)
-    gram = X64.T @ X64
+    gram = X64 @ X64.T
     s, U = np.linalg.eigh(0.5 * (gram + gram.T))
     keep = s > 1e-10 * max(s.max(), np.finfo(float).tiny)
-    C = U[:, keep] / np.sqrt(s[keep])  # span(X) = span(X C), X C orthonormal
-    T = C.T @ (X64.T @ AX.astype(np.float64, copy=False)) @ C
+    C = U[:, keep] / np.sqrt(s[keep])  # the rows of C^T X are orthonormal and span the rows of X
+    T = C.T @ (X64 @ AX.astype(np.float64, copy=False).T) @ C
     theta, S = np.linalg.eigh(0.5 * (T + T.T))
     idx = np.argsort(theta)[::-1][:count] if which == "LA" else np.argsort(theta)[:count]
     return theta[idx], C @ S[:, idx]
@@ -76,7 +78,7 @@ class _KrylovRecorder(CountingOperator):
     """Counts products and keeps a compressed record of them for a fallback Rayleigh-Ritz.
 
     ARPACK returns nothing when no Ritz pair has converged. This keeps every
-    input x and product H x until ``window`` columns are stored, then replaces
+    input x and product H x until ``window`` of them are stored, then replaces
     them by the ``keep`` wanted Ritz vectors of their span and their products
     (by linearity, no new products): a thick restart beside ARPACK's own. The
     subspace at the end holds the best Ritz vectors of every earlier window, so
@@ -87,24 +89,23 @@ class _KrylovRecorder(CountingOperator):
 
     def __init__(self, op, which, window, keep):
         super().__init__(op)
-        self.which, self.keep = which, int(keep)
-        self.window = int(window)
-        self.X = self.AX = None  # allocated at the first product, in its dtype
-        self.columns = 0
+        self.which, self.keep, self.window = which, int(keep), int(window)
+        self.X = self.AX = None  # (window, n) rows, allocated at the first product in its dtype
+        self.rows = 0
 
     def _record(self, x, ax):
         if self.X is None:
             dtype = np.result_type(x, ax)
-            self.X, self.AX = (np.empty((self.shape[0], self.window), dtype) for _ in range(2))
-        self.X[:, self.columns] = np.reshape(x, -1)
-        self.AX[:, self.columns] = np.reshape(ax, -1)
-        self.columns += 1
-        if self.columns == self.window:
+            self.X, self.AX = (np.empty((self.window, self.shape[0]), dtype) for _ in range(2))
+        self.X[self.rows] = np.reshape(x, -1)
+        self.AX[self.rows] = np.reshape(ax, -1)
+        self.rows += 1
+        if self.rows == self.window:
             _, coef = _rayleigh_ritz(self.X, self.AX, self.which, self.keep)
             m = coef.shape[1]
-            self.X[:, :m] = self.X @ coef.astype(self.X.dtype)
-            self.AX[:, :m] = self.AX @ coef.astype(self.AX.dtype)
-            self.columns = m
+            self.X[:m] = coef.T.astype(self.X.dtype) @ self.X
+            self.AX[:m] = coef.T.astype(self.AX.dtype) @ self.AX
+            self.rows = m
 
     def _matvec(self, v):
         out = super()._matvec(v)
@@ -119,10 +120,10 @@ class _KrylovRecorder(CountingOperator):
         return out
 
     def best(self, k):
-        """The k wanted Ritz values and unit Ritz vectors of the recorded subspace (no products)."""
-        X, AX = self.X[:, :self.columns], self.AX[:, :self.columns]
+        """The k wanted Ritz values and unit Ritz vectors (columns) of the recorded subspace, no products."""
+        X, AX = self.X[:self.rows], self.AX[:self.rows]
         theta, coef = _rayleigh_ritz(X, AX, self.which, k)
-        vecs = X.astype(np.float64) @ coef
+        vecs = X.astype(np.float64).T @ coef
         return theta, vecs / np.linalg.norm(vecs, axis=0, keepdims=True)
 
 
@@ -132,8 +133,11 @@ def _lanczos(op, k, which, tol, maxiter, v0, ncv, seed) -> EigenResult:
     if tol < 0:
         raise ValueError(f"tol must be >= 0, got {tol!r}")
     k = int(k)
-    window = min(op.shape[0], ncv if ncv is not None else max(2 * k + 1, 20))  # ARPACK's ncv
-    counted = _KrylovRecorder(op, which, window=2 * window, keep=max(k, window // 2))
+    if maxiter is None:  # ARPACK's limit, 10 n restarts; no record (2 copies + compression per product)
+        counted = CountingOperator(op)
+    else:
+        window = min(op.shape[0], ncv if ncv is not None else max(2 * k + 1, 20))  # ARPACK's ncv
+        counted = _KrylovRecorder(op, which, window=2 * window, keep=max(k, window // 2))
     dtype = work_dtype(op)
     if v0 is None:
         v0 = np.random.default_rng(seed).standard_normal(op.shape[0]).astype(dtype)
@@ -146,6 +150,10 @@ def _lanczos(op, k, which, tol, maxiter, v0, ncv, seed) -> EigenResult:
         found = np.asarray(err.eigenvectors).reshape(op.shape[0], -1)
         if found.shape[1] >= k:  # ARPACK can run out of restarts just as all k pairs converge
             vals, vecs = np.asarray(err.eigenvalues)[:k], found[:, :k]
+        elif not isinstance(counted, _KrylovRecorder):
+            raise RuntimeError(f"ARPACK found {found.shape[1]} of k={k} eigenpairs within its default limit of "
+                               f"10 n restarts ({counted.count} products); pass maxiter to get the best "
+                               "estimates with converged=False instead") from err
         else:
             # Fewer than k pairs converged (maybe none): the k best Ritz pairs of all the products
             # spent (ARPACK's converged vectors included), flagged, as method="lanczos" reports.
@@ -229,7 +237,8 @@ def top_eigenvalues(op, k: int = 1, tol: float = 1e-6, maxiter: int | None = Non
     in exact arithmetic) is <= tol * |theta|. What that guarantees for a symmetric
     operator: some eigenvalue lambda of H has |lambda - theta| <= ||H v - theta v||,
     so a converged theta is within about tol * |theta| of an eigenvalue (relative
-    error <= tol, not tol^2; exactly: within its returned residual). The returned
+    error <= tol, not tol^2; exactly: within its returned residual; float32
+    products cannot bring the residual below ~1e-7 ||H||, whatever tol). The returned
     ``residuals`` are the true norms, recomputed with one product each, and are
     the error bars to report. The error is often much smaller (<= residual^2 / gap
     when the rest of the spectrum is at least ``gap`` away), but near-degenerate
@@ -240,11 +249,13 @@ def top_eigenvalues(op, k: int = 1, tol: float = 1e-6, maxiter: int | None = Non
     with k=3 at tol 1e-2, the third Ritz value of a 1, 0.998, 0.996 cluster 6% low,
     next to a bulk eigenvalue), or an eigenvector the start vector nearly misses.
     When the rule is not met within ``maxiter``, both methods return
-    ``converged=False`` with the k best Ritz pairs found and their true residuals.
+    ``converged=False`` with the k best Ritz pairs found and their true residuals
+    (for ``eigsh`` this needs ``maxiter``: only then is the record of its products
+    kept that those pairs come from; with ``maxiter=None`` ARPACK's own limit of
+    10 n restarts applies, far beyond any practical run, and a RuntimeError says so).
     ``v0`` warm-starts (e.g. with the previous top eigenvector during training).
     ``method``: ``"eigsh"`` (ARPACK, implicit restarts, ``ncv`` vectors, plus a
-    record of 4 ncv vectors for the result without convergence; ``maxiter`` counts
-    restarts) or ``"lanczos"`` (no restarts, early stop, memory ``maxiter`` x P with
+    record of 4 ncv vectors when ``maxiter`` is given; ``maxiter`` counts restarts) or ``"lanczos"`` (no restarts, early stop, memory ``maxiter`` x P with
     ``maxiter`` = products, default max(300, 4k)).
     """
     return _extreme(op, k, "LA", tol, maxiter, v0, ncv, seed, method)
