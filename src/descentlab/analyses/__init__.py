@@ -37,15 +37,17 @@ class RunRef:
         return cls(d["run_id"], dict(d["labels"]), Path(d["dir"]), d["spec"], Path(d["data"]), status)
 
     def load(self, weights: str = "final.pt", device: str = "cpu"):
-        """(model with the run's weights, in eval mode, on ``device``; its SplitData)."""
-        import torch
+        """(model with the run's weights, in eval mode, on ``device``; its SplitData).
 
+        A missing or unreadable weights file raises ``checkpoints.CorruptArtifact``,
+        a diverged run's marker ``checkpoints.DivergedCheckpoint``."""
+        from ..checkpoints import load_weights
         from ..data import SplitData
         from ..train.loop import build_run_model
 
         data = SplitData.load(self.data)
         model = build_run_model(self.spec, data)
-        model.load_state_dict(torch.load(self.dir / weights, weights_only=True, map_location="cpu"))
+        model.load_state_dict(load_weights(self.dir / weights, map_location="cpu"))
         return model.to(device).eval(), data
 
 
