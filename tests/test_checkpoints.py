@@ -20,6 +20,7 @@ from descentlab.checkpoints import (
 )
 from descentlab.data import DATASETS
 from descentlab.spec import canonical
+from descentlab.spec import run_id as run_dir_id
 from descentlab.train import train_run
 from descentlab.train.loop import STATE_FILE, output_files
 
@@ -53,7 +54,7 @@ def test_state_and_weights_files_are_written_and_listed(run_dir):
     for path in output_files(run_dir, SPEC):
         assert path.exists(), path
     state = load_state(state_path(run_dir, 20))
-    assert state["step"] == 20 and state["spec"]["optimizer"]["name"] == "adam"
+    assert state["step"] == 20 and state["spec"]["optimizer"]["name"] == "adam" and state["run_id"] == run_dir_id(SPEC)
     assert set(state["optimizer"]["state"]) == {0, 1, 2, 3, 4, 5}  # Adam moments of every tensor
     weights = load_weights(weights_path(run_dir, 20))
     assert all(torch.equal(weights[k], state["model"][k]) for k in weights)  # Adam: eval == train weights

@@ -22,7 +22,8 @@ from descentlab.models import build_model
 from descentlab.optim import OPTIMIZERS, build_optimizer
 from descentlab.schedules import refined_from_norms, wsd
 from descentlab.spec import SpecError, run_id, spec_hash, validate
-from descentlab.train import train_run
+from descentlab.train import train_run, train_runs
+from descentlab.train.loop import Interrupted
 from descentlab.train.from_run import GROUP_STATE_KEYS
 
 DATASET = {"name": "gaussian_mixture", "n_samples": 600, "dim": 8, "n_classes": 4}
@@ -300,3 +301,28 @@ def test_init_exclude_defaults_to_empty_and_run_references_are_checked():
     assert validate(a)["init"]["exclude"] == []
     with pytest.raises(SpecError, match="a run reference is"):
         validate(dict(PARENT, schedule={"name": "refined", "grad_norms": {"run": "x", "metric": "y"}}))
+
+
+def test_a_child_killed_mid_run_resumes_exactly(data, tmp_path):
+    """The resume point of a child carries its own state; the parent is not read again."""
+    pdir = train(PARENT, data, tmp_path)
+    child = dict(PARENT, seed=4, steps=180, resume_every=20, checkpoints=[100, 180],
+                 init=child_of(PARENT, step=100, restore="optimizer"))
+    whole = train(child, data, tmp_path / "whole", runs_dir=tmp_path)
+    cut = tmp_path / "cut" / run_id(child)
+    with pytest.raises(Interrupted):
+        train_run(child, data, cut, runs_dir=tmp_path, stop_at=130)
+    (pdir / "checkpoints" / "state_000100.pt").unlink()  # a resumed child no longer needs it
+    result = train_run(child, data, cut, runs_dir=tmp_path)
+    assert 130 <= result.resumed_from < 180
+    pd.testing.assert_frame_equal(metrics(whole), metrics(cut))
+    assert same_weights(final(whole), final(cut))
+    assert same_weights(load_state(state_path(whole, 100))["model"], load_state(state_path(cut, 100))["model"])
+
+
+def test_train_runs_trains_a_parent_then_its_child(data, tmp_path):
+    parent = dict(PARENT, steps=60, checkpoints=[30])
+    child = dict(parent, init=child_of(parent, step=30, restore="all"))
+    results = train_runs([parent, child], data, [tmp_path / "runs" / run_id(s) for s in (parent, child)], runs_dir=tmp_path / "runs")
+    assert [r.resumed_from for r in results] == [0, 30]
+    assert same_weights(final(results[0].out_dir), final(results[1].out_dir))

@@ -126,7 +126,7 @@ def train_run(
     resumed_from = run.step
     started = time.perf_counter()
     if saved is None:
-        _start(run, out)
+        _start(run, out, rid)
     _train(run, out, rid, identity, progress, stop_at)
     train_seconds = time.perf_counter() - started
     _finish(out, spec, rid, identity, run, train_seconds)
@@ -139,7 +139,7 @@ def _save_checkpoint(run: Training, out: Path, rid: str, eval_weights: bool = Tr
     outputs.save_checkpoint(out, run.step, weights, training_state)
 
 
-def _start(run: Training, out: Path) -> None:
+def _start(run: Training, out: Path, rid: str) -> None:
     """What a run does at its first step (0, or a child's start step): evaluate
     and checkpoint, leaving the training weights exactly as they were."""
     spec = run.spec
@@ -147,9 +147,9 @@ def _start(run: Training, out: Path) -> None:
         if spec["eval_every"]:
             run.evaluate()
         if run.step in spec["checkpoints"]:
-            _save_checkpoint(run, out, make_run_id(spec), state=False)
+            _save_checkpoint(run, out, rid, state=False)
     if run.step in spec["checkpoints"]:
-        _save_checkpoint(run, out, make_run_id(spec), eval_weights=False)
+        _save_checkpoint(run, out, rid, eval_weights=False)
 
 
 def _train(run: Training, out: Path, rid: str, identity: dict[str, str], progress: bool | None, stop_at: int | None) -> None:
