@@ -41,7 +41,37 @@ def workdir(tmp_path_factory):
         "figures": [{"name": "curves", "kind": "learning_curves"}],
     }
     (root / "config" / "studies" / "diverging.yaml").write_text(yaml.safe_dump(diverging, sort_keys=False))
+    (root / "config" / "studies" / "lineage.yaml").write_text(yaml.safe_dump(LINEAGE, sort_keys=False))
     return root
+
+
+# Every way a run can start from another, through the workflow: a fork at a
+# step with new data order, an exact continuation, a cooldown branch from each
+# checkpoint, a fine-tune on another task with a new head, a refined schedule
+# from its source run's gradient norms.
+DATA = {"name": "gaussian_mixture", "n_samples": 300, "dim": 8, "n_classes": 3}
+LINEAGE = {
+    "name": "lineage",
+    "title": "runs from runs",
+    "papers": ["none"],
+    "base": {"dataset": DATA, "model": {"name": "mlp", "width": 8}, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+             "steps": 30, "eval_every": 10, "log_every": 10},
+    "parents": {"pretrain": {"set": {"steps": 20, "checkpoints": [10, 20], "instruments": [{"name": "grad_norm"}]}, "seed": 1}},
+    "seeds": [1, 2],
+    "scales": {"smoke": {}, "cpu": {}, "paper": {}},
+    "axes": {"child": [
+        {"label": "fork", "set": {"init": {"parent": "pretrain", "step": 10, "restore": "optimizer"}}},
+        {"label": "continue", "set": {"init": {"parent": "pretrain", "step": 10, "restore": "all"}, "steps": 20}},
+        {"label": "cooldown10", "set": {"init": {"parent": "pretrain", "step": 10, "restore": "optimizer"},
+                                        "schedule": {"name": "wsd", "cooldown_fraction": 0.5}}},
+        {"label": "cooldown20", "set": {"init": {"parent": "pretrain", "step": 20, "restore": "optimizer"},
+                                        "schedule": {"name": "wsd", "cooldown_fraction": 0.3}}},
+        {"label": "finetune", "set": {"init": {"parent": "pretrain", "step": "final", "restore": "weights", "exclude": ["5."]},
+                                      "dataset": dict(DATA, n_classes=5), "optimizer": {"lr": 0.05}}},
+        {"label": "refined", "set": {"schedule": {"name": "refined", "grad_norms": {"parent": "pretrain"}}}},
+    ]},
+    "figures": [{"name": "curves", "kind": "learning_curves"}],
+}
 
 
 def test_lint(workdir):
@@ -95,6 +125,18 @@ def test_smoke_end_to_end(workdir):
     reruns = index[index.role == "rerun"]
     assert len(reruns) == 54 and set(reruns.seed) == {1}  # 2 problems x 27 optimizers, seed 1 at smoke
     assert all((results / "runs" / rid / "status.json").exists() for rid in reruns.run_id)
+
+    # Runs from runs: parents trained first; the exact continuation equals its parent.
+    lineage = index[index.study == "lineage"]
+    (parent,) = lineage[lineage.role == "parent"].run_id
+    cont = [rid for rid in lineage.run_id if '"restore": "all"' in (results / "runs" / rid / "spec.json").read_text()]
+    assert len(cont) == 2
+    import torch
+
+    final = torch.load(results / "runs" / parent / "final.pt", weights_only=True)
+    for rid in cont:
+        child = torch.load(results / "runs" / rid / "final.pt", weights_only=True)
+        assert all(torch.equal(final[k], child[k]) for k in final)
 
     # A second invocation has nothing to do.
     again = snakemake(workdir, "-n", "--config", "scale=smoke")

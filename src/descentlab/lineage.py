@@ -29,9 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .runs import Run
-from .spec import SpecError, deep_merge, run_id, validate
-
-RESTORE_MODES = ("weights", "optimizer", "all")
+from .spec import RESTORE_MODES, SpecError, deep_merge, run_id, validate
 
 
 class LineageError(ValueError):

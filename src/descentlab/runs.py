@@ -92,7 +92,10 @@ class Run:
             raise RuntimeError(f"{path}: cannot read the run's metrics ({err}); rerun its training job") from None
 
     def load(self, weights: str = "final.pt", device: str = "cpu"):
-        """(model with the run's weights, in eval mode, on ``device``; its SplitData)."""
+        """(model with the run's weights, in eval mode, on ``device``; its SplitData).
+
+        A missing or unreadable weights file raises ``checkpoints.CorruptArtifact``,
+        a diverged run's marker ``checkpoints.DivergedCheckpoint``."""
         from .checkpoints import load_weights
         from .data import SplitData
         from .train.loop import build_run_model
@@ -101,5 +104,5 @@ class Run:
             raise ValueError(f"run {self.run_id} has no data file (the planner sets it)")
         data = SplitData.load(self.data)
         model = build_run_model(self.spec, data)
-        model.load_state_dict(load_weights(self._require_dir() / weights))
+        model.load_state_dict(load_weights(self._require_dir() / weights, map_location="cpu"))
         return model.to(device).eval(), data
