@@ -122,6 +122,6 @@ def test_a_new_head_is_excluded_from_the_parents_weights(tmp_path):
     study["parents"]["pretrain"]["set"]["dataset"] = DATA
     with pytest.raises(StudyError, match=r"has shape \[5, 8\] in the child but \[3, 8\]"):
         load_study(write(tmp_path, study))
-    study["base"]["init"]["exclude"] = ["5."]
+    study["base"]["init"].update(exclude=["5."], restore="weights", step="final")
     runs = expand(tmp_path, study)
-    assert all(r.spec["init"]["exclude"] == ["5."] for r in runs.sweep)
+    assert all(r.spec["init"]["exclude"] == ["5."] and r.spec["init"]["step"] == 30 for r in runs.sweep)
