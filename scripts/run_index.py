@@ -8,7 +8,7 @@ with job_log(snakemake.log[0]):
     from descentlab.selection import read_selection
 
     runs = {r["run_id"]: Run.from_dict(r) for r in snakemake.params.runs}
-    for path in snakemake.input:
+    for path in (p for p in snakemake.input if "/selections/" in p):
         for r in read_selection(path)["runs"]:
             runs.setdefault(r["run_id"], Run.from_dict(r))
     fields = ("dataset", "model", "loss", "optimizer", "schedule", "batch_size", "steps", "seed", "init")

@@ -14,7 +14,6 @@ with job_log(snakemake.log[0]) as log:
         [Run.from_dict(r) for r in params.runs],
         params.selection,
         study=snakemake.wildcards.study,
-        results=params.results,
         trained_elsewhere=dict(params.trained_elsewhere),
         group_runs=functools.partial(group_runs, max_runs_per_job=params.max_runs_per_job, min_jobs_per_group=params.min_jobs_per_group),
     )

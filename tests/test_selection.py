@@ -45,7 +45,7 @@ def test_select_best_by_final_validation_loss(sweep):
 def test_reruns_are_planned_as_runs_and_train_exactly(sweep):
     root, data, runs = sweep
     record = plan_selection(
-        runs, {"name": "tuned", "group_by": ["optimizer"], "seeds": [1, 2]}, study="s", results=root,
+        runs, {"name": "tuned", "group_by": ["optimizer"], "seeds": [1, 2]}, study="s",
         trained_elsewhere={r.run_id: "s+sweep" for r in runs}, group_runs=functools.partial(group_runs, max_runs_per_job=64),
     )
     records = [Run.from_dict(r) for r in record["runs"]]
@@ -70,7 +70,7 @@ def test_a_rerun_already_trained_elsewhere_is_not_trained_twice(sweep):
     root, _, runs = sweep
     seed1 = run_id(dict(runs[1].spec, seed=1))
     record = plan_selection(
-        runs, {"name": "tuned", "group_by": ["optimizer"], "seeds": [1]}, study="s", results=root,
+        runs, {"name": "tuned", "group_by": ["optimizer"], "seeds": [1]}, study="s",
         trained_elsewhere={seed1: "other+job"}, group_runs=functools.partial(group_runs, max_runs_per_job=64),
     )
     assert seed1 not in [m for g in record["groups"].values() for m in g]

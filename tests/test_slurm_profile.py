@@ -31,6 +31,9 @@ TINY_STUDY = {
     "scales": {"smoke": {}, "cpu": {}, "paper": {}},
     "axes": {"optimizer": [{"label": "SGD", "set": {"optimizer": {"name": "sgd", "lr": 0.1}}},
                            {"label": "Adam", "set": {"optimizer": {"name": "adam", "lr": 0.01}}}]},
+    # The better optimizer rerun with another seed: a job decided by data,
+    # sent to a GPU like every training job.
+    "selections": [{"name": "best", "group_by": [], "seeds": [1]}],
     "figures": [{"name": "curves", "kind": "learning_curves"}],
 }
 
@@ -76,6 +79,7 @@ def test_slurm_profile_runs_a_study_with_fake_slurm(tmp_path):
 
     submissions = [json.loads(line) for line in (state / "sbatch.jsonl").read_text().splitlines()]
     train = [a for a in submissions if any(x.startswith("rule_train_") for x in a)]
+    assert len(train) == 2  # the sweep's job and the selection's
     others = [a for a in submissions if a not in train]
     assert train and others
     for args in train:
@@ -87,5 +91,5 @@ def test_slurm_profile_runs_a_study_with_fake_slurm(tmp_path):
 
     results = workdir / "results"
     statuses = [json.loads(p.read_text())["status"] for p in results.glob("runs/*/status.json")]
-    assert statuses == ["ok", "ok"]
+    assert statuses == ["ok", "ok", "ok"]
     assert (results / "figures" / "tiny" / "curves.png").stat().st_size > 0

@@ -56,7 +56,11 @@ LINEAGE = {
     "papers": ["none"],
     "base": {"dataset": DATA, "model": {"name": "mlp", "width": 8}, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
              "steps": 30, "eval_every": 10, "log_every": 10},
-    "parents": {"pretrain": {"set": {"steps": 20, "checkpoints": [10, 20], "instruments": [{"name": "grad_norm"}]}, "seed": 1}},
+    "parents": {
+        "pretrain": {"set": {"steps": 20, "checkpoints": [10, 20], "instruments": [{"name": "grad_norm"}]}, "seed": 1},
+        "cooled": {"set": {"steps": 26, "schedule": {"name": "wsd", "cooldown_fraction": 0.2},
+                           "init": {"parent": "pretrain", "step": 20, "restore": "optimizer"}}},
+    },
     "seeds": [1, 2],
     "scales": {"smoke": {}, "cpu": {}, "paper": {}},
     "axes": {"child": [
@@ -69,6 +73,7 @@ LINEAGE = {
         {"label": "finetune", "set": {"init": {"parent": "pretrain", "step": "final", "restore": "weights", "exclude": ["5."]},
                                       "dataset": dict(DATA, n_classes=5), "optimizer": {"lr": 0.05}}},
         {"label": "refined", "set": {"schedule": {"name": "refined", "grad_norms": {"parent": "pretrain"}}}},
+        {"label": "chain", "set": {"init": {"parent": "cooled", "step": "final", "restore": "weights"}}},
     ]},
     "figures": [{"name": "curves", "kind": "learning_curves"}],
 }
@@ -128,7 +133,9 @@ def test_smoke_end_to_end(workdir):
 
     # Runs from runs: parents trained first; the exact continuation equals its parent.
     lineage = index[index.study == "lineage"]
-    (parent,) = lineage[lineage.role == "parent"].run_id
+    parent, cooled = lineage[lineage.role == "parent"].sort_values("steps").run_id
+    assert lineage.set_index("run_id").loc[cooled, "init.run"] == parent  # a chain: pretrain -> cooled -> chain
+    assert (lineage["init.run"] == cooled).sum() == 2
     cont = [rid for rid in lineage.run_id if '"restore": "all"' in (results / "runs" / rid / "spec.json").read_text()]
     assert len(cont) == 2
     import torch
@@ -173,7 +180,7 @@ def test_smoke_end_to_end(workdir):
     victim = results / "runs" / trained[0] / "final.pt"
     victim.write_bytes(victim.read_bytes()[:100])
     out = snakemake(workdir, "-n", "--config", "scale=smoke")
-    assert f"{victim} has 100 bytes" in out.stdout + out.stderr
+    assert f"{victim.relative_to(workdir)} has 100 bytes" in out.stdout + out.stderr
     assert {rule for rule, _ in planned_jobs(out)} == {"train", "figure", "all"}
     snakemake(workdir, "--cores", "2", "--config", "scale=smoke")
     assert victim.stat().st_size > 100

@@ -56,7 +56,6 @@ def plan_selection(
     selection: dict[str, Any],
     *,
     study: str,
-    results: str | Path,
     trained_elsewhere: dict[str, str],
     group_runs,
 ) -> dict[str, Any]:
@@ -80,7 +79,7 @@ def plan_selection(
             spec = dict(best.spec, seed=int(seed))
             rid = run_id(spec)
             labels = {**{k: v for k, v in best.labels.items() if k != "seed"}, "seed": int(seed), "selected_from": best.run_id}
-            rerun = Run(rid, spec, labels, study, "rerun", Path(results) / "runs" / rid, best.data)
+            rerun = Run(rid, spec, labels, study, "rerun", best.dir.parent / rid, best.data)  # beside the runs it reruns
             records.append(rerun)
             if rid not in trained_elsewhere:
                 reruns.append(rerun)

@@ -117,6 +117,12 @@ def group_health(wc):
     return _HEALTH[wc.group]
 
 
+def index_inputs(wc):
+    """The selections (their reruns are runs too) and the jobs that train them."""
+    files = [selection_file(study, name) for study, name in PLAN.selections()]
+    return files + [m for study, name in PLAN.selections() for m in manifests_of(selection_record(study, name)["runs"])]
+
+
 # -- analyses and figures ------------------------------------------------------------------
 
 

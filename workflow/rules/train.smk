@@ -39,7 +39,6 @@ checkpoint select_runs:
         runs=lambda wc: [r.to_dict() for r in PLAN.study_runs[wc.study]],
         selection=lambda wc: PLAN.selection(wc.study, wc.selection),
         trained_elsewhere=lambda wc: {r.run_id: PLAN.group_of[r.run_id] for r in PLAN.study_runs[wc.study]},
-        results=RESULTS,
         max_runs_per_job=config["max_runs_per_job"],
         min_jobs_per_group=config["min_jobs_per_group"],
     log:
@@ -52,7 +51,7 @@ checkpoint select_runs:
 
 rule run_index:
     input:
-        [selection_file(study, name) for study, name in PLAN.selections()],
+        index_inputs,
     output:
         f"{RESULTS}/runs/index.csv",
     params:
