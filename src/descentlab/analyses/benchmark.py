@@ -4,19 +4,25 @@ over more seeds."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import logging
 import math
 
-import pandas as pd
 
 from ..spec import run_id
 from . import ANALYSES, RunRef
+
+if TYPE_CHECKING:  # pandas is imported where it is used, so the registry imports fast
+    import pandas as pd
 
 log = logging.getLogger("descentlab")
 
 
 def final_value(run: RunRef, split: str, metric: str) -> float:
     """The run's last recorded (split, metric); NaN if it diverged or never recorded it."""
+    import pandas as pd
+
     if run.status != "ok":
         return math.nan
     m = pd.read_parquet(run.dir / "metrics.parquet")
@@ -74,6 +80,8 @@ def rerun_best(
     The selection uses the validation split; report test metrics from the table.
     With ``threads`` > 1 the reruns train in that many worker processes.
     """
+    import pandas as pd
+
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
