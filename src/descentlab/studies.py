@@ -21,7 +21,7 @@ import yaml
 
 from .spec import SpecError, canonical_json, data_id, deep_merge, run_id, validate
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 SCALES = ("smoke", "cpu", "paper")
 
 

@@ -18,7 +18,6 @@ try:
         config["scale"],
         max_runs_per_job=config["max_runs_per_job"],
         min_jobs_per_dataset=config["min_jobs_per_dataset"],
-        schema_dir=Path(workflow.basedir) / "workflow" / "schemas",
     )
 except StudyError as err:
     raise WorkflowError(f"invalid study configuration:\n{err}") from None
