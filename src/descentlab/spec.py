@@ -187,6 +187,42 @@ def builder_name(builder: Callable[..., Any]) -> str:
     return getattr(builder, "__qualname__", repr(builder))
 
 
+# Canonical JSON of an optimizer spec -> None (it builds) or why it does not.
+_OPTIMIZER_CHECKS: dict[str, str | None] = {}
+
+
+def _optimizer_error(optimizer: dict[str, Any]) -> str | None:
+    """Why ``optimizer`` cannot be built (its constructor's message), or None.
+
+    It is built on a matrix and a vector, the shapes every optimizer handles
+    (Muon sends the matrix to Muon and the vector to AdamW)."""
+    import torch
+
+    from .optim import build_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2))]
+    try:
+        build_optimizer(params, optimizer)
+    except Exception as err:  # any failure here would fail the training job
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def _check_optimizer(optimizer: dict[str, Any], where: str) -> None:
+    """Build each distinct optimizer spec once; name the key whose value it rejects."""
+    key = json.dumps(optimizer, sort_keys=True)
+    if key not in _OPTIMIZER_CHECKS:
+        _OPTIMIZER_CHECKS[key] = _optimizer_error(optimizer)
+    error = _OPTIMIZER_CHECKS[key]
+    if error is None:
+        return
+    # The culprit: the hyperparameter whose removal (its default) makes it build.
+    culprits = [k for k in optimizer if k != "name" and _optimizer_error({q: v for q, v in optimizer.items() if q != k}) is None]
+    if len(culprits) == 1:
+        raise SpecError(f"{where}: optimizer.{culprits[0]} = {optimizer[culprits[0]]!r} is rejected by {optimizer['name']!r}: {error}")
+    raise SpecError(f"{where}: optimizer {optimizer} cannot be built: {error}")
+
+
 def validate(spec: dict[str, Any], where: str = "run spec") -> dict[str, Any]:
     """Canonicalise and check a spec before any work: names against registries,
     hyperparameter names against builder signatures, and the step counts.
@@ -220,7 +256,8 @@ def validate(spec: dict[str, Any], where: str = "run spec") -> dict[str, Any]:
     if bad_ckpts:
         raise SpecError(f"{where}: checkpoints {bad_ckpts} outside [0, steps={spec['steps']}]")
     # Cheap components are built once here, so bad values (a warmup longer than
-    # the run, a negative smoothing) fail at parse time rather than in a job.
+    # the run, a negative smoothing, a negative lr) fail at parse time rather than in a job.
+    _check_optimizer(spec["optimizer"], where)
     for key in ("schedule", "loss"):
         try:
             if key == "schedule":
