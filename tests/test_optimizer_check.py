@@ -2,7 +2,10 @@
 `descentlab check`), naming where, the key and the value, not inside a job."""
 
 import importlib.util
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,3 +99,21 @@ def test_a_study_with_a_negative_lr_fails_its_check(tmp_path, capsys):
         load_study(path)
     assert main(["check", str(path)]) != 0
     assert "optimizer.lr = -0.1" in capsys.readouterr().err
+
+
+CHECK_ALL = """
+import sys, torch
+from descentlab.optim import OPTIMIZERS
+from descentlab.spec import validate
+for name in OPTIMIZERS.names():
+    validate({"optimizer": {"name": name}})
+print("torch._dynamo" in sys.modules, hasattr(torch.optim.Optimizer.add_param_group.__wrapped__, "__dynamo_disable"))
+"""
+
+
+def test_the_check_does_not_import_dynamo_and_leaves_torch_as_it_was():
+    """The first optimizer build imports torch._dynamo (seconds of parse time);
+    the check avoids it and leaves add_param_group's wrapper untouched."""
+    out = subprocess.run([sys.executable, "-c", CHECK_ALL], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
+    assert out.stdout.split() == ["False", "False"]

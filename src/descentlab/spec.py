@@ -8,6 +8,7 @@ share it and changing any value makes a new run.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import inspect
@@ -202,10 +203,34 @@ def _optimizer_error(optimizer: dict[str, Any]) -> str | None:
 
     params = [torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2))]
     try:
-        build_optimizer(params, optimizer)
+        with _no_dynamo_import():
+            build_optimizer(params, optimizer)
     except Exception as err:  # any failure here would fail the training job
         return f"{type(err).__name__}: {err}"
     return None
+
+
+@contextlib.contextmanager
+def _no_dynamo_import():
+    """Build optimizers without importing ``torch._dynamo`` (seconds, most of a
+    dry run's planning). ``Optimizer.add_param_group`` is wrapped by
+    ``torch._disable_dynamo``, which imports it on the first call unless the
+    wrapped function carries its ``__dynamo_disable`` variant; nothing is being
+    compiled here, so for the check that variant is the plain function. The
+    attribute is removed afterwards, so a later real build wraps as usual."""
+    import sys
+
+    import torch
+
+    plain = getattr(torch.optim.Optimizer.add_param_group, "__wrapped__", None)
+    if plain is None or "torch._dynamo" in sys.modules or hasattr(plain, "__dynamo_disable"):
+        yield  # another torch, or nothing to save: build as training does
+        return
+    setattr(plain, "__dynamo_disable", plain)
+    try:
+        yield
+    finally:
+        delattr(plain, "__dynamo_disable")
 
 
 def _check_optimizer(optimizer: dict[str, Any], where: str) -> None:
