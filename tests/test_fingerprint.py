@@ -104,6 +104,9 @@ def test_import_rules_on_a_small_package(tmp_path):
         "reg/one.py": "",
         "reg/two.py": "",
         "uses_reg.py": "from .reg import one\n",
+        "dyn/__init__.py": "",
+        "dyn/loader.py": "import importlib\n\ndef load():\n    return importlib.import_module('.impl', __package__)\n",
+        "dyn/impl.py": "",
         "unused.py": "import mypkg.entry\n",
     }
     for name, text in files.items():
@@ -113,6 +116,8 @@ def test_import_rules_on_a_small_package(tmp_path):
     assert closure == {"__init__.py", "entry.py", "a.py", "b.py", "c.py", "sub/__init__.py", "sub/inner.py", "d.py"}
     closure = {p.as_posix() for p in import_closure(("mypkg.uses_reg",), root)}
     assert closure == {"__init__.py", "uses_reg.py", "reg/__init__.py", "reg/one.py", "reg/two.py"}
+    closure = {p.as_posix() for p in import_closure(("mypkg.dyn.loader",), root)}
+    assert closure == {"__init__.py", "dyn/__init__.py", "dyn/loader.py", "dyn/impl.py"}  # relative import_module
     with pytest.raises(ValueError, match="not a module"):
         import_closure(("mypkg.missing",), root)
 

@@ -103,13 +103,12 @@ def _imports(root: Path, module: Module, source: str) -> set[Module]:
                     found.add(target + (alias.name,))
         elif isinstance(node, ast.Call) and _called_name(node) in ("import_module", "__import__"):
             arg = node.args[0] if node.args else None
-            own = None
-            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                own = _own_name(arg.value, package_name)
-            if own is not None:
-                found.add(own)
-            elif not (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
-                # a computed (or relative) name: assume any module of this package
+            name = arg.value if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else None
+            if name is not None and not name.startswith("."):
+                own = _own_name(name, package_name)
+                if own is not None:
+                    found.add(own)
+            else:  # a computed (or relative) name: assume any module of this package
                 found.update(_submodules(root, here, recursive=True))
         elif isinstance(node, ast.Call) and _called_name(node) in ("iter_modules", "walk_packages") and is_package:
             found.update(_submodules(root, module, recursive=_called_name(node) == "walk_packages"))
