@@ -4,11 +4,9 @@ over more seeds."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import logging
 import math
-
+from typing import TYPE_CHECKING
 
 from ..spec import run_id
 from . import ANALYSES, RunRef
@@ -80,10 +78,10 @@ def rerun_best(
     The selection uses the validation split; report test metrics from the table.
     With ``threads`` > 1 the reruns train in that many worker processes.
     """
-    import pandas as pd
-
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+
+    import pandas as pd
 
     group_by = list(group_by)
     cells = [(cell, best) for cell, best in sorted(select_best(runs, group_by, split, metric, mode).items(), key=lambda kv: str(kv[0]))]

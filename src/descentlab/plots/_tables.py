@@ -8,7 +8,6 @@ if TYPE_CHECKING:  # pandas is imported where it is used, so the registry import
     import pandas as pd
 
 
-
 def one_table(tables: dict[str, pd.DataFrame], name: str | None, figure: str, required: Sequence[str] = ()) -> pd.DataFrame:
     """The analysis table a figure draws: ``name``, or the only one it reads."""
     if not tables:
