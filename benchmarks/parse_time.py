@@ -10,6 +10,10 @@ peak RSS of the process beside it):
   * dry run: ``snakemake -n --quiet --config results=<tmpdir>`` on the
     repository's config (a fresh results folder, so it lists every job).
 
+A separate ``python -X importtime`` run of the import command gives each
+registry package's cumulative import time (torch, which the analyses and
+every run spec need, is counted where it is first imported).
+
 With ``--baseline REV`` the same commands also run on ``git archive REV``
 (exported to a temporary folder), interleaved with the working tree's so both
 see the same machine load:
@@ -35,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "parse_time.md"
 
 IMPORT = "import descentlab.plots, descentlab.analyses"
+PACKAGES = ("descentlab.plots", "descentlab.analyses")
 PLAN = "from descentlab.studies import plan, study_paths; plan(study_paths('config/studies', 'all'), 'cpu')"
 
 
@@ -61,6 +66,19 @@ def timed(cmd: list[str], tree: Path) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
 
 
+def import_times(tree: Path) -> dict[str, float]:
+    """Cumulative seconds of ``descentlab.plots`` and ``descentlab.analyses`` from ``-X importtime``."""
+    env = dict(os.environ, PYTHONPATH=f"{tree / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    err = subprocess.run([sys.executable, "-X", "importtime", "-c", IMPORT], cwd=tree, env=env,
+                         capture_output=True, text=True, check=True).stderr
+    out = {}
+    for line in err.splitlines():
+        fields = [f.strip() for f in line.removeprefix("import time:").split("|")]
+        if len(fields) == 3 and fields[2] in PACKAGES:
+            out[fields[2]] = int(fields[1]) / 1e6
+    return out
+
+
 def export(rev: str, into: Path) -> Path:
     """``git archive rev`` unpacked into ``into``."""
     archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
@@ -84,10 +102,14 @@ def main() -> None:
             trees = {f"baseline {args.baseline} ({rev})": export(args.baseline, tmp / "baseline"), **trees}
         cmds = commands(str(tmp / "results"))
         samples: dict[tuple[str, str], list[tuple[float, float]]] = {(t, c): [] for t in trees for c in cmds}
+        imports: dict[tuple[str, str], list[float]] = {(t, p): [] for t in trees for p in PACKAGES}
         for _ in range(args.repeats):  # interleaved: every command on every tree per round
             for name, cmd in cmds.items():
                 for label, tree in trees.items():
                     samples[label, name].append(timed(cmd, tree))
+            for label, tree in trees.items():
+                for package, seconds in import_times(tree).items():
+                    imports[label, package].append(seconds)
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines = [
         "# Parse time",
@@ -106,6 +128,15 @@ def main() -> None:
             walls = [w for w, _ in samples[label, name]]
             rss = statistics.median(m for _, m in samples[label, name])
             lines.append(f"| {name} | {label} | {statistics.median(walls):.2f} | {min(walls):.2f} | {max(walls):.2f} | {rss:.0f} |")
+    lines += [
+        "",
+        "`python -X importtime -c \"" + IMPORT + "\"`, cumulative import time (median s):",
+        "",
+        "| package | " + " | ".join(trees) + " |",
+        "|---|" + "---|" * len(trees),
+    ]
+    for package in PACKAGES:
+        lines.append(f"| {package} | " + " | ".join(f"{statistics.median(imports[t, package]):.2f}" for t in trees) + " |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(args.out.read_text())
