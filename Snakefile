@@ -18,10 +18,6 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/analyses.smk"
-include: "workflow/rules/average.smk"
-include: "workflow/rules/curvature.smk"
-include: "workflow/rules/landscape.smk"
-include: "workflow/rules/scaling.smk"
 include: "workflow/rules/figures.smk"
 
 

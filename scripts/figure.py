@@ -7,9 +7,10 @@ with job_log(snakemake.log[0]):
 
     from descentlab.artifacts import collect_runs, save_figure
     from descentlab.plots import FIGURES
+    from descentlab.runs import Run
 
     figure = snakemake.params.figure
-    metrics, runs = collect_runs(snakemake.params.runs, snakemake.params.runs_dir)
+    metrics, runs = collect_runs([Run.from_dict(r) for r in snakemake.params.runs])
     tables = {name: pd.read_parquet(path) for name, path in snakemake.params.tables.items()}
     options = {"title": snakemake.params.title, **figure["options"]}
     fig, plotted, summary = FIGURES.get(figure["kind"])(metrics, runs, tables, **options)

@@ -87,32 +87,6 @@ def test_count_outliers_finds_the_largest_gap():
     assert count_outliers(np.array([1.0])) == 1
 
 
-def test_rerun_best_selects_by_validation_loss_and_reruns_exactly(tmp_path):
-    from descentlab.analyses import RunRef
-    from descentlab.analyses.benchmark import rerun_best
-    from descentlab.data import build_dataset
-    from descentlab.spec import canonical, run_id
-    from descentlab.train import train_run
-
-    ds = {"name": "gaussian_mixture", "n_samples": 300, "dim": 6, "n_classes": 3}
-    data = build_dataset(ds)
-    data.save(tmp_path / "data.pt")
-    refs = []
-    for lr in (1e-4, 0.1):  # the tiny lr barely moves: the 0.1 run must win
-        spec = canonical({"dataset": ds, "model": {"name": "mlp", "width": 8}, "optimizer": {"name": "sgd", "lr": lr},
-                          "steps": 30, "eval_every": 10, "log_every": 10})
-        rid = run_id(spec)
-        train_run(spec, data, tmp_path / "runs" / rid)
-        refs.append(RunRef(rid, {"problem": "p", "optimizer": "sgd", "lr": lr, "seed": 0}, tmp_path / "runs" / rid, spec, tmp_path / "data.pt"))
-    table = rerun_best(refs, group_by=("problem", "optimizer"), seeds=(1, 2), threads=2)  # worker processes
-    assert set(table.lr) == {0.1} and sorted(set(table.seed)) == [0, 1, 2]
-    rerun = table[table.seed == 1]
-    direct = train_run(dict(refs[1].spec, seed=1), data, tmp_path / "direct")
-    expected = pd.read_parquet(direct.out_dir / "metrics.parquet")
-    np.testing.assert_array_equal(rerun.sort_values(["step", "split", "metric"]).value.to_numpy(),
-                                  expected.sort_values(["step", "split", "metric"]).value.to_numpy())
-
-
 def test_performance_profile_by_hand():
     from descentlab.plots.benchmark import performance_profile_table
 

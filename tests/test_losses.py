@@ -16,9 +16,11 @@ from descentlab.losses import (
     dice_loss,
     focal_loss,
     gmadl,
+    log_partition_penalty,
     madl,
     mse,
     norm_penalty,
+    spherical_z_loss,
     squentropy,
     z_loss_penalty,
 )
@@ -61,7 +63,7 @@ def grad_of(loss_fn, rows=Z, targets=None):
 
 def test_registry_has_all_losses():
     expected = {"cross_entropy", "label_smoothing", "mse", "squentropy", "focal", "dice", "z_loss",
-                "madl", "gmadl", "norm_loss"}
+                "log_partition_penalty", "spherical_z_loss", "madl", "gmadl", "norm_loss"}
     assert expected <= set(LOSSES.names())
     with pytest.raises(UnknownNameError, match="did you mean 'focal'"):
         build_loss({"name": "focall"})
@@ -251,12 +253,12 @@ def test_dice_errors():
         build_loss({"name": "dice", "smooth": -1})
 
 
-# -- z-loss ----------------------------------------------------------------------------------------
+# -- log-partition penalty (PaLM's "z-loss") --------------------------------------------------------
 
 
-def test_z_loss_value_gradient_and_nesting():
+def test_log_partition_penalty_value_gradient_and_nesting():
     c = 1e-2
-    loss = build_loss({"name": "z_loss", "base": {"name": "cross_entropy"}, "coefficient": c})
+    loss = build_loss({"name": "log_partition_penalty", "base": {"name": "cross_entropy"}, "coefficient": c})
     hand = sum(ce(r, y) + c * lse(r) ** 2 for r, y in zip(Z, Y)) / 2
     assert loss(logits(), labels()).item() == pytest.approx(hand, rel=1e-14)
     grad = grad_of(loss)
@@ -265,18 +267,96 @@ def test_z_loss_value_gradient_and_nesting():
         for j in range(3):
             expected = (p[j] - (j == y)) / 2 + c * 2 * lse(r) * p[j] / 2
             assert grad[i, j].item() == pytest.approx(expected, rel=1e-12)
-    wrapped = build_loss({"name": "z_loss", "base": {"name": "focal", "gamma": 0.0}, "coefficient": c})
+    wrapped = build_loss({"name": "log_partition_penalty", "base": {"name": "focal", "gamma": 0.0},
+                          "coefficient": c})
     assert wrapped(logits(), labels()).item() == pytest.approx(hand, rel=1e-14)
-    assert z_loss_penalty(logits()).item() == pytest.approx(sum(lse(r) ** 2 for r in Z) / 2, rel=1e-14)
+    assert log_partition_penalty(logits()).item() == pytest.approx(sum(lse(r) ** 2 for r in Z) / 2, rel=1e-14)
 
 
-def test_z_loss_errors():
+def test_log_partition_penalty_errors():
     with pytest.raises(ValueError, match="coefficient must be >= 0"):
-        build_loss({"name": "z_loss", "coefficient": -1.0})
+        build_loss({"name": "log_partition_penalty", "coefficient": -1.0})
     with pytest.raises(TypeError, match="base must be a loss spec"):
-        build_loss({"name": "z_loss", "base": 3})
-    with pytest.raises(ValueError, match="z_loss: outputs must be \\(N, C\\)"):
-        build_loss("z_loss")(torch.zeros(2, dtype=D), labels())
+        build_loss({"name": "log_partition_penalty", "base": 3})
+    with pytest.raises(ValueError, match="log_partition_penalty: outputs must be \\(N, C\\)"):
+        build_loss("log_partition_penalty")(torch.zeros(2, dtype=D), labels())
+
+
+def test_z_loss_is_a_deprecated_alias_naming_the_new_names():
+    spec = {"name": "z_loss", "base": {"name": "cross_entropy"}, "coefficient": 1e-2}
+    with pytest.warns(DeprecationWarning, match="'log_partition_penalty'.*'spherical_z_loss'"):
+        old = build_loss(spec)
+    new = build_loss({**spec, "name": "log_partition_penalty"})
+    assert torch.equal(old(logits(), labels()), new(logits(), labels()))
+    with pytest.warns(DeprecationWarning, match="use log_partition_penalty"):
+        assert torch.equal(z_loss_penalty(logits()), log_partition_penalty(logits()))
+    with pytest.raises(ValueError, match="z_loss: outputs must be \\(N, C\\)"):  # errors use the name given
+        with pytest.warns(DeprecationWarning):
+            loss = build_loss("z_loss")
+        loss(torch.zeros(2, dtype=D), labels())
+
+
+# -- spherical Z-loss (de Brébisson & Vincent, arXiv 1604.08859) ------------------------------------
+
+
+def spherical_z_brute_force(rows, ys, a, b):
+    """(1/N) sum_i (1/a) log(1 + exp(a (b - z_iy))), z = (o - mu) / sigma, sigma^2 = (1/C) sum o^2 - mu^2."""
+    total = 0.0
+    for row, y in zip(rows, ys):
+        c = len(row)
+        mu = sum(row) / c
+        sigma = math.sqrt(sum(v * v for v in row) / c - mu * mu)
+        z_y = (row[y] - mu) / sigma
+        total += math.log1p(math.exp(a * (b - z_y))) / a
+    return total / len(rows)
+
+
+@pytest.mark.parametrize("a, b", [(1.0, 1.0), (0.1, 2.0), (3.0, -0.5), (20.0, 1.2)])
+def test_spherical_z_loss_matches_brute_force(a, b):
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 5, dtype=D, generator=gen)
+    y = torch.tensor([0, 4, 2, 2, 1, 3])
+    expected = spherical_z_brute_force(z.tolist(), y.tolist(), a, b)
+    loss = build_loss({"name": "spherical_z_loss", "a": a, "b": b})
+    assert loss(z, y).item() == pytest.approx(expected, rel=1e-12)
+    assert spherical_z_loss(z, y, a, b).item() == pytest.approx(expected, rel=1e-12)
+    assert build_loss("spherical_z_loss")(z, y).item() == pytest.approx(
+        spherical_z_brute_force(z.tolist(), y.tolist(), 1.0, 1.0), rel=1e-12)
+
+
+def test_spherical_z_loss_is_shift_and_scale_invariant_unlike_cross_entropy():
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(8, 6, dtype=D, generator=gen)
+    y = torch.randint(0, 6, (8,), generator=gen)
+    exact = build_loss({"name": "spherical_z_loss", "a": 2.0, "b": 1.5, "eps": 0.0})
+    loss = build_loss({"name": "spherical_z_loss", "a": 2.0, "b": 1.5})  # eps = 1e-12 on sigma^2 ~ 1
+    base = exact(z, y)
+    shifts = torch.randn(8, 1, dtype=D, generator=gen) * 10  # a constant per example
+    for scale in (1e-2, 0.3, 7.0, 1e3):
+        torch.testing.assert_close(exact(scale * z + shifts, y), base, rtol=1e-12, atol=0)
+        # eps / sigma^2 <= 1e-8 here: invariant up to that
+        torch.testing.assert_close(loss(scale * z + shifts, y), base, rtol=1e-8, atol=0)
+    assert not torch.isclose(F.cross_entropy(7.0 * z, y), F.cross_entropy(z, y))
+    # equal logits (sigma = 0): eps makes z = 0, so softplus(a b) / a
+    flat = torch.full((2, 4), 3.0, dtype=D)
+    assert loss(flat, torch.tensor([0, 3])).item() == pytest.approx(math.log1p(math.exp(3.0)) / 2.0, rel=1e-12)
+
+
+def test_spherical_z_loss_gradient_and_errors():
+    gen = torch.Generator().manual_seed(2)
+    z = torch.randn(4, 3, dtype=D, generator=gen, requires_grad=True)
+    y = torch.tensor([0, 2, 1, 2])
+    assert torch.autograd.gradcheck(lambda t: spherical_z_loss(t, y, 1.5, 0.5), (z,))
+    # the gradient of a shift- and scale-invariant function is orthogonal to 1 and to o
+    spherical_z_loss(z, y, 1.5, 0.5, eps=0.0).backward()
+    torch.testing.assert_close(z.grad.sum(dim=1), torch.zeros(4, dtype=D), rtol=0, atol=1e-15)
+    torch.testing.assert_close((z.grad * z.detach()).sum(dim=1), torch.zeros(4, dtype=D), rtol=0, atol=1e-15)
+    for kwargs, message in (({"a": 0.0}, "a must be > 0"), ({"b": math.inf}, "b must be finite"),
+                            ({"eps": -1.0}, "eps must be >= 0")):
+        with pytest.raises(ValueError, match=message):
+            build_loss({"name": "spherical_z_loss", **kwargs})
+    with pytest.raises(ValueError, match="needs at least 2 classes"):
+        spherical_z_loss(torch.zeros(2, 1, dtype=D), torch.tensor([0, 0]))
 
 
 # -- MADL, GMADL -----------------------------------------------------------------------------------
@@ -361,9 +441,9 @@ def test_norm_loss_through_registry():
     expected = F.cross_entropy(model(x), y) + norm_penalty(model, 0.1)
     torch.testing.assert_close(value, expected, rtol=1e-15, atol=0)
     assert list(loss.parameters()) == [] and loss.state_dict() == {}
-    # nested inside z_loss, the model is still bound
-    nested = build_loss({"name": "z_loss", "base": spec, "coefficient": 1e-3}, model=model)
-    expected = expected + 1e-3 * z_loss_penalty(model(x))
+    # nested inside log_partition_penalty, the model is still bound
+    nested = build_loss({"name": "log_partition_penalty", "base": spec, "coefficient": 1e-3}, model=model)
+    expected = expected + 1e-3 * log_partition_penalty(model(x))
     torch.testing.assert_close(nested(model(x), y), expected, rtol=1e-14, atol=0)
     with pytest.raises(RuntimeError, match="no model bound"):
         build_loss(spec)(model(x), y)
@@ -382,7 +462,8 @@ def test_norm_loss_through_registry():
         lambda z, y: focal_loss(z, y, gamma=2.0, alpha=[0.3, 1.0, 2.0]),
         lambda z, y: focal_loss(z, y, gamma=0.5),
         lambda z, y: dice_loss(z, y, smooth=0.5),
-        build_loss({"name": "z_loss", "coefficient": 0.1}),
+        build_loss({"name": "log_partition_penalty", "coefficient": 0.1}),
+        build_loss({"name": "spherical_z_loss", "a": 2.0, "b": 0.5}),
         build_loss({"name": "label_smoothing", "smoothing": 0.2}),
     ],
 )
@@ -421,7 +502,8 @@ def test_gradcheck_binary_focal_gmadl_norm():
 # -- shape and dtype errors for every classification loss ------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["cross_entropy", "label_smoothing", "mse", "squentropy", "focal", "z_loss"])
+@pytest.mark.parametrize("name", ["cross_entropy", "label_smoothing", "mse", "squentropy", "focal",
+                                  "log_partition_penalty", "spherical_z_loss"])
 def test_classification_errors(name):
     loss = build_loss(name)
     with pytest.raises(ValueError, match=f"{name}: outputs must be \\(N, C\\) logits"):

@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from descentlab.studies import StudyError, expand_study, load_study, plan, study_paths
+from descentlab.plan import group_runs, plan
+from descentlab.runs import Run
+from descentlab.studies import StudyError, expand_study, load_study, study_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = {
@@ -97,32 +99,63 @@ def test_plan_shares_runs_between_studies_and_groups_seeds(tmp_path):
     other["name"] = "toy2"
     other["axes"] = {"lr": STUDY["axes"]["lr"]}  # the sgd runs of toy, again
     other["seeds"] = [0, 1, 2, 3]
-    p = plan([write(tmp_path, STUDY), write(tmp_path, other)], "cpu", max_runs_per_job=3, min_jobs_per_dataset=1)
+    p = plan([write(tmp_path, STUDY), write(tmp_path, other)], "cpu", max_runs_per_job=3)
     assert len(p.study_runs["toy"]) == 12 and len(p.study_runs["toy2"]) == 8
     assert len(p.runs) == 12 + 2  # toy2 adds only its seed-3 runs
+    assert {p.runs[r.run_id].study for r in p.study_runs["toy2"]} == {"toy", "toy2"}  # shared runs train in toy's jobs
     members = sorted(r for g in p.groups.values() for r in g)
     assert members == sorted(p.runs)  # every run in exactly one group
-    assert len(p.groups) == 5 and all(len(g) <= 3 for g in p.groups.values())
+    # toy: one family of 12 runs -> 4 jobs of 3; toy2: its 2 own runs -> 1 job
+    assert sorted(len(g) for g in p.groups.values()) == [2, 3, 3, 3, 3]
     assert len(p.datasets) == 1
 
 
-def test_groups_keep_seeds_together_and_split_by_dataset():
-    from descentlab.studies import group_runs
-    from descentlab.spec import canonical
+def _run(ds, lr, seed, **extra):
+    from descentlab.spec import canonical, run_id
 
-    runs = {}
-    for ds in (100, 200):
-        for lr in (0.1, 0.2):
-            for seed in (0, 1):
-                spec = canonical({"dataset": {"name": "gaussian_mixture", "n_samples": ds},
-                                  "optimizer": {"name": "sgd", "lr": lr}, "seed": seed})
-                runs[f"{ds}-{lr}-{seed}"] = spec
-    groups = group_runs(runs, max_runs_per_job=2)
-    assert sorted(map(sorted, groups.values())) == sorted(
-        [sorted([f"{ds}-{lr}-0", f"{ds}-{lr}-1"]) for ds in (100, 200) for lr in (0.1, 0.2)])
-    big = group_runs(runs, max_runs_per_job=3)  # 4 runs per dataset -> 2 jobs of 2
-    assert sorted(len(g) for g in big.values()) == [2, 2, 2, 2]
-    one = group_runs(runs, max_runs_per_job=64)
-    assert sorted(len(g) for g in one.values()) == [4, 4]
-    spread = group_runs(runs, max_runs_per_job=64, min_jobs=3)  # 4 runs -> 3 jobs, seeds split once
+    spec = canonical({"dataset": {"name": "gaussian_mixture", "n_samples": ds}, "optimizer": {"name": "sgd", "lr": lr}, "seed": seed, **extra})
+    return Run(run_id(spec), spec, {"lr": lr, "seed": seed}, "s")
+
+
+def test_groups_keep_seeds_together_and_split_by_dataset():
+    runs = [_run(ds, lr, seed) for ds in (100, 200) for lr in (0.1, 0.2) for seed in (0, 1)]
+    by_id = {r.run_id: (r.spec["dataset"]["n_samples"], r.spec["optimizer"]["lr"], r.spec["seed"]) for r in runs}
+
+    def shapes(groups):
+        return sorted(sorted(by_id[r] for r in g) for g in groups.values())
+
+    assert shapes(group_runs(runs, max_runs_per_job=2)) == sorted(
+        [sorted([(ds, lr, 0), (ds, lr, 1)]) for ds in (100, 200) for lr in (0.1, 0.2)])
+    assert sorted(len(g) for g in group_runs(runs, max_runs_per_job=3).values()) == [2, 2, 2, 2]
+    assert sorted(len(g) for g in group_runs(runs, max_runs_per_job=64).values()) == [4, 4]
+    spread = group_runs(runs, max_runs_per_job=64, min_jobs_per_group=3)  # 4 runs -> 3 jobs, seeds split once
     assert sorted(len(g) for g in spread.values()) == [1, 1, 1, 1, 2, 2]
+
+
+def test_runs_that_read_another_run_never_share_its_job():
+    parent = _run(100, 0.1, 0, checkpoints=[5])
+    child = _run(100, 0.1, 1, init={"run": parent.run_id, "step": 5, "restore": "weights", "exclude": []})
+    groups = group_runs([parent, child], max_runs_per_job=64)
+    assert sorted(map(len, groups.values())) == [1, 1]
+
+
+def test_a_job_keeps_its_runs_when_other_studies_change(tmp_path):
+    """Blast radius at the plan level: adding a study, or changing a value in
+    one, leaves every job of the other studies as it was."""
+    other = copy.deepcopy(STUDY)
+    other["name"] = "toy2"
+    other["base"]["dataset"]["n_samples"] = 300  # runs of its own (shared runs train in one study's jobs)
+    before = plan([write(tmp_path, STUDY), write(tmp_path, other)], "cpu", max_runs_per_job=4)
+    toy2_jobs = {g: m for g, m in before.groups.items() if g.startswith("toy2+")}
+
+    third = copy.deepcopy(STUDY)
+    third["name"] = "toy3"
+    third["base"]["optimizer"]["lr"] = 0.3
+    third["axes"]["lr"][0]["set"]["optimizer"]["lr"] = 0.15
+    added = plan([write(tmp_path, STUDY), write(tmp_path, other), write(tmp_path, third)], "cpu", max_runs_per_job=4)
+    assert all(added.groups[g] == m for g, m in before.groups.items())
+
+    changed = copy.deepcopy(STUDY)
+    changed["axes"]["lr"][1]["set"]["optimizer"]["lr"] = 0.25  # toy changes; toy2 must not notice
+    after = plan([write(tmp_path, changed), write(tmp_path, other)], "cpu", max_runs_per_job=4)
+    assert {g: m for g, m in after.groups.items() if g.startswith("toy2+")} == toy2_jobs

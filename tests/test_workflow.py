@@ -41,7 +41,37 @@ def workdir(tmp_path_factory):
         "figures": [{"name": "curves", "kind": "learning_curves"}],
     }
     (root / "config" / "studies" / "diverging.yaml").write_text(yaml.safe_dump(diverging, sort_keys=False))
+    (root / "config" / "studies" / "lineage.yaml").write_text(yaml.safe_dump(LINEAGE, sort_keys=False))
     return root
+
+
+# Every way a run can start from another, through the workflow: a fork at a
+# step with new data order, an exact continuation, a cooldown branch from each
+# checkpoint, a fine-tune on another task with a new head, a refined schedule
+# from its source run's gradient norms.
+DATA = {"name": "gaussian_mixture", "n_samples": 300, "dim": 8, "n_classes": 3}
+LINEAGE = {
+    "name": "lineage",
+    "title": "runs from runs",
+    "papers": ["none"],
+    "base": {"dataset": DATA, "model": {"name": "mlp", "width": 8}, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+             "steps": 30, "eval_every": 10, "log_every": 10},
+    "parents": {"pretrain": {"set": {"steps": 20, "checkpoints": [10, 20], "instruments": [{"name": "grad_norm"}]}, "seed": 1}},
+    "seeds": [1, 2],
+    "scales": {"smoke": {}, "cpu": {}, "paper": {}},
+    "axes": {"child": [
+        {"label": "fork", "set": {"init": {"parent": "pretrain", "step": 10, "restore": "optimizer"}}},
+        {"label": "continue", "set": {"init": {"parent": "pretrain", "step": 10, "restore": "all"}, "steps": 20}},
+        {"label": "cooldown10", "set": {"init": {"parent": "pretrain", "step": 10, "restore": "optimizer"},
+                                        "schedule": {"name": "wsd", "cooldown_fraction": 0.5}}},
+        {"label": "cooldown20", "set": {"init": {"parent": "pretrain", "step": 20, "restore": "optimizer"},
+                                        "schedule": {"name": "wsd", "cooldown_fraction": 0.3}}},
+        {"label": "finetune", "set": {"init": {"parent": "pretrain", "step": "final", "restore": "weights", "exclude": ["5."]},
+                                      "dataset": dict(DATA, n_classes=5), "optimizer": {"lr": 0.05}}},
+        {"label": "refined", "set": {"schedule": {"name": "refined", "grad_norms": {"parent": "pretrain"}}}},
+    ]},
+    "figures": [{"name": "curves", "kind": "learning_curves"}],
+}
 
 
 def test_lint(workdir):
@@ -52,12 +82,12 @@ def test_lint(workdir):
 @pytest.mark.parametrize("scale", ["cpu", "paper"])
 def test_dry_run_builds_the_dag(workdir, scale):
     out = snakemake(workdir, "-n", "--config", f"scale={scale}")
-    assert "figure" in out.stdout and "train_" in out.stdout
+    assert "figure" in out.stdout and "rule train:" in out.stdout and "checkpoint select_runs:" in out.stdout
 
 
 def test_slurm_profile_dry_run_requests_a_gpu_per_training_job(workdir):
     out = snakemake(workdir, "-n", "--workflow-profile", "profiles/slurm")
-    train_blocks = [b for b in out.stdout.split("\n\n") if "rule train_" in b]
+    train_blocks = [b for b in out.stdout.split("\n\n") if "rule train:" in b]
     assert train_blocks and all("gpu=1" in b and "slurm_partition=gpu" in b for b in train_blocks)
 
 
@@ -90,21 +120,47 @@ def test_smoke_end_to_end(workdir):
     summary = pd.read_csv(results / "figures" / "diverging" / "curves.summary.csv")
     assert sorted(summary.status) == ["diverged", "ok"]
 
+    # Runs decided by data (the benchmark's tuned reruns) are runs like any other.
+    assert {"sweep", "parent", "rerun"} <= set(index.role) or {"sweep", "rerun"} <= set(index.role)
+    reruns = index[index.role == "rerun"]
+    assert len(reruns) == 54 and set(reruns.seed) == {1}  # 2 problems x 27 optimizers, seed 1 at smoke
+    assert all((results / "runs" / rid / "status.json").exists() for rid in reruns.run_id)
+
+    # Runs from runs: parents trained first; the exact continuation equals its parent.
+    lineage = index[index.study == "lineage"]
+    (parent,) = lineage[lineage.role == "parent"].run_id
+    cont = [rid for rid in lineage.run_id if '"restore": "all"' in (results / "runs" / rid / "spec.json").read_text()]
+    assert len(cont) == 2
+    import torch
+
+    final = torch.load(results / "runs" / parent / "final.pt", weights_only=True)
+    for rid in cont:
+        child = torch.load(results / "runs" / rid / "final.pt", weights_only=True)
+        assert all(torch.equal(final[k], child[k]) for k in final)
+
     # A second invocation has nothing to do.
     again = snakemake(workdir, "-n", "--config", "scale=smoke")
     assert "Nothing to be done" in again.stdout + again.stderr, again.stdout
 
-    # Changing one spec value retrains exactly the runs that changed: their
-    # job reruns, and its unchanged runs rewrite their outputs from their
-    # saved final state without training.
+    # Blast radius: changing one value in one study reruns that study's
+    # changed job and what reads it, nothing of any other study.
     study = workdir / "config" / "studies" / "optimizer-curves.yaml"
     study.write_text(study.read_text().replace("weight_decay: 0.05", "weight_decay: 0.1"))
-    changed = snakemake(workdir, "-n", "--config", "scale=smoke")
-    jobs = [line.split()[1].rstrip(":") for line in changed.stdout.splitlines() if line.startswith("rule ")]
-    # Training jobs that share the dataset rerun (their unchanged runs are
-    # restored, not retrained), and so do the tables and figures downstream.
-    assert "prepare_data" not in jobs and {"all", "figure", "run_index"} <= set(jobs)
-    assert any(j.startswith("train_mnist1d") for j in jobs) and not any(j.startswith("train_digits") for j in jobs)
+    jobs = planned_jobs(snakemake(workdir, "-n", "--config", "scale=smoke"))
+    assert {rule for rule, _ in jobs} == {"train", "figure", "run_index", "all"}, jobs
+    assert studies_of(jobs) == {"optimizer-curves"}, jobs
+    assert sum(rule == "train" for rule, _ in jobs) == 1
+
+    # Adding a study with runs of its own reruns nothing that exists.
+    new = yaml.safe_load((workdir / "config" / "studies" / "diverging.yaml").read_text())
+    new.update(name="another", axes={"lr": [{"label": "mid", "set": {"optimizer": {"name": "sgd", "lr": 0.05}}}]})
+    (workdir / "config" / "studies" / "another.yaml").write_text(yaml.safe_dump(new, sort_keys=False))
+    jobs = planned_jobs(snakemake(workdir, "-n", "--config", "scale=smoke"))
+    assert studies_of(jobs) == {"optimizer-curves", "another"}, jobs  # optimizer-curves: still pending from above
+    (workdir / "config" / "studies" / "another.yaml").unlink()
+
+    # The changed job retrains exactly the runs that changed; its other runs
+    # rewrite their outputs from their saved final state without training.
     shutil.rmtree(results / "logs" / "train")  # keep only this invocation's training logs
     snakemake(workdir, "--cores", "2", "--config", "scale=smoke")
     log = "".join(p.read_text() for p in (results / "logs" / "train").glob("*.log"))
@@ -113,6 +169,46 @@ def test_smoke_end_to_end(workdir):
     assert len(trained) == 2 and all("-adamw-" in r for r in trained)
     assert len(restored) + len(trained) == len(set(restored + trained)) and not any("-adamw-" in r for r in restored)
 
+    # A truncated artifact is named and reruns its job, which rewrites it.
+    victim = results / "runs" / trained[0] / "final.pt"
+    victim.write_bytes(victim.read_bytes()[:100])
+    out = snakemake(workdir, "-n", "--config", "scale=smoke")
+    assert f"{victim} has 100 bytes" in out.stdout + out.stderr
+    assert {rule for rule, _ in planned_jobs(out)} == {"train", "figure", "all"}
+    snakemake(workdir, "--cores", "2", "--config", "scale=smoke")
+    assert victim.stat().st_size > 100
+    assert "Nothing to be done" in (lambda o: o.stdout + o.stderr)(snakemake(workdir, "-n", "--config", "scale=smoke"))
+
     # The report builds from the run's metadata.
     snakemake(workdir, "--report", "results/report.zip", "--config", "scale=smoke")
     assert (results / "report.zip").stat().st_size > 0
+
+
+def studies_of(jobs):
+    """The studies whose jobs a dry run lists (a training job's id starts with its study)."""
+    out = set()
+    for rule, wildcards in jobs:
+        w = dict(wildcards)
+        if "study" in w or "group" in w:
+            out.add(w.get("study") or w["group"].split("+")[0])
+        elif wildcards:
+            out.add(f"{rule}:{w}")  # a job of no study (e.g. data): reported as is
+    return out
+
+
+def planned_jobs(proc):
+    """(rule, wildcards) of every job a dry run lists."""
+    jobs, rule = [], None
+    for line in proc.stdout.splitlines():
+        line = line.strip()
+        if line.startswith(("rule ", "checkpoint ")) and line.endswith(":"):
+            if rule is not None:
+                jobs.append((rule, ()))
+            rule = line.split()[1].rstrip(":")
+        elif line.startswith("wildcards:") and rule is not None:
+            pairs = tuple(tuple(kv.split("=", 1)) for kv in line[len("wildcards:"):].strip().split(", "))
+            jobs.append((rule, pairs))
+            rule = None
+    if rule is not None:
+        jobs.append((rule, ()))
+    return jobs

@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import pandas as pd
 
-
-def read_status(run_dir: str | os.PathLike) -> dict[str, Any]:
-    with open(Path(run_dir) / "status.json") as fh:
-        return json.load(fh)
+from .runs import Run
 
 
-def collect_runs(run_rows: Sequence[dict[str, Any]], runs_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Tidy metrics of the given runs and a runs table (labels + status).
-
-    ``run_rows``: one dict per run with ``run_id``, its axis labels and ``seed``.
-    """
-    runs_dir = Path(runs_dir)
+def collect_runs(runs: Sequence[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tidy metrics of the given runs, and the runs as a table (id, axis
+    labels, seed, status): the two views a figure draws from."""
     frames, table = [], []
-    for row in run_rows:
-        rdir = runs_dir / row["run_id"]
-        metrics = pd.read_parquet(rdir / "metrics.parquet")
-        metrics.insert(0, "run_id", row["run_id"])
+    for run in runs:
+        metrics = run.metrics()
+        metrics.insert(0, "run_id", run.run_id)
         frames.append(metrics)
-        table.append({**row, "status": read_status(rdir)["status"]})
+        table.append({"run_id": run.run_id, **run.labels, "status": run.status})
     metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", "step", "split", "metric", "value"])
     return metrics, pd.DataFrame(table, columns=None if table else ["run_id", "seed", "status"])
 

@@ -48,3 +48,15 @@ def _host() -> str:
     import socket
 
     return socket.gethostname()
+
+
+def write_manifest(path: str, job: str, results) -> None:
+    """A training job's manifest (written last): its runs and their status."""
+    import json
+    import os
+
+    record = {"job": job, "runs": [{"run_id": r.run_id, "status": r.status, "steps_completed": r.steps_completed} for r in results]}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import inspect
 import json
@@ -35,7 +36,11 @@ DEFAULT_SPEC: dict[str, Any] = {
     "resume_every": 0,  # resume point at the first log step k steps after the last (0: every minute)
     "instruments": [],  # [{"name": ..., "every": k, ...}] measured during training
     "subspace": None,  # {"dim": d, "seed": s}: train theta_0 + P theta_d only (intrinsic dimension)
+    "init": None,  # {"run": id, "step": k, "restore": weights|optimizer|all, "exclude": [prefix]}: start from another run
 }
+
+INIT_KEYS = ("run", "step", "restore", "exclude")
+RESTORE_MODES = ("weights", "optimizer", "all")
 
 # Keys whose dict values name a registry entry; the registries are looked up
 # lazily so this module imports without torch.
@@ -96,6 +101,11 @@ def canonical(spec: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(merged[key], dict) or "name" not in merged[key]:
             raise SpecError(f"{key} must be a mapping with a 'name', got {merged[key]!r}")
     merged["checkpoints"] = sorted(set(int(s) for s in merged["checkpoints"]))
+    init = merged["init"]
+    if isinstance(init, dict):  # exclude: [] is the default; its order does not matter
+        exclude = init.setdefault("exclude", [])
+        if isinstance(exclude, list) and all(isinstance(e, str) for e in exclude):
+            init["exclude"] = sorted(set(exclude))
     return _normalise(merged)
 
 
@@ -122,7 +132,8 @@ def _readable_prefix(spec: dict[str, Any]) -> str:
 def run_id(spec: dict[str, Any]) -> str:
     """``<dataset>-<model>-<optimizer>-lr<lr>-s<seed>-<hash8>``."""
     spec = canonical(spec)
-    return f"{_readable_prefix(spec)}-s{spec['seed']}-{spec_hash(spec)}"
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
+    return f"{_readable_prefix(spec)}-s{spec['seed']}-{digest}"
 
 
 def data_id(dataset: dict[str, Any]) -> str:
@@ -159,23 +170,31 @@ _POSITIONAL = {
 }
 
 
+@functools.lru_cache(maxsize=None)
+def _accepted_kwargs(kind: str, builder: Callable[..., Any]) -> frozenset[str] | None:
+    """The keyword arguments ``builder`` takes from a spec (None: any)."""
+    try:
+        sig = inspect.signature(builder)
+    except (TypeError, ValueError):  # builtins without signatures: nothing to check
+        return None
+    params = list(sig.parameters.values())
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(
+        p.name
+        for p in params[_POSITIONAL[kind] :]
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    )
+
+
 def _check_kwargs(kind: str, builder: Callable[..., Any], kwargs: dict[str, Any], where: str) -> None:
     if kind == "dataset":
         from .data import COMMON_OPTIONS
 
         kwargs = {k: v for k, v in kwargs.items() if k not in COMMON_OPTIONS}
-    try:
-        sig = inspect.signature(builder)
-    except (TypeError, ValueError):  # builtins without signatures: nothing to check
+    accepted = _accepted_kwargs(kind, builder)
+    if accepted is None:
         return
-    params = list(sig.parameters.values())
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return
-    accepted = {
-        p.name
-        for p in params[_POSITIONAL[kind] :]
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise SpecError(
@@ -186,6 +205,60 @@ def _check_kwargs(kind: str, builder: Callable[..., Any], kwargs: dict[str, Any]
 
 def builder_name(builder: Callable[..., Any]) -> str:
     return getattr(builder, "__qualname__", repr(builder))
+
+
+def run_reference(value: Any) -> str | None:
+    """The run id of a reference ``{"run": id}`` to another run's outputs (a schedule
+    value: the refined schedule's ``grad_norms``), else None."""
+    if isinstance(value, dict) and "run" in value:
+        return value["run"]
+    return None
+
+
+def _check_run_references(component: dict[str, Any], key: str, where: str) -> bool:
+    """Check the shape of ``{"run": id}`` values; True if the component has any."""
+    found = False
+    for name, value in component.items():
+        if run_reference(value) is not None:
+            if set(value) != {"run"} or not isinstance(value["run"], str) or not value["run"]:
+                raise SpecError(f"{where}: {key}.{name}: a run reference is {{run: <run id>}}, got {value!r}")
+            found = True
+    return found
+
+
+def _check_init(spec: dict[str, Any], where: str) -> None:
+    init = spec["init"]
+    if init is None:
+        return
+    shape = "null or {run: <run id>, step: <int>, restore: weights|optimizer|all, exclude: [<name prefix>]}"
+    if not isinstance(init, dict):
+        raise SpecError(f"{where}: init must be {shape}, got {init!r}")
+    unknown, missing = sorted(set(init) - set(INIT_KEYS)), [k for k in INIT_KEYS[:3] if k not in init]
+    if unknown or missing:
+        raise SpecError(f"{where}: init must be {shape}; unknown keys {unknown}, missing keys {missing}")
+    if not isinstance(init["run"], str) or not init["run"]:
+        raise SpecError(f"{where}: init.run must be a run id, got {init['run']!r}")
+    k = init["step"]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise SpecError(f"{where}: init.step must be a non-negative integer (the planner resolves 'final'), got {k!r}")
+    if init["restore"] not in RESTORE_MODES:
+        raise SpecError(f"{where}: init.restore must be one of {', '.join(RESTORE_MODES)}, got {init['restore']!r}")
+    exclude = init["exclude"]
+    if not isinstance(exclude, list) or not all(isinstance(e, str) and e for e in exclude):
+        raise SpecError(f"{where}: init.exclude must be a list of parameter-name prefixes, got {exclude!r}")
+    if spec["subspace"] is not None:
+        raise SpecError(f"{where}: init cannot start a subspace run (its theta_0 and P are not saved)")
+    if init["restore"] != "weights":
+        if exclude:
+            raise SpecError(f"{where}: init.exclude needs restore: weights (optimizer state covers every parameter)")
+        if k >= spec["steps"]:
+            raise SpecError(
+                f"{where}: with restore: {init['restore']} the step counter continues at init.step={k}, "
+                f"so steps (the last step) must be > {k}, got {spec['steps']}"
+            )
+        early = [s for s in spec["checkpoints"] if s < k]
+        if early:
+            raise SpecError(f"{where}: checkpoints {early} come before the run's start step init.step={k}")
 
 
 # Canonical JSON of an optimizer spec -> None (it builds) or why it does not.
@@ -280,10 +353,14 @@ def validate(spec: dict[str, Any], where: str = "run spec") -> dict[str, Any]:
     bad_ckpts = [s for s in spec["checkpoints"] if not 0 <= s <= spec["steps"]]
     if bad_ckpts:
         raise SpecError(f"{where}: checkpoints {bad_ckpts} outside [0, steps={spec['steps']}]")
+    _check_init(spec, where)
     # Cheap components are built once here, so bad values (a warmup longer than
-    # the run, a negative smoothing, a negative lr) fail at parse time rather than in a job.
+    # the run, a negative smoothing, a negative lr) fail at parse time rather than in a job;
+    # a schedule that reads another run's outputs is built by the training job.
     _check_optimizer(spec["optimizer"], where)
     for key in ("schedule", "loss"):
+        if key == "schedule" and _check_run_references(spec[key], key, where):
+            continue
         try:
             if key == "schedule":
                 regs[key].build(spec[key], spec["steps"])

@@ -10,19 +10,21 @@ the same dataset into jobs, so one process trains a group (``group_runs``).
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
-from .spec import SpecError, canonical_json, data_id, deep_merge, run_id, validate
+from .lineage import LineageError, ParentResolver, check_fits_parent
+from .runs import Run
+from .spec import SpecError, deep_merge, run_id, validate
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 SCALES = ("smoke", "cpu", "paper")
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser where installed: 8x faster
 
 
 class StudyError(ValueError):
@@ -61,7 +63,7 @@ def _fill_enums(node: Any, names: dict[str, list[str]]) -> Any:
 def study_schema(schema_dir: Path = SCHEMA_DIR) -> dict[str, Any]:
     """The study JSON schema with component-name enums taken from the registries."""
     with open(schema_dir / "study.schema.yaml") as fh:
-        return _fill_enums(yaml.safe_load(fh), _enum_names())
+        return _fill_enums(yaml.load(fh, Loader=_YAML_LOADER), _enum_names())
 
 
 def _format_error(err: jsonschema.ValidationError) -> str:
@@ -81,6 +83,10 @@ def _apply_defaults(study: dict[str, Any]) -> dict[str, Any]:
     study.setdefault("seeds", [0])
     study.setdefault("axes", {})
     study.setdefault("analyses", [])
+    study.setdefault("parents", {})
+    study.setdefault("selections", [])
+    for selection in study["selections"]:
+        selection.setdefault("scales", {})
     for analysis in study["analyses"]:
         analysis.setdefault("runs", True)
         analysis.setdefault("options", {})
@@ -90,6 +96,32 @@ def _apply_defaults(study: dict[str, Any]) -> dict[str, Any]:
         fig.setdefault("caption", "")
         fig.setdefault("analyses", [])
     return study
+
+
+def selection_at(study: dict[str, Any], name: str, scale: str) -> dict[str, Any]:
+    """The study's selection ``name`` at ``scale`` (per-scale values over the shared ones)."""
+    for selection in study["selections"]:
+        if selection["name"] == name:
+            merged = deep_merge({k: v for k, v in selection.items() if k != "scales"}, selection["scales"].get(scale, {}))
+            merged["group_by"] = list(merged["group_by"])
+            return merged
+    raise StudyError(f"study {study['name']!r} has no selection {name!r}")
+
+
+def _check_selections(study: dict[str, Any], path: Path) -> None:
+    """Selections group by axes of the study, rerun with seeds it does not
+    select on, and are read only by analyses that name them."""
+    names = [s["name"] for s in study["selections"]]
+    if len(set(names)) != len(names):
+        raise StudyError(f"{path}: selection names must be unique, got {names}")
+    axes = set(study.get("axes", {}))
+    for selection in study["selections"]:
+        missing = sorted(set(selection["group_by"]) - axes)
+        if missing:
+            raise StudyError(f"{path}: selection {selection['name']!r} groups by {missing}, which are not axes of the study; axes: {sorted(axes)}")
+    for analysis in study["analyses"]:
+        if "selection" in analysis and analysis["selection"] not in names:
+            raise StudyError(f"{path}: analysis {analysis['name']!r} reads unknown selection {analysis['selection']!r}; the study has: {names}")
 
 
 def analysis_options(analysis: dict[str, Any], scale: str) -> dict[str, Any]:
@@ -130,12 +162,14 @@ def _check_analyses_and_figures(study: dict[str, Any], path: Path) -> None:
                 raise StudyError(f"{path}: figure {fig['name']!r} ({fig['kind']}) does not take options {unknown}")
 
 
-def load_study(path: str | Path, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read and validate one study file (schema, then every run's spec at every scale)."""
+def load_study(path: str | Path, schema: dict[str, Any] | None = None, scales: tuple[str, ...] = SCALES) -> dict[str, Any]:
+    """Read and validate one study file: the schema, then every run's spec at
+    each of ``scales`` (all three for ``descentlab check``; the workflow checks
+    the scale it runs)."""
     path = Path(path)
     try:
         with open(path) as fh:
-            study = yaml.safe_load(fh)
+            study = yaml.load(fh, Loader=_YAML_LOADER)
     except (OSError, yaml.YAMLError) as err:
         raise StudyError(f"{path}: cannot read study file: {err}") from None
     schema = schema or study_schema()
@@ -150,9 +184,9 @@ def load_study(path: str | Path, schema: dict[str, Any] | None = None) -> dict[s
     if len(set(names)) != len(names):
         raise StudyError(f"{path}: figure names must be unique, got {names}")
     _check_analyses_and_figures(study, path)
-    for scale in SCALES:
-        for run in expand_study(study, scale, source=str(path)):
-            pass  # expand_study validates every spec
+    _check_selections(study, path)
+    for scale in scales:
+        expand_study_lineage(study, scale, source=str(path))  # validates every spec
     return study
 
 
@@ -170,90 +204,87 @@ def _multiply(spec: dict[str, Any], path: str, factor: float, where: str) -> dic
     return spec
 
 
+def _apply_entry(spec: dict[str, Any], axis: str, entry: dict[str, Any], where: str) -> dict[str, Any]:
+    """One axis entry applied to a spec: its ``set``, then its ``multiply``."""
+    spec = deep_merge(spec, entry.get("set", {}))
+    for path, factor in entry.get("multiply", {}).items():
+        spec = _multiply(spec, path, factor, f"{where}, axis {axis}, {entry['label']!r}")
+    return spec
+
+
+def study_axes(study: dict[str, Any], scale: str, where: str) -> dict[str, list[dict[str, Any]]]:
+    """The study's axes at ``scale`` (a scale may replace an axis's entries)."""
+    sizing = study["scales"][scale]
+    axes = dict(study.get("axes", {}))
+    unknown_axes = sorted(set(sizing.get("axes", {})) - set(axes))
+    if unknown_axes:
+        raise StudyError(f"{where}: scale {scale} replaces axes {unknown_axes} that the study does not have")
+    axes.update(sizing.get("axes", {}))
+    return axes
+
+
 @dataclass
-class Run:
-    run_id: str
-    spec: dict[str, Any]
-    labels: dict[str, Any] = field(default_factory=dict)  # axis -> label, plus "seed"
+class Expansion:
+    """A study's runs at one scale: the sweep, and the parents they start from."""
+
+    sweep: list[Run]
+    parents: list[Run]
 
 
 def expand_study(study: dict[str, Any], scale: str, source: str = "") -> list[Run]:
+    """The study's sweep runs at ``scale`` (see ``expand_study_lineage``)."""
+    return expand_study_lineage(study, scale, source).sweep
+
+
+def expand_study_lineage(study: dict[str, Any], scale: str, source: str = "") -> Expansion:
     """The study's runs at ``scale``: base, then the scale's sizes, then each axis
-    combination, times the seeds; every spec validated against the registries."""
+    combination, times the seeds; parent names resolved to run ids (the parents
+    come back as runs of their own); every spec validated against the registries."""
     if scale not in SCALES:
         raise StudyError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
     if "base" not in study:
-        return []
+        return Expansion([], [])
     where_file = source or study["name"]
     sizing = study["scales"][scale]
     seeds = sizing.get("seeds", study.get("seeds", [0]))
     base = deep_merge(study["base"], sizing.get("set", {}))
-    axes = dict(study.get("axes", {}))
-    unknown_axes = sorted(set(sizing.get("axes", {})) - set(axes))
-    if unknown_axes:
-        raise StudyError(f"{where_file}: scale {scale} replaces axes {unknown_axes} that the study does not have")
-    axes.update(sizing.get("axes", {}))
+    axes = study_axes(study, scale, where_file)
     axis_names = list(axes)
+    where_scale = f"{where_file} (scale {scale})"
+    try:
+        parents = ParentResolver(study, scale, base, seeds[0], lambda spec, axis, entry: _apply_entry(spec, axis, entry, where_scale), where_file)
+    except LineageError as err:
+        raise StudyError(str(err)) from None
     runs: list[Run] = []
     for combo in itertools.product(*(axes[a] for a in axis_names)):
         spec = base
         labels: dict[str, Any] = {}
         for axis, entry in zip(axis_names, combo):
-            spec = deep_merge(spec, entry.get("set", {}))
-            for path, factor in entry.get("multiply", {}).items():
-                spec = _multiply(spec, path, factor, f"{where_file} (scale {scale}, axis {axis}, {entry['label']!r})")
+            spec = _apply_entry(spec, axis, entry, where_scale)
             labels[axis] = entry["label"]
+        entries = {axis: (entry["label"], entry) for axis, entry in zip(axis_names, combo)}
         for seed in seeds:
             where = f"{where_file} (scale {scale}, {labels or 'base'}, seed {seed})"
             try:
-                canon = validate(dict(spec, seed=seed), where=where)
-            except SpecError as err:
+                resolved = parents.resolve(dict(spec, seed=seed), entries, where)
+                canon = validate(resolved, where=where)
+                if canon["init"] is not None:
+                    check_fits_parent(canon, parents.runs[canon["init"]["run"]].spec, where)
+            except (SpecError, LineageError) as err:
                 raise StudyError(str(err)) from None
-            runs.append(Run(run_id(canon), canon, {**labels, "seed": seed}))
+            runs.append(Run(run_id(canon), canon, {**labels, "seed": seed}, study["name"], "sweep"))
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise StudyError(f"{where_file} (scale {scale}): axes produce identical runs {dup}; give them different settings")
-    return runs
-
-
-@dataclass
-class Plan:
-    """Everything the workflow needs, computed once at parse time."""
-
-    studies: dict[str, dict[str, Any]]
-    runs: dict[str, dict[str, Any]]  # run id -> canonical spec
-    study_runs: dict[str, list[Run]]  # study -> its runs (with labels)
-    groups: dict[str, list[str]]  # group id -> run ids trained in one job (see group_runs)
-    datasets: dict[str, dict[str, Any]]  # data id -> dataset spec
-
-    def data_of(self, rid: str) -> str:
-        return data_id(self.runs[rid]["dataset"])
-
-
-def group_runs(runs: dict[str, dict[str, Any]], max_runs_per_job: int, min_jobs: int = 1) -> dict[str, list[str]]:
-    """Split runs into training jobs of at most ``max_runs_per_job`` runs that
-    share a dataset, so Python, torch and the data load once per job; each
-    dataset's runs get at least ``min_jobs`` jobs (when it has that many runs),
-    so they can train in parallel.
-
-    Runs are ordered by (everything but the seed, seed), so the seeds of one
-    configuration stay together, and each dataset's runs are cut into equal
-    chunks. A job whose membership changes is rerun, but its unchanged runs
-    only rewrite their outputs from their saved final state.
-    """
-    by_data: dict[str, list[str]] = {}
-    for rid, spec in runs.items():
-        by_data.setdefault(data_id(spec["dataset"]), []).append(rid)
-    groups: dict[str, list[str]] = {}
-    for did, members in sorted(by_data.items()):
-        members.sort(key=lambda r: (canonical_json(dict(runs[r], seed=0)), runs[r]["seed"]))
-        n_jobs = max(-(-len(members) // max_runs_per_job), min(min_jobs, len(members)))
-        for k in range(n_jobs):
-            chunk = members[k * len(members) // n_jobs : (k + 1) * len(members) // n_jobs]
-            digest = hashlib.sha256("\n".join(chunk).encode()).hexdigest()[:8]
-            groups[f"{did.rsplit('-', 1)[0]}-g{digest}"] = chunk
-    return groups
+    for parent in parents.runs.values():  # chains: a parent that starts from another parent
+        init = parent.spec["init"]
+        if init is not None:
+            try:
+                check_fits_parent(parent.spec, parents.runs[init["run"]].spec, f"{where_file} (scale {scale}, parent {parent.labels['parent']!r})")
+            except LineageError as err:
+                raise StudyError(str(err)) from None
+    return Expansion(runs, list(parents.runs.values()))
 
 
 def study_paths(studies_dir: str | Path, selection: str | list[str]) -> list[Path]:
@@ -268,19 +299,3 @@ def study_paths(studies_dir: str | Path, selection: str | list[str]) -> list[Pat
             f"valid names (files in {studies_dir}): {', '.join(available) or '(none)'}"
         )
     return [available[s] for s in selection]
-
-
-def plan(
-    paths: list[Path], scale: str, max_runs_per_job: int = 64, min_jobs_per_dataset: int = 2, schema_dir: Path = SCHEMA_DIR
-) -> Plan:
-    schema = study_schema(schema_dir)
-    studies, runs, study_runs = {}, {}, {}
-    for path in paths:
-        study = load_study(path, schema)
-        studies[study["name"]] = study
-        study_runs[study["name"]] = expand_study(study, scale, source=str(path))
-        for run in study_runs[study["name"]]:
-            runs[run.run_id] = run.spec
-    groups = group_runs(runs, max_runs_per_job, min_jobs_per_dataset)
-    datasets = {data_id(spec["dataset"]): spec["dataset"] for spec in runs.values()}
-    return Plan(studies, runs, study_runs, groups, datasets)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from descentlab.curvature import FisherOperator, GGNOperator, HessianOperator, exact_hessian
-from descentlab.losses import MSE, CrossEntropy
+from descentlab.losses import MSE, CrossEntropy, LabelSmoothing
 
 
 def dense(op):
@@ -110,6 +110,42 @@ def test_true_fisher_by_enumerating_labels(tiny):
     torch.testing.assert_close(dense(gauss), J.T @ J / (N * 2.0))
     with pytest.raises(ValueError, match="likelihood"):
         FisherOperator(tiny.model, CrossEntropy(), tiny.x, tiny.y, likelihood="poisson")
+
+
+def test_fisher_likelihood_follows_the_loss(tiny):
+    """MSE -> Gaussian with variance C/2 (so F = GGN = 2/(N C) J^T J); cross-entropy -> categorical; others raise."""
+    J = tiny.jacobian()
+    N, C = len(tiny.x), tiny.c
+    targets = torch.randn(N, C, dtype=torch.float64)
+    for loss_fn in (MSE(), nn.MSELoss(), F.mse_loss):
+        fisher = dense(FisherOperator(tiny.model, loss_fn, tiny.x, targets, chunk_size=6))
+        torch.testing.assert_close(fisher, 2.0 / (N * C) * J.T @ J, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(fisher, dense(GGNOperator(tiny.model, loss_fn, tiny.x, targets)),
+                                   rtol=1e-10, atol=1e-12)
+    # class-index targets under MSE against the one-hot vector: the same Gaussian
+    torch.testing.assert_close(dense(FisherOperator(tiny.model, MSE(), tiny.x, tiny.y)), 2.0 / (N * C) * J.T @ J)
+    # C counts every output number of an example: (N, 2, 3) outputs have C = 6
+    model = nn.Sequential(nn.Linear(tiny.d, 6), nn.Tanh(), nn.Linear(6, 6), nn.Unflatten(1, (2, 3))).double()
+    t3 = torch.randn(N, 2, 3, dtype=torch.float64)
+    torch.testing.assert_close(dense(FisherOperator(model, MSE(), tiny.x, t3)),
+                               dense(GGNOperator(model, MSE(), tiny.x, t3)), rtol=1e-10, atol=1e-12)
+    # cross-entropy in its three spellings: the categorical Fisher = GGN
+    G = dense(GGNOperator(tiny.model, CrossEntropy(), tiny.x, tiny.y))
+    for loss_fn in (CrossEntropy(), nn.CrossEntropyLoss(), F.cross_entropy):
+        torch.testing.assert_close(dense(FisherOperator(tiny.model, loss_fn, tiny.x, tiny.y)), G,
+                                   rtol=1e-10, atol=1e-12)
+    # losses that are no likelihood's mean negative log-likelihood, or not with one variance: explicit only
+    for loss_fn, y in ((LabelSmoothing(0.1), tiny.y), (nn.CrossEntropyLoss(label_smoothing=0.1), tiny.y),
+                       (nn.MSELoss(reduction="sum"), targets), (MSE(k=2.0), tiny.y),
+                       (lambda z, t: ((z - t) ** 4).mean(), targets)):
+        with pytest.raises(ValueError, match="cannot tell which likelihood"):
+            FisherOperator(tiny.model, loss_fn, tiny.x, y)
+    with pytest.raises(ValueError, match="needs a variance"):
+        FisherOperator(tiny.model, CrossEntropy(), tiny.x, tiny.y, likelihood="gaussian")
+    with pytest.raises(ValueError, match="gaussian likelihood only"):
+        FisherOperator(tiny.model, CrossEntropy(), tiny.x, tiny.y, variance=2.0)
+    with pytest.raises(ValueError, match="positive"):
+        FisherOperator(tiny.model, MSE(), tiny.x, targets, variance=0.0)
 
 
 def test_model_left_unchanged_by_every_operator(state_tools):

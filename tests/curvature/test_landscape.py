@@ -51,6 +51,21 @@ def test_filter_normalisation_norms_and_zeroed_1d():
         random_direction(model, norm="unit")
 
 
+def test_random_direction_leaves_frozen_parameters_at_zero():
+    model = _cnn()
+    free = random_direction(model, seed=1, ignore=None)
+    model[0].weight.requires_grad_(False)  # a frozen filter bank
+    model[1].weight.requires_grad_(False)  # a frozen 1-D parameter, which ignore=None would copy
+    for ignore in (None, "biasbn"):
+        d = random_direction(model, seed=1, ignore=ignore)
+        assert torch.count_nonzero(d["0.weight"]) == 0 and torch.count_nonzero(d["1.weight"]) == 0
+        assert d["0.weight"].shape == model[0].weight.shape
+    # the trainable parameters get the same direction as before (same random stream)
+    for name in ("0.bias", "1.bias", "4.weight", "4.bias"):
+        torch.testing.assert_close(d[name], random_direction(_cnn(), seed=1)[name])
+    torch.testing.assert_close(random_direction(model, seed=1, ignore=None)["4.weight"], free["4.weight"])
+
+
 def _problem():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(25, 4, generator=g, dtype=torch.float64)

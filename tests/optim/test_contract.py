@@ -381,3 +381,156 @@ def test_bfloat16_parameters_train(monkeypatch, name, all_large):
         final = float(problem.loss())
     assert all(p.dtype == torch.bfloat16 and torch.isfinite(p).all() for p in params)
     assert final < initial, (initial, final)
+
+
+# --- sparse gradients, complex parameters, OneCycleLR, exports ----------------------
+
+def _is_ours(optimizer: torch.optim.Optimizer) -> bool:
+    return type(optimizer).__module__.startswith("descentlab.")
+
+
+def _sparse_problem(sparse: bool) -> tuple[nn.Embedding, Any]:
+    torch.manual_seed(0)
+    embedding = nn.Embedding(10, 3, sparse=sparse).double()
+    return embedding, lambda: embedding(torch.tensor([1, 2, 2, 7])).square().sum()
+
+
+def _run(optimizer: torch.optim.Optimizer, loss_fn, steps: int) -> None:
+    def closure():
+        optimizer.zero_grad()
+        loss = loss_fn()
+        loss.backward(create_graph=wants_graph(optimizer))
+        return loss
+
+    for _ in range(steps):
+        optimizer.step(closure)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sparse_gradients_are_refused_with_one_message_or_equal_dense(name):
+    # ours: the message of _base.refuse_sparse, raised before any state changes;
+    # torch's: its own refusal, or (SGD, Adagrad) the update of the dense gradient
+    embedding, loss_fn = _sparse_problem(sparse=True)
+    optimizer = build(name, embedding.parameters())
+    try:
+        _run(optimizer, loss_fn, steps=3)
+    except RuntimeError as error:
+        if _is_ours(optimizer):
+            with pytest.raises(RuntimeError) as expected:
+                _base.refuse_sparse(optimizer, embedding.weight.grad)
+            assert str(error) == str(expected.value)
+            assert len(optimizer.state) == 0, "state changed before the refusal"
+        else:
+            assert "does not support sparse gradients" in str(error)
+        return
+    assert not _is_ours(optimizer), f"{name} ran on sparse gradients"
+    dense, dense_loss_fn = _sparse_problem(sparse=False)
+    _run(build(name, dense.parameters()), dense_loss_fn, steps=3)
+    torch.testing.assert_close(embedding.weight, dense.weight, rtol=0, atol=1e-15)
+
+
+# Optimizers whose method is not defined on complex numbers (see their docstrings).
+COMPLEX_REFUSED = {"adafactor", "adahessian", "shampoo"}
+
+
+class ComplexProblem:
+    """Two complex parameters among three real matrices (so Muon has a hidden one),
+    or the same with each complex parameter replaced by its real view; the loss is a
+    function of the real views, so both get the same gradients."""
+
+    def __init__(self, as_real_view: bool):
+        gen = torch.Generator().manual_seed(5)
+        complex_shapes, real_shapes = [(4, 3), (3,)], [(3, 3), (3, 3), (3, 2)]
+        complex_values = [torch.randn(*s, dtype=torch.complex128, generator=gen) for s in complex_shapes]
+        real_values = [torch.randn(*s, dtype=torch.float64, generator=gen) for s in real_shapes]
+        if as_real_view:
+            complex_values = [torch.view_as_real(v).clone() for v in complex_values]
+        self.params = [nn.Parameter(v) for v in complex_values + real_values]
+        self.targets = [torch.randn(torch.view_as_real(v).shape if v.is_complex() else v.shape,
+                                    dtype=torch.float64, generator=gen) for v in complex_values + real_values]
+
+    def loss(self) -> torch.Tensor:
+        views = [torch.view_as_real(p) if p.is_complex() else p for p in self.params]
+        quadratic = sum(((v - t) ** 2).sum() for v, t in zip(views, self.targets))
+        coupling = sum(torch.tanh(v).sum() for v in views) ** 2
+        return 0.5 * quadratic + 0.1 * coupling
+
+    def real_views(self) -> list[torch.Tensor]:
+        return [torch.view_as_real(p.detach()) if p.is_complex() else p.detach() for p in self.params]
+
+
+@pytest.mark.parametrize("foreach", [None, False], ids=["foreach", "reference"])
+@pytest.mark.parametrize("name", NAMES)
+def test_complex_parameters_update_as_their_real_views(name, foreach):
+    if foreach is False and not accepts(name, "foreach"):
+        pytest.skip("one update path")
+    kwargs = {} if foreach is None else {"foreach": False}
+    problem = ComplexProblem(as_real_view=False)
+    optimizer = build(name, problem.params, **kwargs)
+    if name in COMPLEX_REFUSED:
+        with pytest.raises(RuntimeError, match="does not support complex parameters") as error:
+            _run(optimizer, problem.loss, steps=1)
+        if _is_ours(optimizer):
+            assert str(error.value).startswith(f"{type(optimizer).__name__} does not support complex parameters (")
+        return
+    if name == "muon":
+        pytest.skip("routes by shape, and a complex vector's real view is a matrix: "
+                    "test_muon.py::test_complex_parameters_are_adamws_real_views")
+    reference = ComplexProblem(as_real_view=True)
+    reference_optimizer = build(name, reference.params, **kwargs)
+    # ours: bit for bit; torch's SGD (also SAM's base here) does complex arithmetic,
+    # which rounds differently from the real view's (1 ulp)
+    tolerance = 0.0 if name not in ("sgd", "sam", "asam") else 1e-15
+    for _ in range(2):  # eval()/train() between (Schedule-Free), as a training loop does
+        torch.manual_seed(0)
+        _run(optimizer, problem.loss, steps=3)
+        torch.manual_seed(0)
+        _run(reference_optimizer, reference.loss, steps=3)
+        _checkpoint(optimizer)
+        _checkpoint(reference_optimizer)
+        for got, expected in zip(problem.real_views(), reference.real_views()):
+            torch.testing.assert_close(got, expected, rtol=tolerance, atol=0)
+        _resume(optimizer)
+        _resume(reference_optimizer)
+    # nothing but the parameters' own states: no real views left keyed in the state
+    assert all(any(key is p for p in problem.params) or isinstance(key, str) for key in optimizer.state)
+
+
+# Optimizers without a momentum or beta1 for schedulers to cycle (MoMo's is ``beta``).
+NO_MOMENTUM = {"adagrad", "adafactor", "adagrad_norm", "nag_gs", "momo"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_cycle_lr_cycles_the_momentum_the_optimizer_uses(name):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    x, y = torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 3, dtype=torch.float64)
+    optimizer = build(name, model.parameters())
+    if name in NO_MOMENTUM:
+        assert "momentum" not in optimizer.defaults and "betas" not in optimizer.defaults
+        return
+    # OneCycleLR refuses optimizers whose defaults hold neither momentum nor betas
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=1e-3, total_steps=20, pct_start=0.3, cycle_momentum=True,
+        base_momentum=0.85, max_momentum=0.95)
+    loss_fn = lambda: nn.functional.mse_loss(model(x), y)  # noqa: E731
+    for _ in range(5):  # the end of the warm-up phase: momentum at base_momentum
+        _run(optimizer, loss_fn, steps=1)
+        scheduler.step()
+    _run(optimizer, loss_fn, steps=1)
+    for group in optimizer.param_groups:
+        used = group["betas"][0] if "betas" in group else group["momentum"]
+        assert used == pytest.approx(0.85), group.get("use_muon")
+
+
+def test_every_optimizer_class_of_ours_is_exported():
+    import descentlab.optim as package
+
+    ours = {builder for builder in map(OPTIMIZERS.get, NAMES)
+            if inspect.isclass(builder) and builder.__module__.startswith("descentlab.")}
+    assert len(ours) >= 19
+    for cls in ours:
+        assert cls.__name__ in package.__all__, cls
+        assert getattr(package, cls.__name__) is cls
+    for name in package.__all__:
+        assert hasattr(package, name), name

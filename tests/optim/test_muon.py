@@ -119,3 +119,38 @@ def test_conv_kernels_go_to_adamw_and_bad_args():
         MuonAdamW([], lr=0.02)
     with pytest.raises(ValueError):
         MuonAdamW(conv.parameters(), adamw=0.1)
+
+
+def test_complex_parameters_are_adamws_real_views():
+    # a complex parameter goes to AdamW (its real view has one more dimension, and Muon
+    # orthogonalises real matrices), where torch updates it as its real view
+    gen = torch.Generator().manual_seed(0)
+    hidden = [torch.randn(4, 4, dtype=torch.float64, generator=gen) for _ in range(3)]
+    complex_values = [torch.randn(4, 4, dtype=torch.complex128, generator=gen),
+                      torch.randn(4, dtype=torch.complex128, generator=gen)]
+    targets = [torch.randn(4, 4, 2, dtype=torch.float64, generator=gen),
+               torch.randn(4, 2, dtype=torch.float64, generator=gen)]
+    params = [nn.Parameter(v.clone()) for v in hidden + complex_values]
+    muon_ref = [nn.Parameter(v.clone()) for v in hidden]
+    adamw_ref = [nn.Parameter(torch.view_as_real(v).clone()) for v in complex_values]
+
+    def loss(hidden_params, complex_views):
+        return (sum((h @ h.T).tanh().sum() for h in hidden_params)
+                + sum(((v - t) ** 2).sum() for v, t in zip(complex_views, targets)))
+
+    opt = MuonAdamW(params, lr=0.02, adamw={"lr": 1e-2})
+    assert [p.is_complex() for g in opt.param_groups if not g["use_muon"] for p in g["params"]].count(True) == 2
+    refs = [torch.optim.Muon(muon_ref[1:2], lr=0.02),
+            torch.optim.AdamW(muon_ref[:1] + muon_ref[2:] + adamw_ref, lr=1e-2)]
+    for _ in range(5):
+        opt.zero_grad()
+        loss(params[:3], [torch.view_as_real(p) for p in params[3:]]).backward()
+        opt.step()
+        for ref in refs:
+            ref.zero_grad()
+        loss(muon_ref, adamw_ref).backward()
+        for ref in refs:
+            ref.step()
+    for got, expected in zip(params, muon_ref + adamw_ref):
+        got = torch.view_as_real(got) if got.is_complex() else got
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)

@@ -11,7 +11,8 @@ rule analysis:
         f"{RESULTS}/analyses/{{study}}/{{analysis}}.parquet",
     params:
         analysis=analysis_spec,
-        runs=analysis_runs,
+        runs=lambda wc: [r.to_dict() for r in analysis_runs(wc)],
+        selected=analysis_selected,
         device=config["device"],
     threads: config["analysis_threads"]
     log:

@@ -1,23 +1,35 @@
-# Parse-time planning: read and validate the studies, expand them into runs,
-# and group runs that differ only in their seed into one training job.
+# Parse-time planning: read and validate the studies at the configured scale,
+# expand them into runs (parents included) and group the runs into training
+# jobs. Runs decided by data (selections) are planned by the select_runs
+# checkpoint; the helpers below treat both kinds of job alike.
+import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # a clone works before `pip install`
 
 from descentlab.fingerprint import training_code_fingerprint
-from descentlab.studies import StudyError, analysis_options, plan, study_paths
+from descentlab.integrity import run_damage
+from descentlab.lineage import run_references
+from descentlab.plan import GROUP_SEPARATOR, plan
+from descentlab.runs import Run
+from descentlab.selection import read_selection
+from descentlab.studies import StudyError, analysis_options, study_paths
 from descentlab.train.loop import output_files
 
 RESULTS = config["results"]
+LOG = logging.getLogger("descentlab")
+if not LOG.handlers:  # parse-time warnings (damaged runs) reach the console
+    LOG.addHandler(logging.StreamHandler(sys.stderr))
 ENV = "../../envs/descentlab.yaml"
 
 try:
     PLAN = plan(
         study_paths(config["studies_dir"], config["studies"]),
         config["scale"],
+        results=RESULTS,
         max_runs_per_job=config["max_runs_per_job"],
-        min_jobs_per_dataset=config["min_jobs_per_dataset"],
+        min_jobs_per_group=config["min_jobs_per_group"],
     )
 except StudyError as err:
     raise WorkflowError(f"invalid study configuration:\n{err}") from None
@@ -25,15 +37,89 @@ except StudyError as err:
 CODE_VERSION = training_code_fingerprint() if config["track_library_code"] else "untracked"
 
 
-def run_dir(rid):
-    return f"{RESULTS}/runs/{rid}"
+def job_manifest(group):
+    """The file a training job writes last: its runs and their status."""
+    return f"{RESULTS}/train/{group}.json"
 
 
-def run_outputs(rid):
-    return [str(p) for p in output_files(run_dir(rid), PLAN.runs[rid])]
+# -- training jobs: static (planned at parse time) or from a selection ---------------------
 
 
-# Input functions of the figure rule.
+def selection_file(study, name):
+    return f"{RESULTS}/selections/{study}/{name}.json"
+
+
+def selection_record(study, name):
+    """The select_runs checkpoint's output (waits for it in the DAG)."""
+    return read_selection(checkpoints.select_runs.get(study=study, selection=name).output[0])
+
+
+def selection_runs(study, name):
+    return [Run.from_dict(r) for r in selection_record(study, name)["runs"]]
+
+
+def group_members(group):
+    """The runs a training job trains."""
+    if group in PLAN.groups:
+        return [PLAN.runs[rid] for rid in PLAN.groups[group]]
+    study, name, _ = group.split(GROUP_SEPARATOR, 2)
+    if study not in PLAN.studies or name not in [s["name"] for s in PLAN.studies[study]["selections"]]:
+        raise ValueError(f"no training job {group!r} in this plan")
+    record = selection_record(study, name)
+    wanted = set(record["groups"].get(group, []))
+    return [Run.from_dict(r) for r in record["runs"] if r["run_id"] in wanted]
+
+
+def groups_of(runs):
+    """The jobs that train ``runs`` (static runs, or records that carry their job)."""
+    out = set()
+    for run in runs:
+        group = PLAN.group_of.get(run.run_id) if isinstance(run, Run) else None
+        if group is None and isinstance(run, dict):
+            group = run.get("group")
+        if group is None:
+            raise ValueError(f"run {getattr(run, 'run_id', run)} is trained by no job of this plan")
+        out.add(group)
+    return sorted(out)
+
+
+def manifests_of(runs):
+    return [job_manifest(g) for g in groups_of(runs)]
+
+
+def train_inputs(wc):
+    members = group_members(wc.group)
+    reads = sorted({ref for r in members for ref in run_references(r.spec)})
+    inputs = {
+        "data": sorted({str(r.data) for r in members}),
+        "parents": sorted({job_manifest(PLAN.group_of[rid]) for rid in reads}),
+    }
+    if wc.group not in PLAN.groups:  # a selection's job: it reruns when the selection changes
+        study, name, _ = wc.group.split(GROUP_SEPARATOR, 2)
+        inputs["selection"] = selection_file(study, name)
+    return inputs
+
+
+_HEALTH = {}
+
+
+def group_health(wc):
+    """'ok', or what is wrong with the finished job's run files: a changed
+    value reruns the job (Snakemake's params trigger), and names the damage."""
+    if wc.group not in _HEALTH:
+        problems = []
+        if Path(job_manifest(wc.group)).exists():
+            for run in group_members(wc.group):
+                problems += run_damage(run.dir, output_files(run.dir, run.spec))
+        if problems:
+            LOG.warning("training job %s reruns: %s", wc.group, "; ".join(problems[:5]))
+        _HEALTH[wc.group] = "damaged: " + "; ".join(problems[:5]) if problems else "ok"
+    return _HEALTH[wc.group]
+
+
+# -- analyses and figures ------------------------------------------------------------------
+
+
 def figure_spec(wc):
     for fig in PLAN.studies[wc.study]["figures"]:
         if fig["name"] == wc.figure:
@@ -41,43 +127,40 @@ def figure_spec(wc):
     raise ValueError(f"study {wc.study!r} has no figure {wc.figure!r}")
 
 
-def study_run_files(wc):
-    runs = PLAN.study_runs[wc.study]
-    files = [f"{run_dir(r.run_id)}/{name}" for r in runs for name in ("metrics.parquet", "status.json")]
-    return files + list(figure_tables(wc).values())
-
-
 def figure_tables(wc):
     return {name: f"{RESULTS}/analyses/{wc.study}/{name}.parquet" for name in figure_spec(wc)["analyses"]}
 
 
-# Input functions of the analysis rule.
-def analysis_spec(wc):
+def figure_inputs(wc):
+    return manifests_of(PLAN.study_runs[wc.study]) + list(figure_tables(wc).values())
+
+
+def analysis_entry(wc):
     for analysis in PLAN.studies[wc.study]["analyses"]:
         if analysis["name"] == wc.analysis:
-            return {"kind": analysis["kind"], "runs": analysis["runs"], "options": analysis_options(analysis, config["scale"])}
+            return analysis
     raise ValueError(f"study {wc.study!r} has no analysis {wc.analysis!r}")
 
 
+def analysis_spec(wc):
+    entry = analysis_entry(wc)
+    return {"kind": entry["kind"], "runs": entry["runs"], "selection": entry.get("selection"),
+            "options": analysis_options(entry, config["scale"])}
+
+
 def analysis_runs(wc):
-    if not analysis_spec(wc)["runs"]:
-        return []
-    return [
-        {
-            "run_id": r.run_id,
-            "labels": r.labels,
-            "dir": run_dir(r.run_id),
-            "spec": r.spec,
-            "data": f"{RESULTS}/data/{PLAN.data_of(r.run_id)}.pt",
-        }
-        for r in PLAN.study_runs[wc.study]
-    ]
+    return list(PLAN.study_runs[wc.study]) if analysis_entry(wc)["runs"] else []
+
+
+def analysis_selected(wc):
+    name = analysis_entry(wc).get("selection")
+    return selection_record(wc.study, name)["runs"] if name else []
 
 
 def analysis_inputs(wc):
-    runs = analysis_runs(wc)
-    return sorted({r["data"] for r in runs}) + [f for r in runs for f in run_outputs(r["run_id"])]
-
+    runs, selected = analysis_runs(wc), analysis_selected(wc)
+    data = sorted({str(r.data) for r in runs} | {r["data"] for r in selected})
+    return data + manifests_of(runs) + manifests_of(selected)
 
 
 FIGURE_FILES = [
@@ -92,4 +175,6 @@ wildcard_constraints:
     study="[a-z0-9][a-z0-9-]*",
     figure="[a-z0-9][a-z0-9_-]*",
     analysis="[a-z0-9][a-z0-9_-]*",
+    selection="[a-z0-9][a-z0-9_-]*",
+    group="[^/]+",
     data_id="[A-Za-z0-9_.]+-[0-9a-f]{8}",

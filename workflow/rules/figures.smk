@@ -4,7 +4,7 @@
 
 rule figure:
     input:
-        study_run_files,
+        figure_inputs,
     output:
         pdf=report(
             f"{RESULTS}/figures/{{study}}/{{figure}}.pdf",
@@ -20,8 +20,7 @@ rule figure:
         summary=f"{RESULTS}/figures/{{study}}/{{figure}}.summary.csv",
     params:
         figure=figure_spec,
-        runs=lambda wc: [{"run_id": r.run_id, **r.labels} for r in PLAN.study_runs[wc.study]],
-        runs_dir=f"{RESULTS}/runs",
+        runs=lambda wc: [r.to_dict() for r in PLAN.study_runs[wc.study]],
         tables=figure_tables,
         title=lambda wc: PLAN.studies[wc.study]["title"],
     log:

@@ -1,38 +1,62 @@
-# Stage 2: training. One job per group of runs that share everything but the
-# seed, so Python and torch start once per group. Each run keeps its own
-# directory named by its content hash; state needed to resume lives in the
-# run's .resume/ folder, outside the declared outputs, so a killed or
-# re-queued job continues instead of starting over.
+# Stage 2: training. One rule trains every job of runs, planned at parse time
+# (common.smk) or by a selection (select_runs below). A job writes each run's
+# files into runs/<run id>/ and, last, its manifest train/<job>.json, which is
+# what later stages wait for. State needed to resume lives in each run's
+# .resume/ folder, so a killed or re-queued job continues instead of starting
+# over; a damaged run file (see group_health) reruns its job.
 
-for _group, _members in PLAN.groups.items():
 
-    rule:
-        name:
-            f"train_{_group}".replace("-", "_").replace(".", "p")
-        input:
-            data=f"{RESULTS}/data/{PLAN.data_of(_members[0])}.pt",
-        output:
-            [f for rid in _members for f in run_outputs(rid)],
-        params:
-            runs=[{"run_id": rid, "spec": PLAN.runs[rid], "dir": run_dir(rid)} for rid in _members],
-            device=config["device"],
-            code=CODE_VERSION,
-        threads: config["threads_per_job"]
-        resources:
-            **config["resources"],
-        log:
-            f"{RESULTS}/logs/train/{_group}.log",
-        conda:
-            ENV
-        script:
-            "../../scripts/train.py"
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        job_manifest("{group}"),
+    params:
+        runs=lambda wc: [r.to_dict() for r in group_members(wc.group)],
+        device=config["device"],
+        code=CODE_VERSION,
+        health=group_health,
+    threads: config["threads_per_job"]
+    resources:
+        **config["resources"],
+    log:
+        f"{RESULTS}/logs/train/{{group}}.log",
+    conda:
+        ENV
+    script:
+        "../../scripts/train.py"
+
+
+# Data-dependent runs: once a study's sweep has trained, pick the best run of
+# each cell and plan its reruns (their specs, ids and jobs). Snakemake then
+# re-evaluates the DAG and trains them with the rule above.
+checkpoint select_runs:
+    input:
+        lambda wc: manifests_of(PLAN.study_runs[wc.study]),
+    output:
+        selection_file("{study}", "{selection}"),
+    params:
+        runs=lambda wc: [r.to_dict() for r in PLAN.study_runs[wc.study]],
+        selection=lambda wc: PLAN.selection(wc.study, wc.selection),
+        trained_elsewhere=lambda wc: {r.run_id: PLAN.group_of[r.run_id] for r in PLAN.study_runs[wc.study]},
+        results=RESULTS,
+        max_runs_per_job=config["max_runs_per_job"],
+        min_jobs_per_group=config["min_jobs_per_group"],
+    log:
+        f"{RESULTS}/logs/selections/{{study}}/{{selection}}.log",
+    conda:
+        ENV
+    script:
+        "../../scripts/select_runs.py"
 
 
 rule run_index:
+    input:
+        [selection_file(study, name) for study, name in PLAN.selections()],
     output:
         f"{RESULTS}/runs/index.csv",
     params:
-        runs=[{"run_id": rid, **{k: spec[k] for k in ("dataset", "model", "loss", "optimizer", "schedule", "batch_size", "steps", "seed")}} for rid, spec in sorted(PLAN.runs.items())],
+        runs=[r.to_dict() for _, r in sorted(PLAN.runs.items())],
     log:
         f"{RESULTS}/logs/run_index.log",
     conda:

@@ -124,6 +124,23 @@ def as_tensor(x, dtype: torch.dtype, device) -> torch.Tensor:
     return x.to(dtype) if x.is_floating_point() else x
 
 
+def num_examples(x: torch.Tensor, y: torch.Tensor | None = None, name: str = "x") -> int:
+    """The number of examples (first dimension); a clear error for empty data or x, y of different lengths.
+
+    Every analysis calls this first, so empty data fails here and not later as an
+    all-zero matrix, an IndexError or a misleading determinism error.
+    """
+    if x.ndim == 0:
+        raise ValueError(f"{name} needs a first dimension of examples, got a scalar")
+    n = int(x.shape[0])
+    if y is not None and (y.ndim == 0 or int(y.shape[0]) != n):
+        raise ValueError(f"{name} and y need the same number of examples, got {n} and "
+                         f"{int(y.shape[0]) if y.ndim else 'a scalar'}")
+    if n == 0:
+        raise ValueError(f"{name} has no examples (first dimension 0): curvature needs at least one")
+    return n
+
+
 def chunks(n: int, chunk_size: int | None) -> list[tuple[int, int]]:
     """[start, stop) index ranges; the last one may be ragged."""
     if chunk_size is None:
@@ -134,16 +151,46 @@ def chunks(n: int, chunk_size: int | None) -> list[tuple[int, int]]:
     return [(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
 
 
-def check_deterministic(model: nn.Module, snapshot: ParameterSnapshot, loss_fn: LossFn,
-                        x: torch.Tensor, y: torch.Tensor) -> None:
-    """Evaluate the loss twice on the same inputs; refuse a random model (dropout in training mode)."""
-    with torch.no_grad():
-        first = loss_fn(snapshot.call(model, snapshot.tensors, x), y)
-        second = loss_fn(snapshot.call(model, snapshot.tensors, x), y)
-    if not torch.allclose(first, second, rtol=1e-6, atol=1e-12):
+def check_batchnorm_chunks(model: nn.Module, batchnorm: str, ranges: list[tuple[int, int]]) -> None:
+    """Refuse train-mode BatchNorm on a chunk of one example.
+
+    Batch statistics of a single example are degenerate (BatchNorm1d raises at
+    the first product; a 2-d map would be normalised by one image's statistics),
+    so this is refused for every BatchNorm type, before any product.
+    """
+    if batchnorm != "train" or not has_batchnorm(model):
+        return
+    single = [(a, b) for a, b in ranges if b - a == 1]
+    if single:
+        n = ranges[-1][1]
         raise ValueError(
-            "the model's loss is not deterministic (two evaluations gave "
-            f"{first.item():.8g} and {second.item():.8g}): a model in training mode with dropout "
-            "or other randomness has no well-defined curvature; call model.eval() first "
-            "(BatchNorm is chosen separately with batchnorm='eval'|'train')"
+            f"batchnorm='train' uses each chunk's batch statistics, but the chunks of these {n} examples "
+            f"include {len(single)} of a single example (examples {single[0][0]}:{single[0][1]}); choose a "
+            "chunk_size that leaves at least 2 examples in every chunk (the last one included), or "
+            "batchnorm='eval'"
         )
+
+
+def check_deterministic(model: nn.Module, snapshot: ParameterSnapshot, x: torch.Tensor,
+                        ranges: list[tuple[int, int]]) -> None:
+    """Refuse a random model (dropout in training mode): evaluate every chunk twice, compare the outputs.
+
+    The check covers all the data, chunk by chunk as the analysis will see it:
+    two forward passes without a graph, less work than one curvature product.
+    It compares the model's outputs elementwise, so randomness that leaves every
+    output unchanged on these data goes unnoticed. Call it inside the mode
+    context (``module_modes``) of the analysis.
+    """
+    with torch.no_grad():
+        for a, b in ranges:
+            first = snapshot.call(model, snapshot.tensors, x[a:b])
+            second = snapshot.call(model, snapshot.tensors, x[a:b])
+            scale = float(first.abs().max()) if first.numel() else 0.0
+            if not torch.allclose(first, second, rtol=1e-5, atol=1e-6 * scale):
+                diff = float((first - second).abs().max())
+                raise ValueError(
+                    f"the model is not deterministic (two evaluations of examples {a}:{b} differ by up to "
+                    f"{diff:.3g}): a model in training mode with dropout or other randomness has no "
+                    "well-defined curvature; call model.eval() first (BatchNorm is chosen separately "
+                    "with batchnorm='eval'|'train')"
+                )

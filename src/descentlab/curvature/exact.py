@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._model import (LossFn, ParameterSnapshot, as_tensor, check_batchnorm_mode, has_batchnorm, module_modes,
-                     parse_dtype)
+from ._model import (LossFn, ParameterSnapshot, as_tensor, check_batchnorm_chunks, check_batchnorm_mode,
+                     check_deterministic, has_batchnorm, module_modes, num_examples, parse_dtype)
 
 __all__ = ["exact_hessian", "exact_spectrum"]
 
@@ -20,6 +20,8 @@ def exact_hessian(model: nn.Module, loss_fn: LossFn, x, y, dtype: torch.dtype | 
     train-mode BatchNorm (which updates its running statistics in place, which
     torch.func transforms refuse, pytorch#85533) it uses
     ``torch.autograd.functional.hessian`` instead; the statistics updated are copies.
+    Empty data, a random model (dropout in training mode) and train-mode BatchNorm
+    on a single example are refused with a ValueError.
     """
     dtype = parse_dtype(dtype, model)
     check_batchnorm_mode(batchnorm)
@@ -29,11 +31,14 @@ def exact_hessian(model: nn.Module, loss_fn: LossFn, x, y, dtype: torch.dtype | 
                          "use HessianOperator with eigsh/SLQ instead")
     x = as_tensor(x, dtype, snap.device)
     y = as_tensor(y, dtype, snap.device)
+    ranges = [(0, num_examples(x, y))]
+    check_batchnorm_chunks(model, batchnorm, ranges)
 
     def loss_of(flat):
         return loss_fn(snap.call(model, snap.unflatten(flat), x), y)
 
     with module_modes(model, batchnorm):
+        check_deterministic(model, snap, x, ranges)
         if batchnorm == "train" and has_batchnorm(model):
             hess = torch.autograd.functional.hessian(loss_of, snap.vector())
         else:

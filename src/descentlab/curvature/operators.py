@@ -24,14 +24,17 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 from torch import nn
 
+from ._likelihood import LIKELIHOODS, gaussian_variance, infer_likelihood
 from ._model import (
     LossFn,
     ParameterSnapshot,
     as_tensor,
+    check_batchnorm_chunks,
     check_batchnorm_mode,
     check_deterministic,
     chunks,
     module_modes,
+    num_examples,
     parse_dtype,
 )
 
@@ -81,17 +84,14 @@ class CurvatureOperator(LinearOperator):
         device = self.snapshot.device
         self.x = as_tensor(x, self.torch_dtype, device)
         self.y = as_tensor(y, self.torch_dtype, device)
-        if self.x.shape[0] != self.y.shape[0] or self.x.shape[0] == 0:
-            raise ValueError(f"x and y need the same non-zero number of examples, got "
-                             f"{self.x.shape[0]} and {self.y.shape[0]}")
-        self.num_examples = int(self.x.shape[0])
+        self.num_examples = num_examples(self.x, self.y)
         self.ranges = chunks(self.num_examples, chunk_size)
+        check_batchnorm_chunks(model, self.batchnorm, self.ranges)
         self.cache_graph = len(self.ranges) == 1 if cache_graph is None else bool(cache_graph)
         self._cache = None
         self.n_matvecs = 0
-        a, b = self.ranges[0]
         with module_modes(model, self.batchnorm):
-            check_deterministic(model, self.snapshot, loss_fn, self.x[a:b], self.y[a:b])
+            check_deterministic(model, self.snapshot, self.x, self.ranges)
         P = self.snapshot.num_params
         super().__init__(dtype=np.dtype("float64" if self.torch_dtype == torch.float64 else "float32"),
                          shape=(P, P))
@@ -269,21 +269,29 @@ class GGNOperator(_OutputSpaceOperator):
 class FisherOperator(_OutputSpaceOperator):
     """True Fisher F = (1/N) sum_i J_i^T E_{y~p(.|x_i)}[grad log p grad log p^T] J_i, in closed form.
 
-    ``likelihood="categorical"``: p = softmax(outputs) over the last dimension,
-    output-space Fisher diag(p) - p p^T (equal to the GGN of cross-entropy).
-    ``likelihood="gaussian"``: N(outputs, variance * Id), output-space Fisher Id / variance.
-    The expectation over model-sampled labels is exact, not Monte Carlo; ``loss_fn`` is
-    used only for the determinism check. This is not the empirical Fisher (1/N) sum g_i g_i^T.
+    The likelihood p is the one whose mean negative log-likelihood is ``loss_fn``
+    (``likelihood=None``, the default: mean cross-entropy -> categorical, mean
+    squared error -> Gaussian; any other loss raises), so F equals the GGN for
+    these losses. Or explicitly:
+    ``likelihood="categorical"``: p = softmax(outputs) over the last dimension of (N, C)
+    logits, output-space Fisher diag(p) - p p^T.
+    ``likelihood="gaussian"``: N(outputs, variance * Id), output-space Fisher Id / variance;
+    ``variance=None`` (only with mean squared error) is C / 2 for C output numbers per
+    example, the variance whose negative log-likelihood is the loss.
+    The expectation over model-sampled labels is exact, not Monte Carlo. This is not
+    the empirical Fisher (1/N) sum g_i g_i^T.
     """
 
     def __init__(self, model, loss_fn, x, y, chunk_size=None, dtype=None, batchnorm="eval",
-                 cache_graph=None, likelihood: str = "categorical", variance: float = 1.0):
-        if likelihood not in ("categorical", "gaussian"):
-            raise ValueError(f"likelihood must be 'categorical' or 'gaussian', got {likelihood!r}")
-        if not variance > 0:
-            raise ValueError(f"variance must be positive, got {variance!r}")
+                 cache_graph=None, likelihood: str | None = None, variance: float | None = None):
+        if likelihood is None:
+            likelihood = infer_likelihood(loss_fn)
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS} or None, got {likelihood!r}")
+        if likelihood == "categorical" and variance is not None:
+            raise ValueError(f"variance applies to the gaussian likelihood only, got variance={variance!r}")
         self.likelihood = likelihood
-        self.variance = float(variance)
+        self.variance = gaussian_variance(loss_fn, variance) if likelihood == "gaussian" else None
         super().__init__(model, loss_fn, x, y, chunk_size=chunk_size, dtype=dtype, batchnorm=batchnorm,
                          cache_graph=cache_graph)
 
@@ -293,7 +301,8 @@ class FisherOperator(_OutputSpaceOperator):
         per_example = 1.0 / self.num_examples
         if self.likelihood == "categorical":
             return torch.softmax(out.detach(), dim=-1), per_example
-        return None, per_example / self.variance
+        variance = self.variance if self.variance is not None else out[0].numel() / 2.0
+        return None, per_example / variance
 
     def _output_product(self, state, jv):
         p, scale = state

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from torch.func import grad, jacrev, vmap
 
-from ._model import LossFn, ParameterSnapshot, as_tensor, check_deterministic, chunks, module_modes, parse_dtype
+from ._model import (LossFn, ParameterSnapshot, as_tensor, check_deterministic, chunks, module_modes, num_examples,
+                     parse_dtype)
 
 __all__ = ["per_example_gradients", "jacobian"]
 
@@ -26,8 +27,7 @@ def per_example_gradients(model: nn.Module, loss_fn: LossFn, x, y, chunk_size: i
     snap = ParameterSnapshot(model, dtype)
     x = as_tensor(x, dtype, snap.device)
     y = as_tensor(y, dtype, snap.device)
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y need the same number of examples, got {x.shape[0]} and {y.shape[0]}")
+    ranges = chunks(num_examples(x, y), chunk_size)
 
     def loss_one(params, xi, yi):
         return loss_fn(snap.call(model, params, xi.unsqueeze(0)), yi.unsqueeze(0))
@@ -35,8 +35,8 @@ def per_example_gradients(model: nn.Module, loss_fn: LossFn, x, y, chunk_size: i
     per_example = vmap(grad(loss_one), in_dims=(None, 0, 0))
     rows = []
     with module_modes(model, "eval"):
-        check_deterministic(model, snap, loss_fn, x[: min(len(x), 8)], y[: min(len(y), 8)])
-        for a, b in chunks(len(x), chunk_size):
+        check_deterministic(model, snap, x, ranges)
+        for a, b in ranges:
             g = per_example(snap.tensors, x[a:b], y[a:b])
             rows.append(torch.cat([g[n].reshape(b - a, -1) for n in snap.names], dim=1))
     return torch.cat(rows).detach()
@@ -47,19 +47,17 @@ def jacobian(model: nn.Module, x, chunk_size: int | None = 256, dtype: torch.dty
     dtype = parse_dtype(dtype, model)
     snap = ParameterSnapshot(model, dtype)
     x = as_tensor(x, dtype, snap.device)
+    ranges = chunks(num_examples(x), chunk_size)
 
     def out_one(params, xi):
         return snap.call(model, params, xi.unsqueeze(0)).reshape(-1)
 
     jac = vmap(jacrev(out_one), in_dims=(None, 0))
     rows = []
-    with module_modes(model, "eval"), torch.no_grad():
-        first = out_one(snap.tensors, x[0])
-        if not torch.equal(first, out_one(snap.tensors, x[0])):
-            raise ValueError("the model's outputs are random (dropout in training mode?): call model.eval() first")
-        for a, b in chunks(len(x), chunk_size):
-            with torch.enable_grad():
-                j = jac(snap.tensors, x[a:b])
-            c = first.numel()
+    with module_modes(model, "eval"):
+        check_deterministic(model, snap, x, ranges)
+        for a, b in ranges:
+            j = jac(snap.tensors, x[a:b])
+            c = j[snap.names[0]].shape[1]
             rows.append(torch.cat([j[n].reshape(b - a, c, -1) for n in snap.names], dim=2).reshape((b - a) * c, -1))
     return torch.cat(rows).detach()

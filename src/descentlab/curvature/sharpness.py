@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._model import (LossFn, ParameterSnapshot, as_tensor, check_batchnorm_mode, check_deterministic, chunks,
-                     module_modes, parse_dtype)
+from ._model import (LossFn, ParameterSnapshot, as_tensor, check_batchnorm_chunks, check_batchnorm_mode,
+                     check_deterministic, chunks, module_modes, num_examples, parse_dtype)
 from .eigen import top_eigenvalues
 from .operators import HessianOperator
 
@@ -41,10 +41,10 @@ class _FullBatchLoss:
         self.snap = ParameterSnapshot(model, parse_dtype(dtype, model))
         self.x = as_tensor(x, self.snap.dtype, self.snap.device)
         self.y = as_tensor(y, self.snap.dtype, self.snap.device)
-        self.ranges = chunks(len(self.x), chunk_size)
-        a, b = self.ranges[0]
+        self.ranges = chunks(num_examples(self.x, self.y), chunk_size)
+        check_batchnorm_chunks(model, self.batchnorm, self.ranges)
         with module_modes(model, self.batchnorm):
-            check_deterministic(model, self.snap, loss_fn, self.x[a:b], self.y[a:b])
+            check_deterministic(model, self.snap, self.x, self.ranges)
 
     def __call__(self, flat: torch.Tensor, need_grad: bool = True):
         total, grad = 0.0, torch.zeros_like(flat)

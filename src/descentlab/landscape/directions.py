@@ -8,7 +8,9 @@ as large relative to each filter as the filter itself, which removes the scale
 invariance of ReLU/BN nets from the picture. Parameters with one dimension
 (biases, BatchNorm affine) are zeroed with ``ignore='biasbn'`` (the reference
 default) or copied from the weights otherwise, as the reference does.
-Directions are dicts name -> tensor over ``named_parameters()``.
+Directions are dicts name -> tensor over ``named_parameters()``; frozen
+parameters (``requires_grad=False``) get zeros, so a step along a direction
+never moves them.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def normalize_direction(direction: dict[str, torch.Tensor], weights: dict[str, t
 
 def random_direction(model: nn.Module, norm: str = "filter", ignore: str | None = "biasbn",
                      seed: int | None = 0) -> dict[str, torch.Tensor]:
-    """A Gaussian direction over the model's parameters, normalised with :func:`normalize_direction`."""
+    """A Gaussian direction over the model's parameters, normalised with :func:`normalize_direction`;
+    zero on frozen parameters (``requires_grad=False``)."""
     gen = torch.Generator()
     if seed is not None:
         gen.manual_seed(int(seed))
@@ -56,7 +59,11 @@ def random_direction(model: nn.Module, norm: str = "filter", ignore: str | None 
     weights = {n: p.detach() for n, p in model.named_parameters()}
     raw = {n: torch.randn(w.shape, generator=gen, dtype=torch.float64).to(dtype=w.dtype, device=w.device)
            for n, w in weights.items()}
-    return normalize_direction(raw, weights, norm=norm, ignore=ignore)
+    direction = normalize_direction(raw, weights, norm=norm, ignore=ignore)
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            direction[name] = torch.zeros_like(direction[name])
+    return direction
 
 
 def direction_norms(direction: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

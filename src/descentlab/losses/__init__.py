@@ -4,13 +4,14 @@ A loss is called as ``loss(outputs, targets)`` and returns the mean over the
 batch. Classification targets are int64 class indices of shape (N,); outputs
 are logits of shape (N, C). Regression targets are float tensors shaped like
 the outputs. Each loss also exists as a plain function (``squentropy``,
-``focal_loss``, ``dice_loss``, ``madl``, ``gmadl``, ``z_loss_penalty``,
-``norm_penalty`` ...).
+``focal_loss``, ``dice_loss``, ``spherical_z_loss``, ``madl``, ``gmadl``,
+``log_partition_penalty``, ``norm_penalty`` ...).
 
 Registered names: cross_entropy, label_smoothing, mse (with the Hui-Belkin
-rescaling k, M), squentropy, focal, dice (classification.py); madl, gmadl
-(returns.py); z_loss and norm_loss, wrappers that add a penalty to a base loss
-(penalties.py). ``norm_loss`` needs the model: build it with
+rescaling k, M), squentropy, focal, dice, spherical_z_loss (the Z-loss of arXiv
+1604.08859) (classification.py); madl, gmadl (returns.py);
+log_partition_penalty (PaLM's "z-loss"; ``z_loss`` is its deprecated name) and
+norm_loss, wrappers that add a penalty to a base loss (penalties.py). ``norm_loss`` needs the model: build it with
 ``build_loss(spec, model=model)``, or call ``loss.bind_model(model)`` once.
 """
 
@@ -154,6 +155,6 @@ def build_loss(spec: dict | str, model: nn.Module | None = None) -> nn.Module:
 
 # Modules that register more losses; imported last so they can use the names above.
 from . import classification, penalties, returns  # noqa: E402,F401
-from .classification import dice_loss, focal_loss, squentropy  # noqa: E402,F401
-from .penalties import norm_penalty, z_loss_penalty  # noqa: E402,F401
+from .classification import dice_loss, focal_loss, spherical_z_loss, squentropy  # noqa: E402,F401
+from .penalties import log_partition_penalty, norm_penalty, z_loss_penalty  # noqa: E402,F401
 from .returns import gmadl, madl  # noqa: E402,F401

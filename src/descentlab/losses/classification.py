@@ -1,10 +1,12 @@
-"""Classification losses beyond cross-entropy: squentropy, focal, Sørensen-Dice.
+"""Classification losses beyond cross-entropy: squentropy, focal, Sørensen-Dice, the
+spherical Z-loss.
 
 Each is a plain function ``f(outputs, targets, ...)`` and a registered module.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -169,3 +171,52 @@ class DiceLoss(nn.Module):
 
     def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return dice_loss(outputs, targets, self.smooth, self.from_logits)
+
+
+def spherical_z_loss(
+    outputs: torch.Tensor, targets: torch.Tensor, a: float = 1.0, b: float = 1.0, eps: float = 1e-12
+) -> torch.Tensor:
+    """The Z-loss of de Brébisson & Vincent, arXiv 1604.08859, averaged over the batch.
+
+    Per example, the logits o are z-normalised over the C classes,
+    z = (o - mean(o)) / sigma with sigma^2 = mean((o - mean(o))^2) (the
+    population variance, the paper's (1/C) sum o^2 - mean^2), and
+    L = softplus(a (b - z_y)) / a = (1/a) log(1 + exp(a (b - z_y))).
+    ``eps`` is added to sigma^2 so that equal logits give z = 0 rather than 0/0;
+    the loss is invariant to adding a constant to the logits and, up to that
+    eps, to multiplying them by a positive constant. It belongs to the
+    spherical family (a function of sum o, sum o^2 and o_y).
+    """
+    check_classification(outputs, targets, "spherical_z_loss")
+    if outputs.shape[1] < 2:
+        raise ValueError(f"spherical_z_loss: needs at least 2 classes, got C={outputs.shape[1]}")
+    centered = outputs - outputs.mean(dim=1, keepdim=True)
+    sigma = (centered.square().mean(dim=1) + eps).sqrt()
+    z_target = centered.gather(1, targets.long().unsqueeze(1)).squeeze(1) / sigma
+    return (F.softplus(a * (b - z_target)) / a).mean()
+
+
+@LOSSES.register("spherical_z_loss")
+class SphericalZLoss(nn.Module):
+    """The shift- and scale-invariant Z-loss (de Brébisson & Vincent, arXiv 1604.08859).
+
+    ``a`` (> 0) sets how sharply the softplus bends, ``b`` where: examples whose
+    z-normalised target logit z_y is well above b cost ~0. The z-scores of C
+    classes lie within sqrt(C - 1) of 0, so b should stay below that. The paper
+    tunes a and b per task by hyperparameter search; the defaults here (a = 1,
+    b = 1) are a neutral starting point, not values taken from the paper.
+    Not the log-partition penalty (PaLM's "z-loss", ``log_partition_penalty``).
+    """
+
+    def __init__(self, a: float = 1.0, b: float = 1.0, eps: float = 1e-12):
+        super().__init__()
+        if not a > 0:
+            raise ValueError(f"spherical_z_loss: a must be > 0, got {a}")
+        if not math.isfinite(b):
+            raise ValueError(f"spherical_z_loss: b must be finite, got {b}")
+        if not eps >= 0:
+            raise ValueError(f"spherical_z_loss: eps must be >= 0, got {eps}")
+        self.a, self.b, self.eps = float(a), float(b), float(eps)
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return spherical_z_loss(outputs, targets, self.a, self.b, self.eps)

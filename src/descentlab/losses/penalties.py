@@ -1,15 +1,24 @@
-"""Penalty terms added to a base loss: z-loss (on the logits) and norm loss (on the model).
+"""Penalty terms added to a base loss: the log-partition penalty (on the logits) and
+norm loss (on the model).
 
 Both are wrappers in the registry, so a config adds them around any loss:
 
-    {"name": "z_loss", "base": {"name": "cross_entropy"}, "coefficient": 1e-4}
+    {"name": "log_partition_penalty", "base": {"name": "cross_entropy"}, "coefficient": 1e-4}
     {"name": "norm_loss", "base": {"name": "cross_entropy"}, "coefficient": 1e-3}
 
-and they nest (a ``norm_loss`` whose base is a ``z_loss``). ``norm_loss`` needs
-the model: ``build_loss(spec, model=model)`` binds it (or ``loss.bind_model(model)``).
+and they nest (a ``norm_loss`` whose base is a ``log_partition_penalty``).
+``norm_loss`` needs the model: ``build_loss(spec, model=model)`` binds it (or
+``loss.bind_model(model)``).
+
+The log-partition penalty is often called "z-loss" (PaLM); the registered name
+``z_loss`` still builds it but is deprecated (a DeprecationWarning), because the
+literature's Z-loss (de Brébisson & Vincent, arXiv 1604.08859) is another loss,
+registered as ``spherical_z_loss`` (classification.py).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import nn
@@ -25,31 +34,50 @@ def _build_base(base: dict | str | nn.Module) -> nn.Module:
     raise TypeError(f"base must be a loss spec (dict or name) or an nn.Module, got {type(base).__name__}")
 
 
-def z_loss_penalty(outputs: torch.Tensor) -> torch.Tensor:
+def log_partition_penalty(outputs: torch.Tensor) -> torch.Tensor:
     """mean over the batch of logsumexp(z)^2 (multiply by the coefficient yourself)."""
     return (torch.logsumexp(outputs, dim=-1) ** 2).mean()
 
 
-@LOSSES.register("z_loss")
-class ZLoss(nn.Module):
+def z_loss_penalty(outputs: torch.Tensor) -> torch.Tensor:
+    """Deprecated name of ``log_partition_penalty``."""
+    warnings.warn("z_loss_penalty is deprecated: use log_partition_penalty (the same function)",
+                  DeprecationWarning, stacklevel=2)
+    return log_partition_penalty(outputs)
+
+
+@LOSSES.register("log_partition_penalty")
+class LogPartitionPenalty(nn.Module):
     """base(outputs, targets) + coefficient * mean(logsumexp(z)^2).
 
-    The auxiliary z-loss of PaLM (Chowdhery et al., arXiv 2204.02311, coefficient
-    1e-4) that keeps the softmax normaliser near 1; studied with qk-layernorm
+    The auxiliary "z-loss" of PaLM (Chowdhery et al., arXiv 2204.02311, coefficient
+    1e-4) that keeps the softmax normaliser log Z near 0; studied with qk-layernorm
     against logit divergence in Wortsman et al., arXiv 2309.14322. Not the
-    spherical "Z-loss" of arXiv 1604.08859.
+    spherical Z-loss of arXiv 1604.08859 (``spherical_z_loss``).
     """
 
-    def __init__(self, base: dict | str | nn.Module = "cross_entropy", coefficient: float = 1e-4):
+    def __init__(self, base: dict | str | nn.Module = "cross_entropy", coefficient: float = 1e-4,
+                 *, name: str = "log_partition_penalty"):
         super().__init__()
+        self.name = name  # in error messages: the name the config used
         if not coefficient >= 0:
-            raise ValueError(f"z_loss: coefficient must be >= 0, got {coefficient}")
+            raise ValueError(f"{name}: coefficient must be >= 0, got {coefficient}")
         self.base = _build_base(base)
         self.coefficient = float(coefficient)
 
     def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        check_classification(outputs, targets, "z_loss")
-        return self.base(outputs, targets) + self.coefficient * z_loss_penalty(outputs)
+        check_classification(outputs, targets, self.name)
+        return self.base(outputs, targets) + self.coefficient * log_partition_penalty(outputs)
+
+
+@LOSSES.register("z_loss")
+def deprecated_z_loss(base: dict | str | nn.Module = "cross_entropy", coefficient: float = 1e-4) -> LogPartitionPenalty:
+    """Deprecated name of ``log_partition_penalty`` (warns, then builds it)."""
+    warnings.warn(
+        "loss 'z_loss' is deprecated: it is the log-partition penalty, registered as "
+        "'log_partition_penalty' (the literature's Z-loss, arXiv 1604.08859, is 'spherical_z_loss')",
+        DeprecationWarning, stacklevel=2)
+    return LogPartitionPenalty(base, coefficient, name="z_loss")
 
 
 def norm_penalty(model: nn.Module, coefficient: float = 1.0, skip_vectors: bool = True) -> torch.Tensor:

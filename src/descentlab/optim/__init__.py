@@ -49,6 +49,32 @@ for _module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 
+# Every optimizer class of ours, importable from the package (``from
+# descentlab.optim import Lion``); the registry holds the same classes.
+from .adagrad_norm import AdaGradNorm  # noqa: E402
+from .adahessian import AdaHessian  # noqa: E402
+from .adamp import SGDP, AdamP  # noqa: E402
+from .ademamix import AdEMAMix  # noqa: E402
+from .diffgrad import DiffGrad  # noqa: E402
+from .exadam import EXAdam  # noqa: E402
+from .grams import Grams  # noqa: E402
+from .lion import Lion  # noqa: E402
+from .mars import MARS  # noqa: E402
+from .momo import Momo, MomoAdam  # noqa: E402
+from .muon import MuonAdamW  # noqa: E402
+from .nag_gs import NAGGS  # noqa: E402
+from .sam import ASAM, SAM  # noqa: E402
+from .schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD  # noqa: E402
+from .shampoo import Shampoo  # noqa: E402
+
+__all__ = [
+    "OPTIMIZERS", "build_optimizer",
+    "AdaGradNorm", "AdaHessian", "AdamP", "SGDP", "AdEMAMix", "DiffGrad", "EXAdam", "Grams",
+    "Lion", "MARS", "Momo", "MomoAdam", "MuonAdamW", "NAGGS", "SAM", "ASAM",
+    "ScheduleFreeAdamW", "ScheduleFreeSGD", "Shampoo",
+]
+
+
 def build_optimizer(params: Iterable[Any], spec: dict[str, Any]) -> torch.optim.Optimizer:
     """Build an optimizer from ``{"name": ..., **hyperparameters}``."""
     return OPTIMIZERS.build(spec, params)

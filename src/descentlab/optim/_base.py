@@ -12,7 +12,9 @@ closure, skipping parameters without a gradient, ``maximize`` (on a negated
 copy, so ``p.grad`` is never modified), lazy state initialisation and the
 per-parameter step counter ``state["step"]`` (a 0-dim float32 tensor, as in
 torch.optim). Subclasses implement ``_init_state``, ``_update_reference`` and
-``_update_foreach``.
+``_update_foreach``. Sparse gradients are refused (``refuse_sparse``, the one
+message of every descentlab optimizer); a complex parameter reaches the hooks
+as its real view, with real views of its (complex) state, as torch.optim does.
 
 Multi-tensor paths may keep the temporaries of large tensors in persistent
 buffers (``_scratch`` + ``foreach_into``): same kernels, same numbers, no
@@ -326,6 +328,56 @@ def adam_direction(
     return buffers
 
 
+def refuse_sparse(owner: Any, grad: Tensor | None) -> None:
+    """The one error every descentlab optimizer raises for a sparse gradient."""
+    if grad is not None and grad.is_sparse:
+        raise RuntimeError(
+            f"{type(owner).__name__} does not support sparse gradients "
+            "(e.g. from nn.Embedding(sparse=True)); use dense gradients"
+        )
+
+
+def refuse_complex(owner: Any, p: Tensor, reason: str) -> None:
+    """The one error for complex parameters, from optimizers whose method is not
+    defined on them (``reason`` says why)."""
+    if p.is_complex():
+        raise RuntimeError(
+            f"{type(owner).__name__} does not support complex parameters ({reason}); "
+            "use real parameters, e.g. torch.view_as_real of the complex tensor"
+        )
+
+
+def check_gradients(owner: Any, params: Iterable[Tensor], complex_reason: str | None = None) -> None:
+    """``refuse_sparse`` for every gradient of ``params``; with ``complex_reason``,
+    ``refuse_complex`` for every parameter that has a gradient."""
+    for p in params:
+        if p.grad is not None:
+            refuse_sparse(owner, p.grad)
+            if complex_reason is not None:
+                refuse_complex(owner, p, complex_reason)
+
+
+def as_real(t: Any) -> Any:
+    """``torch.view_as_real(t)`` for a complex tensor, anything else as it is."""
+    return torch.view_as_real(t) if isinstance(t, Tensor) and t.is_complex() else t
+
+
+def real_view(owner: Any, p: Tensor) -> Tensor:
+    """The real view of ``p`` (``p`` itself if real), the same tensor object at every
+    step while ``p``'s data is unchanged (caches keyed by tensor identity, such as
+    ``scratch_buffers``, then hit). Complex parameters are updated through it as
+    torch.optim does: the optimizer acts on (real, imaginary) pairs as on any
+    real tensor with one more trailing dimension of size 2."""
+    if not p.is_complex():
+        return p
+    cache = owner.__dict__.setdefault("_real_view_cache", {})
+    entry = cache.get(id(p))
+    if entry is None or entry[0] is not p or entry[1].data_ptr() != p.data_ptr() or entry[1].shape[:-1] != p.shape:
+        # holding p keeps its id from being reused while the entry lives
+        entry = cache[id(p)] = (p, torch.view_as_real(p.detach()))
+    return entry[1]
+
+
 class MultiTensorOptimizer(torch.optim.Optimizer):
     """Base class: closure, grad gathering, ``maximize``, state init, steps.
 
@@ -373,16 +425,30 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
         for p in group["params"]:
             if p.grad is None:
                 continue
-            if p.grad.is_sparse:
-                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-            params.append(p)
-            grads.append(p.grad)
+            refuse_sparse(self, p.grad)
             state = self.state[p]
             if len(state) == 0:
                 if self.counts_steps:
                     state["step"] = torch.tensor(0.0, dtype=torch.float32)
                 self._init_state(p, state, group)
+            grad = p.grad
+            if p.is_complex():  # updated as its real view, as torch.optim does
+                p, grad = self._alias_real_view(p)
+            params.append(p)
+            grads.append(grad)
         return params, grads
+
+    def _alias_real_view(self, p: Tensor) -> tuple[Tensor, Tensor]:
+        """(real view of the complex ``p``, of its grad), the view keyed in
+        ``self.state`` to real views of p's state for the hooks, until the step ends."""
+        view = real_view(self, p)
+        self.state[view] = {k: as_real(v) for k, v in self.state[p].items()}
+        self.__dict__.setdefault("_aliased_views", []).append(view)
+        return view, torch.view_as_real(p.grad)
+
+    def _drop_real_views(self) -> None:
+        for view in self.__dict__.pop("_aliased_views", []):
+            self.state.pop(view, None)
 
     @staticmethod
     def _uses_foreach(group: dict[str, Any]) -> bool:
@@ -391,6 +457,12 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One update; returns the closure's loss (``None`` without a closure)."""
+        try:
+            return self._step(closure)
+        finally:  # real views of complex parameters never outlive the step (nor reach state_dict)
+            self._drop_real_views()
+
+    def _step(self, closure: Callable[[], Any] | None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -26,6 +26,11 @@ generator; conv net, float64, 20 steps): max |dw| 3.3e-16. After the
 Hessian-vector product, ``p.grad`` is detached in place (values unchanged),
 as in the official code: this frees the double-backward
 graph and breaks the param -> grad -> graph -> param reference cycle.
+
+Complex parameters are refused: the Rademacher probes, the Hessian-vector
+product through complex autograd and the averaging over kernel dimensions are
+defined here for real parameters only (a real view would change which
+dimensions are averaged).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from . import OPTIMIZERS
+from ._base import check_gradients
 
 _GENERATOR_KEY = "probe_generator_state"
 
@@ -176,6 +182,9 @@ class AdaHessian(torch.optim.Optimizer):
         if not active:
             return loss
         params = [p for _, ps in active for p in ps]
+        check_gradients(self, params, complex_reason=(
+            "Rademacher probes, the Hessian-vector product and the kernel averaging are "
+            "defined for real parameters"))
         grads = [p.grad for p in params]
         probes = rademacher_like(params, self._probe_generator(params[0].device))
         with torch.enable_grad():

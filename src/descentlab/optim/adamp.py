@@ -15,6 +15,8 @@ AdamP:  p = m / (sqrt(v_hat) + eps)  (nesterov: (beta1 m + (1 - beta1) g) / ...)
 SGDP:   b <- mu b + (1 - dampening) g;  p = b  (nesterov: g + mu b)
         w <- w (1 - lr wd ratio / (1 - mu)) - lr p      (official SGDP decay)
 Note that SGDP's buffer starts at 0 (b_1 = (1 - dampening) g, unlike torch's SGD).
+A complex parameter is updated as its real view (one more trailing dimension of
+size 2), so a complex vector counts as two-dimensional and may be projected.
 
 The paper (Algorithm 1) projects the update q_t = Pi(p_t) and keeps the buffer
 p_t. The official SGDP without Nesterov projects in place, so its momentum

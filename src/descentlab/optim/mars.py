@@ -22,6 +22,8 @@ own lr scales it too), as in the official code; ``optimize_1d=True`` runs
 MARS on them as well. The official code applies MARS to parameters with
 exactly 2 dims (its GPT-2 has no others); here every parameter with >= 2 dims
 gets MARS (as pytorch-optimizer and timm do).
+A complex parameter is updated as its real view (one more trailing dimension
+of size 2): a complex vector gets MARS, not the 1-D AdamW.
 State per parameter: ``step``, ``exp_avg``, ``exp_avg_sq``, ``last_grad``;
 group key ``lr_1d_factor`` = lr_1d / (lr at construction).
 """

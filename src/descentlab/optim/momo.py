@@ -22,7 +22,8 @@ dtype. Otherwise it keeps the <g, x> average in a float32 ``torch.zeros(1)`` /
 for MoMo-Adam with ``use_fstar``.
 
 Both need the loss, so ``step(closure)`` requires the closure (the training
-loop always passes one). ``use_fstar=True`` replaces the fixed lower bound by
+loop always passes one). Complex parameters enter as their real views (inner
+products and norms of the (real, imaginary) pairs), as torch.optim does. ``use_fstar=True`` replaces the fixed lower bound by
 the official online estimate (MoMo*), kept in the global state.
 """
 
@@ -34,7 +35,7 @@ import torch
 from torch._C._nn import flatten_dense_tensors
 
 from . import OPTIMIZERS
-from ._base import adam_direction, split_small
+from ._base import adam_direction, as_real, check_gradients, real_view, split_small
 
 _GLOBAL = "global"  # key of the model-level state (step, loss average) in self.state
 
@@ -105,8 +106,15 @@ class _MomoBase(torch.optim.Optimizer):
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if params:
+                check_gradients(self, params)
                 out.append((group, params))
         return out
+
+    def _real_views(self, params: list[torch.Tensor], *keys: str) -> list[list[torch.Tensor]]:
+        """[params, grads, state[key] for each key], complex tensors as their real
+        views: a complex parameter is updated as its real view (torch.optim's convention)."""
+        return [[real_view(self, p) for p in params], [as_real(p.grad) for p in params],
+                *([as_real(self.state[p][key]) for p in params] for key in keys)]
 
 
 def _dots(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
@@ -184,6 +192,7 @@ class Momo(_MomoBase):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
         loss = self._loss(closure)
+        active = self._active()  # checks the gradients before any state changes
         first = self.param_groups[0]
         beta, lb, bias_correction = first["beta"], first["lb"], first["bias_correction"]
         glob = self._global_state()
@@ -194,17 +203,14 @@ class Momo(_MomoBase):
         glob["loss_avg"] = f if fresh else beta * glob["loss_avg"] + (1.0 - beta) * f
         rho = 1.0 - beta**k if bias_correction else 1.0
 
-        active = self._active()
         dots, gammas, norms = [], [], []
         for group, params in active:
             for p in params:
                 state = self.state[p]
                 if "grad_avg" not in state:
                     state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["grad_dot_w"] = torch.zeros((), dtype=p.dtype, device=p.device)
-            grads = [p.grad for p in params]
-            ds = [self.state[p]["grad_avg"] for p in params]
-            gws = [self.state[p]["grad_dot_w"] for p in params]
+                    state["grad_dot_w"] = torch.zeros((), dtype=p.real.dtype, device=p.device)
+            params, grads, ds, gws = self._real_views(params, "grad_avg", "grad_dot_w")
             if group["foreach"] is False:
                 for p, g, d, gw in zip(params, grads, ds, gws):
                     new_dot = (p * g).sum()
@@ -236,7 +242,7 @@ class Momo(_MomoBase):
             lr, lam = group["lr"], group["weight_decay"]
             shrink = 1.0 + lr * lam
             tau = self._adaptive_step(glob, group, rho, lb, dot, gamma, norm)
-            ds = [self.state[p]["grad_avg"] for p in params]
+            params, _, ds = self._real_views(params, "grad_avg")
             if group["foreach"] is False:
                 for p, d in zip(params, ds):
                     p.add_(d, alpha=-tau)
@@ -290,6 +296,7 @@ class MomoAdam(_MomoBase):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
         loss = self._loss(closure)
+        active = self._active()  # checks the gradients before any state changes
         first = self.param_groups[0]
         (beta1, beta2), lb = first["betas"], first["lb"]
         glob = self._global_state()
@@ -297,7 +304,6 @@ class MomoAdam(_MomoBase):
         glob["loss_avg"] = beta1 * glob["loss_avg"] + (1.0 - beta1) * self._value(loss)
         bc1, bc2 = 1.0 - beta1**k, 1.0 - beta2**k
 
-        active = self._active()
         dots, gammas, norms = [], [], []
         directions: dict[int, list[torch.Tensor]] = {}
         for group, params in active:
@@ -306,11 +312,8 @@ class MomoAdam(_MomoBase):
                 if "grad_avg" not in state:
                     state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["grad_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["grad_dot_w"] = torch.zeros((), dtype=p.dtype, device=p.device)
-            grads = [p.grad for p in params]
-            ds = [self.state[p]["grad_avg"] for p in params]
-            vs = [self.state[p]["grad_avg_sq"] for p in params]
-            gws = [self.state[p]["grad_dot_w"] for p in params]
+                    state["grad_dot_w"] = torch.zeros((), dtype=p.real.dtype, device=p.device)
+            params, grads, ds, vs, gws = self._real_views(params, "grad_avg", "grad_avg_sq", "grad_dot_w")
             eps = group["eps"]
             if group["foreach"] is False:
                 for p, g, d, v, gw in zip(params, grads, ds, vs, gws):
@@ -338,8 +341,7 @@ class MomoAdam(_MomoBase):
             lr, lam, eps = group["lr"], group["weight_decay"], group["eps"]
             shrink = 1.0 + lr * lam
             tau = self._adaptive_step(glob, group, bc1, lb, dot, gamma, norm)
-            ds = [self.state[p]["grad_avg"] for p in params]
-            vs = [self.state[p]["grad_avg_sq"] for p in params]
+            params, _, ds, vs = self._real_views(params, "grad_avg", "grad_avg_sq")
             decay_first = lam > 0 and not group["divide"]
             decay_after = lam > 0 and group["divide"]
             if group["foreach"] is False:

@@ -24,15 +24,29 @@ AdamW part. Top-level keyword arguments are Muon's; omitted ones take torch's
 defaults, except that AdamW takes the top-level ``lr`` when ``adamw`` has none.
 Both torch optimizers share this object's ``param_groups`` and ``state``, so
 ``state_dict``, LR schedulers and ``zero_grad`` cover both.
+
+Momentum: every group has a ``momentum`` key (``defaults["momentum"]`` is
+Muon's), so schedulers that cycle momentum (``OneCycleLR(cycle_momentum=True)``)
+reach both parts. In a Muon group it is Muon's momentum; in an AdamW group it
+is AdamW's beta1 (set from ``betas[0]`` at construction; each step writes
+``momentum`` into ``betas[0]``, so set ``momentum``, not ``betas``, to change it).
+
+Complex parameters are AdamW's: torch.optim updates a complex tensor as its
+real view, which has one more dimension (a complex matrix is a 3-D real
+tensor), and Muon's orthogonalisation is defined for real matrices.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Iterable
 
 import torch
 
 from . import OPTIMIZERS
+from ._base import check_gradients
+
+_MUON_MOMENTUM = inspect.signature(torch.optim.Muon.__init__).parameters["momentum"].default
 
 
 def _as_groups(params: Iterable[Any]) -> list[dict[str, Any]]:
@@ -67,11 +81,15 @@ class MuonAdamW(torch.optim.Optimizer):
         if adamw is not None and not isinstance(adamw, dict):
             raise ValueError(f"adamw must be a dict of AdamW hyperparameters, got {adamw!r}")
         user_groups = _as_groups(params)
-        matrices = [p for g in user_groups for p in g["params"] if p.dim() == 2]
+
+        def is_matrix(p: torch.Tensor) -> bool:  # a complex matrix's real view is 3-D
+            return p.dim() == 2 and not p.is_complex()
+
+        matrices = [p for g in user_groups for p in g["params"] if is_matrix(p)]
         excluded = {id(matrices[0]), id(matrices[-1])} if adamw_first_last and matrices else set()
 
         def to_muon(p: torch.Tensor) -> bool:
-            return p.dim() == 2 and id(p) not in excluded
+            return is_matrix(p) and id(p) not in excluded
 
         groups = []
         for g in user_groups:
@@ -82,7 +100,7 @@ class MuonAdamW(torch.optim.Optimizer):
                 groups.append({**shared, "params": muon_params, "use_muon": True})
             if adamw_params:
                 groups.append({**shared, **g.get("adamw", {}), "params": adamw_params, "use_muon": False})
-        super().__init__(groups, {})
+        super().__init__(groups, {"momentum": muon_hparams.get("momentum", _MUON_MOMENTUM)})
         self.adamw_first_last = adamw_first_last
         muon_groups = [g for g in self.param_groups if g["use_muon"]]
         adamw_groups = [g for g in self.param_groups if not g["use_muon"]]
@@ -91,6 +109,8 @@ class MuonAdamW(torch.optim.Optimizer):
         if "lr" in muon_hparams:  # one lr in a config moves both parts unless AdamW has its own
             adamw.setdefault("lr", muon_hparams["lr"])
         self.adamw = torch.optim.AdamW(adamw_groups, **adamw) if adamw_groups else None
+        for group in adamw_groups:  # an AdamW group's momentum is its beta1 (see the module docstring)
+            group["momentum"] = group["betas"][0]
         self._link()
 
     def _link(self) -> None:
@@ -110,6 +130,11 @@ class MuonAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        check_gradients(self, (p for g in self.param_groups for p in g["params"]))
+        for group in self.param_groups:
+            # setdefault: groups saved before they had a momentum key still load
+            if not group["use_muon"] and group.setdefault("momentum", group["betas"][0]) != group["betas"][0]:
+                group["betas"] = (group["momentum"], *group["betas"][1:])
         for sub in (self.muon, self.adamw):
             if sub is not None:
                 sub.step()

@@ -29,6 +29,7 @@ Differences from the official code (measured in tests/optim/test_nag_gs.py):
   x_1 = x_0 without using the gradient: its iterate n+1 is our iterate n (its
   README's 200-step value -6.888961e-05 (float32) is our 199-step -6.888932e-05).
 Defaults (alpha 0.05, mu 1, gamma 1.5) are those of the official README.
+Complex parameters are updated as their real views, as torch.optim does.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from . import OPTIMIZERS
+from ._base import as_real, check_gradients
 
 
 @OPTIMIZERS.register("nag_gs")
@@ -80,6 +82,7 @@ class NAGGS(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
+            check_gradients(self, params)
             for p in params:
                 state = self.state[p]
                 if len(state) == 0:
@@ -90,17 +93,19 @@ class NAGGS(torch.optim.Optimizer):
             keep = [gamma / (alpha * mu + gamma) for gamma in gammas]
             pull = [alpha * mu / (alpha * mu + gamma) for gamma in gammas]
             push = [alpha / (alpha * mu + gamma) for gamma in gammas]
-            vs = [self.state[p]["v"] for p in params]
-            grads = [p.grad for p in params]
+            # complex parameters are updated as their real views (torch.optim's convention)
+            vs = [as_real(self.state[p]["v"]) for p in params]
+            grads = [as_real(p.grad) for p in params]
+            xs = [as_real(p.detach()) for p in params]
             if group["foreach"] is False:
-                for p, v, g, k, b, c in zip(params, vs, grads, keep, pull, push):
+                for p, v, g, k, b, c in zip(xs, vs, grads, keep, pull, push):
                     v.mul_(k).add_(p * b).sub_(g * c)
                     p.lerp_(v, a)
             else:
                 torch._foreach_mul_(vs, keep)
-                torch._foreach_add_(vs, torch._foreach_mul(params, pull))
+                torch._foreach_add_(vs, torch._foreach_mul(xs, pull))
                 torch._foreach_sub_(vs, torch._foreach_mul(grads, push))
-                torch._foreach_lerp_(params, vs, a)
+                torch._foreach_lerp_(xs, vs, a)
             for p, gamma in zip(params, gammas):
                 self.state[p]["gamma"] = (1.0 - a) * gamma + a * mu
         return loss

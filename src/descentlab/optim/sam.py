@@ -45,6 +45,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from . import OPTIMIZERS
+from ._base import as_real, check_gradients
 
 # Guards the division by the gradient norm (davda54/sam, pytorch-optimizer).
 _NORM_EPS = 1e-12
@@ -98,6 +99,9 @@ class SAM(torch.optim.Optimizer):
             # which restoring w (in place) invalidates
             raise ValueError(f"{type(self).__name__} cannot wrap {spec['name']!r}, which needs create_graph")
         self.base = OPTIMIZERS.build(spec, self.param_groups)
+        # the base's hyperparameters (momentum, betas, ...) are defaults of the wrapper
+        # too: schedulers that read defaults (OneCycleLR's cycle_momentum) find them
+        self.defaults = {**self.base.defaults, **self.defaults}
         self._link()
 
     def _link(self) -> None:
@@ -128,18 +132,28 @@ class SAM(torch.optim.Optimizer):
         self._link()
 
     # -- the perturbation -------------------------------------------------
-    def _scales(self, group: dict[str, Any], params: list[torch.Tensor]) -> list[torch.Tensor] | None:
-        """T_w per parameter (None: identity). SAM: identity."""
+    def _scales(self, group: dict[str, Any], params: list[torch.Tensor],
+                weights: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """T_w per parameter (None: identity), from ``weights`` (the parameters' real
+        views). SAM: identity."""
         return None
 
     @torch.no_grad()
     def perturbation(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(param, eps) for every parameter with a gradient, from the current gradients."""
-        entries = []  # (group, params, T_w list or None)
+        """(param, eps) for every parameter with a gradient, from the current gradients.
+
+        A complex parameter comes as its real view (torch.view_as_real, with a real
+        eps): the perturbation treats it as its (real, imaginary) pairs, as
+        torch.optim does.
+        """
+        entries = []  # (group, real views of params and grads, T_w list or None)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if params:
-                entries.append((group, params, self._scales(group, params)))
+                check_gradients(self, params)
+                weights = [as_real(p.detach()) if p.is_complex() else p for p in params]
+                grads = [as_real(p.grad) for p in params]
+                entries.append((group, weights, grads, self._scales(group, params, weights)))
         if not entries:
             return []
         if self.foreach is False:
@@ -148,28 +162,27 @@ class SAM(torch.optim.Optimizer):
 
     def _perturbation_foreach(self, entries):
         directions, norms = [], []
-        for group, params, scales in entries:
-            grads = [p.grad for p in params]
+        for group, params, grads, scales in entries:
             tg = grads if scales is None else torch._foreach_mul(scales, grads)  # T g
             norms.extend(torch._foreach_norm(tg))
             directions.append(tg if scales is None else torch._foreach_mul(tg, scales))  # T^2 g
         total = torch.linalg.vector_norm(torch.stack(norms)) + _NORM_EPS
         out = []
-        for (group, params, _), direction in zip(entries, directions):
+        for (group, params, _, _), direction in zip(entries, directions):
             eps = torch._foreach_mul(direction, group["rho"] / total)
             out.extend(zip(params, eps))
         return out
 
     def _perturbation_loop(self, entries):
         directions, norms = [], []
-        for group, params, scales in entries:
-            for i, p in enumerate(params):
-                tg = p.grad if scales is None else scales[i] * p.grad
+        for group, params, grads, scales in entries:
+            for i, g in enumerate(grads):
+                tg = g if scales is None else scales[i] * g
                 norms.append(torch.linalg.vector_norm(tg))
                 directions.append(tg if scales is None else tg * scales[i])
         total = torch.linalg.vector_norm(torch.stack(norms)) + _NORM_EPS
         out, k = [], 0
-        for group, params, _ in entries:
+        for group, params, _, _ in entries:
             for p in params:
                 out.append((p, directions[k] * (group["rho"] / total)))
                 k += 1
@@ -234,15 +247,16 @@ class ASAM(SAM):
         if only_weights and any("param_names" not in g for g in self.param_groups):
             raise ValueError("only_weights=True needs named parameters (pass model.named_parameters())")
 
-    def _scales(self, group, params):
+    def _scales(self, group, params, weights):
         if not group["adaptive"]:
             return None
         eta = group["eta"]
         if self.only_weights:
             names = dict(zip(map(id, group["params"]), group["param_names"]))
-            return [p.abs().add_(eta) if "weight" in names[id(p)] else torch.ones_like(p) for p in params]
+            return [w.abs().add_(eta) if "weight" in names[id(p)] else torch.ones_like(w)
+                    for p, w in zip(params, weights)]
         if self.foreach is False:
-            return [p.abs().add_(eta) for p in params]
-        scales = torch._foreach_abs(params)
+            return [w.abs().add_(eta) for w in weights]
+        scales = torch._foreach_abs(weights)
         torch._foreach_add_(scales, eta)
         return scales

@@ -29,7 +29,9 @@ The averaging weights use the running max of lr_k, as the official code does
 scheduler that lowers lr does not freeze the parameters: x keeps averaging
 towards z (c_k ~ 1/k), and y with it.
 
-Unlike the official classes, ``step()`` never writes into ``p.grad``.
+Unlike the official classes, ``step()`` never writes into ``p.grad``. Complex
+parameters are updated (and converted by ``train()``/``eval()``) as their real
+views, as torch.optim does.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from . import OPTIMIZERS
+from ._base import as_real, check_gradients
 
 _BIAS_CORRECTIONS = ("paper", "denominator")
 
@@ -72,7 +75,7 @@ class _ScheduleFree(torch.optim.Optimizer):
                 for p in group["params"]:
                     z = self.state[p].get("z")
                     if z is not None:
-                        p.lerp_(z, 1.0 - 1.0 / beta)
+                        as_real(p.detach()).lerp_(as_real(z), 1.0 - 1.0 / beta)
                 group["train_mode"] = False
 
     @torch.no_grad()
@@ -84,7 +87,7 @@ class _ScheduleFree(torch.optim.Optimizer):
                 for p in group["params"]:
                     z = self.state[p].get("z")
                     if z is not None:
-                        p.lerp_(z, 1.0 - beta)
+                        as_real(p.detach()).lerp_(as_real(z), 1.0 - beta)
                 group["train_mode"] = True
 
     def _schedule(self, group: dict[str, Any], bias_factor: float) -> tuple[float, float]:
@@ -180,22 +183,24 @@ class ScheduleFreeAdamW(_ScheduleFree):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
+            check_gradients(self, params)
             for p in params:
                 state = self.state[p]
                 if "z" not in state:
                     state["z"] = p.detach().clone(memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            args = (group, params, lr, ckp1, beta1, beta2, bias_correction2, paper)
+            # complex parameters are updated as their real views (torch.optim's convention)
+            tensors = [[as_real(t) for t in ts] for ts in (
+                [p.detach() for p in params], [p.grad for p in params],
+                [self.state[p]["z"] for p in params], [self.state[p]["exp_avg_sq"] for p in params])]
+            args = (group, *tensors, lr, ckp1, beta1, beta2, bias_correction2, paper)
             if group["foreach"] is False:
                 self._update_loop(*args)
             else:
                 self._update_foreach(*args)
         return loss
 
-    def _update_foreach(self, group, params, lr, ckp1, beta1, beta2, bias_correction2, paper):
-        grads = [p.grad for p in params]
-        zs = [self.state[p]["z"] for p in params]
-        vs = [self.state[p]["exp_avg_sq"] for p in params]
+    def _update_foreach(self, group, params, grads, zs, vs, lr, ckp1, beta1, beta2, bias_correction2, paper):
         torch._foreach_mul_(vs, beta2)
         torch._foreach_addcmul_(vs, grads, grads, value=1.0 - beta2)
         denom = torch._foreach_sqrt(vs) if paper else torch._foreach_sqrt(torch._foreach_div(vs, bias_correction2))
@@ -205,17 +210,15 @@ class ScheduleFreeAdamW(_ScheduleFree):
             torch._foreach_add_(updates, params, alpha=group["weight_decay"])
         _yz_update_foreach(params, zs, updates, lr, ckp1, beta1)
 
-    def _update_loop(self, group, params, lr, ckp1, beta1, beta2, bias_correction2, paper):
-        for p in params:
-            state = self.state[p]
-            v = state["exp_avg_sq"]
-            v.mul_(beta2).addcmul_(p.grad, p.grad, value=1.0 - beta2)
+    def _update_loop(self, group, params, grads, zs, vs, lr, ckp1, beta1, beta2, bias_correction2, paper):
+        for p, g, z, v in zip(params, grads, zs, vs):
+            v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
             denom = v.sqrt() if paper else v.div(bias_correction2).sqrt_()
             denom.add_(group["eps"])
-            update = p.grad.div(denom)
+            update = g.div(denom)
             if group["weight_decay"] != 0:
                 update.add_(p, alpha=group["weight_decay"])
-            _yz_update(p, state["z"], update, lr, ckp1, beta1)
+            _yz_update(p, z, update, lr, ckp1, beta1)
 
 
 @OPTIMIZERS.register("sfsgd")
@@ -263,18 +266,20 @@ class ScheduleFreeSGD(_ScheduleFree):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
+            check_gradients(self, params)
             for p in params:
                 state = self.state[p]
                 if "z" not in state:
                     state["z"] = p.detach().clone(memory_format=torch.preserve_format)
-            zs = [self.state[p]["z"] for p in params]
+            zs = [as_real(self.state[p]["z"]) for p in params]
+            grads = [as_real(p.grad) for p in params]
+            params = [as_real(p.detach()) for p in params]  # complex: their real views
             decay, beta = group["weight_decay"], group["momentum"]
             if group["foreach"] is False:
-                for p, z in zip(params, zs):
-                    update = p.grad.add(p, alpha=decay) if decay != 0 else p.grad
+                for p, z, g in zip(params, zs, grads):
+                    update = g.add(p, alpha=decay) if decay != 0 else g
                     _yz_update(p, z, update, lr, ckp1, beta)
             else:
-                grads = [p.grad for p in params]
                 updates = torch._foreach_add(grads, params, alpha=decay) if decay != 0 else grads
                 _yz_update_foreach(params, zs, updates, lr, ckp1, beta)
         return loss

@@ -21,6 +21,10 @@ so the step size follows the first-order method and Shampoo chooses the
 direction. Before ``start_preconditioning_step`` the step *is* the graft's (so it
 equals Adam/AdamW, or AdaGrad with beta1 = 0). Weight decay is decoupled
 (p <- p (1 - lr wd)).
+
+Complex parameters are refused: complex Kronecker factors would be Hermitian
+(G G^H), and the real view would add a factor for its trailing dimension of
+size 2, a different preconditioner.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from . import OPTIMIZERS
+from ._base import check_gradients
 
 _GRAFTS = ("adam", "adagrad")
 
@@ -137,6 +142,9 @@ class Shampoo(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
+            check_gradients(self, params, complex_reason=(
+                "its Kronecker factors, one per dimension, would need Hermitian Gram matrices; "
+                "the real view would add a factor for its trailing dimension of size 2"))
             for p in params:
                 self._init_state(group, p)["step"] += 1
             if group["foreach"] is False:

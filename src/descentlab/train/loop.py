@@ -8,19 +8,25 @@ is deterministic in its seed and resumable:
   is written atomically to ``<out>/.resume/state.pt`` on a schedule; a run
   started again continues from it and ends with identical metrics;
 - the resume area is not a declared workflow output, so it survives the
-  workflow deleting a job's outputs; a finished run keeps its final state
-  there, and asking for it again rewrites its outputs without training;
-- a NaN/inf loss ends the run with status "diverged", metrics kept.
+  workflow deleting a job's outputs; a finished run keeps a small finished
+  record there (no optimizer state) and the files its outputs link to, and
+  asking for it again rewrites its outputs without training;
+- a NaN/inf loss ends the run with status "diverged", metrics kept; its
+  ``final.pt`` holds the weights at the step the divergence was seen, and the
+  checkpoints after that step are marker files (``descentlab.checkpoints``)
+  whose reading raises ``DivergedCheckpoint``;
+- a spec with ``init`` starts from another run's checkpoint
+  (``descentlab.train.from_run``).
 
 Artifacts in ``<out>``: ``spec.json``, ``metrics.parquet`` (tidy: step,
-split, metric, value), ``final.pt`` (model state_dict), ``status.json`` and
-``checkpoints/step_<N>.pt`` for the steps the spec lists.
+split, metric, value), ``final.pt`` (model state_dict), ``status.json`` (with
+the byte size of every other artifact) and ``checkpoints/step_<N>.pt``
+(evaluation weights) and ``checkpoints/state_<N>.pt`` (training state) for the
+steps the spec lists (``outputs``).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import sys
 import time
@@ -28,23 +34,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..checkpoints import diverged_marker, save_atomic
 from ..data import SplitData
 from ..fingerprint import training_code_fingerprint
-from ..losses import build_loss
-from ..models import build_model
-from ..optim import build_optimizer
-from ..schedules import build_schedule
 from ..spec import run_id as make_run_id
-from ..spec import canonical, spec_hash, validate
-from .instruments import build_instrument
+from ..spec import spec_hash, validate
+from . import outputs, resume
+from .evaluation import evaluate
+from .from_run import ParentDiverged, resolve_run_references, start_from_parent
+from .outputs import METRIC_COLUMNS, STATE_FILE, checkpoint_path, output_files
+from .training import Training, build_run_model
 
-METRIC_COLUMNS = ["step", "split", "metric", "value"]
-STATE_FILE = Path(".resume") / "state.pt"
-STATE_CHECKPOINTS = Path(".resume") / "checkpoints"
+__all__ = [
+    "METRIC_COLUMNS", "STATE_FILE", "Interrupted", "RunResult", "build_run_model", "checkpoint_path",
+    "evaluate", "output_files", "train_run", "train_runs",
+]
+
 RESUME_SECONDS = 60.0  # resume-point interval when the spec gives no step interval
 
 
@@ -54,119 +62,12 @@ class RunResult:
     status: str  # "ok" | "diverged"
     steps_completed: int
     out_dir: Path
-    resumed_from: int  # step the run continued from (0: a fresh start)
+    resumed_from: int  # step the run continued from (0: a fresh start; a child's start step)
     train_seconds: float  # wall time of this process's training steps, eval included
 
 
 class Interrupted(RuntimeError):
     """Raised by ``stop_at``: stands in for a run killed after a resume point."""
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link (cheap, and survives deletion of either name), else copy."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.unlink(missing_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        tmp = dst.with_name(dst.name + ".tmp")
-        tmp.write_bytes(src.read_bytes())
-        os.replace(tmp, dst)
-
-
-def checkpoint_path(out_dir: str | os.PathLike, step: int) -> Path:
-    return Path(out_dir) / "checkpoints" / f"step_{step:06d}.pt"
-
-
-def output_files(out_dir: str | os.PathLike, spec: dict[str, Any]) -> list[Path]:
-    """Every file a finished run writes (the workflow declares these)."""
-    out = Path(out_dir)
-    files = [out / "spec.json", out / "metrics.parquet", out / "final.pt", out / "status.json"]
-    return files + [checkpoint_path(out, s) for s in canonical(spec)["checkpoints"]]
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, task: str, chunk: int = 4096) -> dict[str, float]:
-    """Mean loss (chunks weighted by size) and, for classification, accuracy."""
-    was_training = model.training
-    model.eval()
-    total_loss, correct, n = 0.0, 0, x.shape[0]
-    try:
-        for start in range(0, n, chunk):
-            xc, yc = x[start : start + chunk], y[start : start + chunk]
-            out = model(xc)
-            total_loss += float(loss_fn(out, yc)) * xc.shape[0]
-            if task == "classification":
-                correct += int((out.argmax(dim=1) == yc).sum())
-    finally:
-        model.train(was_training)
-    metrics = {"loss": total_loss / n}
-    if task == "classification":
-        metrics["accuracy"] = correct / n
-    return metrics
-
-
-class _BatchSampler:
-    """Epochs of random permutations (last incomplete batch dropped); the whole
-    set every step when the batch is at least the training set (full-batch GD)."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device):
-        self.n, self.batch_size, self.device = n, min(batch_size, n), device
-        self.full_batch = batch_size >= n
-        self.generator = torch.Generator().manual_seed(seed)
-        self.perm: torch.Tensor | None = None
-        self.pos = n  # forces a permutation on the first draw
-
-    def next(self) -> torch.Tensor | None:
-        if self.full_batch:
-            return None
-        if self.pos + self.batch_size > self.n:
-            self.perm = torch.randperm(self.n, generator=self.generator).to(self.device)
-            self.pos = 0
-        idx = self.perm[self.pos : self.pos + self.batch_size]
-        self.pos += self.batch_size
-        return idx
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "perm": None if self.perm is None else self.perm.cpu(), "pos": self.pos}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-        self.perm = None if state["perm"] is None else state["perm"].to(self.device)
-        self.pos = state["pos"]
-
-
-def build_run_model(spec: dict[str, Any], data: SplitData) -> torch.nn.Module:
-    """The run's model at initialisation: seeded by the run's seed, wrapped in
-    a random subspace when the spec asks for one. Analyses rebuild it this way
-    before loading weights, so the subspace's fixed theta_0 and P (not saved:
-    they are D x d) come back identical."""
-    torch.manual_seed(spec["seed"])
-    model = build_model(spec["model"], data.input_shape, data.num_outputs)
-    if spec.get("subspace"):
-        from ..landscape.subspace import RandomSubspace
-
-        model = RandomSubspace(model, **spec["subspace"], persistent=False)
-    return model
-
-
-def _call_if_present(obj: Any, method: str) -> None:
-    fn = getattr(obj, method, None)
-    if callable(fn):
-        fn()
 
 
 def _progress_enabled(progress: bool | None) -> bool:
@@ -183,212 +84,134 @@ def train_run(
     progress: bool | None = None,
     stop_at: int | None = None,
     extra_instruments: Sequence[Callable[..., dict[str, float]]] = (),
+    runs_dir: str | os.PathLike | None = None,
 ) -> RunResult:
     """Train one run into ``out_dir`` (see the module docstring for the files).
 
     ``stop_at``: raise ``Interrupted`` after the first resume point at or after
-    this step (stands in for a kill, in tests of resuming). ``extra_instruments``: callables used in addition to
-    the spec's ``instruments`` (library use; they are not part of the run's hash).
+    this step (stands in for a kill, in tests of resuming). ``extra_instruments``:
+    callables used in addition to the spec's ``instruments`` (library use; they
+    are not part of the run's hash). ``runs_dir``: where the runs that ``init``
+    and run references name live (default: ``out_dir``'s parent).
     """
     spec = validate(spec)
     rid = make_run_id(spec)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    runs_dir = out.parent if runs_dir is None else Path(runs_dir)
     if threads:
         torch.set_num_threads(threads)
-    device = torch.device(device)
-    steps, log_every = spec["steps"], spec["log_every"]
-    eval_every = spec["eval_every"]
-    resume_every = spec["resume_every"]  # 0: every RESUME_SECONDS of training
-    checkpoint_steps = set(spec["checkpoints"])
-    state_file = out / STATE_FILE
     identity = {"spec_hash": spec_hash(spec, 64), "code": training_code_fingerprint()}
 
-    saved = _load_state(state_file, identity)
+    saved = resume.read_resume_state(out / STATE_FILE, identity)
     if saved is not None and saved["finished"]:
-        _write_outputs(out, spec, rid, saved)
-        return RunResult(rid, saved["status"], saved["step"], out, saved["step"], 0.0)
+        if outputs.finished_sources_present(out, spec):
+            outputs.write_outputs(out, spec, rid, saved)
+            return RunResult(rid, saved["status"], saved["step"], out, saved["step"], 0.0)
+        resume.log.warning("%s: finished record without its files in .resume/; training again", out / STATE_FILE)
+        saved = None
+    if saved is None:
+        outputs.clear_resume_checkpoints(out)
 
-    model = build_run_model(spec, data).to(device)
-    loss_fn = build_loss(spec["loss"], model=model)
-    optimizer = build_optimizer(model.parameters(), spec["optimizer"])
-    multiplier = build_schedule(spec["schedule"], steps)
-    instruments = [build_instrument(s) for s in spec["instruments"]] + list(extra_instruments)
-    create_graph = bool(getattr(optimizer, "create_graph", False))
-    x = {s: data.x[s].to(device) for s in data.x}
-    y = {s: data.y[s].to(device) for s in data.y}
-    sampler = _BatchSampler(data.size("train"), spec["batch_size"], spec["seed"], device)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-
-    rows: list[tuple[int, str, str, float]] = []
-    step, window_n = 0, 0
-    status, diverged_at = "ok", None
+    run = Training(resolve_run_references(spec, runs_dir), data, torch.device(device), extra_instruments)
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        sampler.load_state_dict(saved["sampler"])
-        torch.set_rng_state(saved["torch_rng"])
-        for inst, inst_state in zip(instruments, saved["instruments"]):
-            if inst_state is not None:
-                inst.load_state_dict(inst_state)
-        rows = [tuple(r) for r in saved["rows"]]
-        step = saved["step"]
-        base_lrs = saved["base_lrs"]
-    resumed_from = step
-
-    def set_lr(at_step: int) -> float:
-        factor = multiplier(at_step)
-        for group, base in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = base * factor
-        return base_lrs[0] * factor
-
-    def run_eval(at_step: int) -> bool:
-        """Record val/test metrics; False if a loss is not finite."""
-        _call_if_present(optimizer, "eval")
-        finite = True
-        for split in spec["eval_splits"]:
-            for metric, value in evaluate(model, loss_fn, x[split], y[split], data.task).items():
-                # On the training split, "full_" tells the whole-set evaluation
-                # apart from the running mean of minibatch losses ("loss").
-                rows.append((at_step, split, f"full_{metric}" if split == "train" else metric, value))
-                finite &= math.isfinite(value)
-        _call_if_present(optimizer, "train")
-        return finite
-
-    def save_checkpoint(at_step: int) -> None:
-        _call_if_present(optimizer, "eval")
-        _atomic_save(model.state_dict(), out / STATE_CHECKPOINTS / f"step_{at_step:06d}.pt")
-        _call_if_present(optimizer, "train")
-
-    def state(finished: bool) -> dict[str, Any]:
-        eval_weights = None
-        if finished:  # the weights to publish (Schedule-Free: the averaged x)
-            _call_if_present(optimizer, "eval")
-            eval_weights = {k: v.clone() for k, v in model.state_dict().items()}
-            _call_if_present(optimizer, "train")
-        return {
-            **identity,
-            "finished": finished,
-            "status": status,
-            "diverged_at": diverged_at,
-            "step": step,
-            "model": model.state_dict(),
-            "final_model": eval_weights,
-            "optimizer": optimizer.state_dict(),
-            "sampler": sampler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "instruments": [inst.state_dict() if hasattr(inst, "state_dict") else None for inst in instruments],
-            "rows": [list(r) for r in rows],
-            "base_lrs": base_lrs,
-        }
-
-    xb, yb = x["train"], y["train"]
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(xb), yb)
-        loss.backward(create_graph=create_graph)
-        return loss
-
+        run.load_state_dict(saved)
+        run.rows = [tuple(r) for r in saved["rows"]]
+    elif spec["init"] is not None:
+        try:
+            start_from_parent(run, spec["init"], runs_dir, spec["optimizer"]["name"])
+        except ParentDiverged as err:
+            start = 0 if spec["init"]["restore"] == "weights" else spec["init"]["step"]
+            return _finish_untrained(out, spec, rid, identity, start, str(err))
+    resumed_from = run.step
     started = time.perf_counter()
-    last_resume = (step, started)
+    if saved is None:
+        _start(run, out, rid)
+    _train(run, out, rid, identity, progress, stop_at)
+    train_seconds = time.perf_counter() - started
+    _finish(out, spec, rid, identity, run, train_seconds)
+    return RunResult(rid, run.status, run.step, out, resumed_from, train_seconds)
 
-    def resume_due(at_step: int) -> bool:
+
+def _save_checkpoint(run: Training, out: Path, rid: str, eval_weights: bool = True, state: bool = True) -> None:
+    weights = run.eval_weights() if eval_weights else None
+    training_state = {**run.state_dict(), "run_id": rid, "spec": run.spec} if state else None
+    outputs.save_checkpoint(out, run.step, weights, training_state)
+
+
+def _start(run: Training, out: Path, rid: str) -> None:
+    """What a run does at its first step (0, or a child's start step): evaluate
+    and checkpoint, leaving the training weights exactly as they were."""
+    spec = run.spec
+    with run.training_weights_kept():
+        if spec["eval_every"]:
+            run.evaluate()
+        if run.step in spec["checkpoints"]:
+            _save_checkpoint(run, out, rid, state=False)
+    if run.step in spec["checkpoints"]:
+        _save_checkpoint(run, out, rid, eval_weights=False)
+
+
+def _train(run: Training, out: Path, rid: str, identity: dict[str, str], progress: bool | None, stop_at: int | None) -> None:
+    """Steps until the last one or a divergence, with logs, evaluations,
+    checkpoints and resume points on their schedules."""
+    spec = run.spec
+    steps, log_every, eval_every, resume_every = spec["steps"], spec["log_every"], spec["eval_every"], spec["resume_every"]
+    checkpoint_steps = set(spec["checkpoints"])
+    last_resume = (run.step, time.perf_counter())
+
+    def resume_due() -> bool:  # resume_every 0: every RESUME_SECONDS of training
         if resume_every:
-            return at_step - last_resume[0] >= resume_every
+            return run.step - last_resume[0] >= resume_every
         return time.perf_counter() - last_resume[1] >= RESUME_SECONDS
 
-    if step == 0:
-        if eval_every and not run_eval(0):
-            status, diverged_at = "diverged", 0
-        if 0 in checkpoint_steps:
-            save_checkpoint(0)
-    model.train()
-    bar = tqdm(total=steps, initial=step, desc=rid, disable=not _progress_enabled(progress), mininterval=1.0, leave=False)
-    shown = step
-    window_loss = torch.zeros((), device=device)
-    lr = set_lr(step)
-    while step < steps and status == "ok":
-        idx = sampler.next()
-        if idx is not None:
-            xb, yb = x["train"][idx], y["train"][idx]
-        loss = optimizer.step(closure)
-        window_loss += loss.detach()
-        window_n += 1
-        step += 1
-        for inst in instruments:
-            for metric, value in inst(step, model, loss_fn, x["train"], y["train"]).items():
-                rows.append((step, "train", metric, float(value)))
-        log_now = step % log_every == 0 or step == steps
+    run.model.train()
+    bar = tqdm(total=steps, initial=run.step, desc=rid, disable=not _progress_enabled(progress), mininterval=1.0, leave=False)
+    shown = run.step
+    run.set_lr(run.step)
+    while run.step < steps and run.status == "ok":
+        run.take_step()
+        log_now = run.step % log_every == 0 or run.step == steps
         if log_now:
-            mean_loss = float(window_loss) / window_n
-            rows.append((step, "train", "loss", mean_loss))
-            rows.append((step, "train", "lr", lr))
-            window_loss.zero_()
-            window_n = 0
-            if not math.isfinite(mean_loss):
-                status, diverged_at = "diverged", step
-            bar.update(step - shown)
-            shown = step
-        lr = set_lr(step)
-        if status == "ok" and ((eval_every and step % eval_every == 0) or step == steps):
-            if not run_eval(step):
-                status, diverged_at = "diverged", step
-        if step in checkpoint_steps:
-            save_checkpoint(step)
+            run.log_window()
+            bar.update(run.step - shown)
+            shown = run.step
+        run.set_lr(run.step)
+        if run.status == "ok" and ((eval_every and run.step % eval_every == 0) or run.step == steps):
+            run.evaluate()
+        if run.step in checkpoint_steps:
+            _save_checkpoint(run, out, rid)
         # Resume points only at log steps, where the loss window is empty, so
         # where they fall never changes the numbers.
-        if log_now and step < steps and status == "ok" and resume_due(step):
-            _atomic_save(state(finished=False), state_file)
-            last_resume = (step, time.perf_counter())
-            if stop_at is not None and step >= stop_at:
+        if log_now and run.step < steps and run.status == "ok" and resume_due():
+            resume.save(resume.resume_point(identity, run), out / STATE_FILE)
+            last_resume = (run.step, time.perf_counter())
+            if stop_at is not None and run.step >= stop_at:
                 bar.close()
-                raise Interrupted(f"{rid}: stopped at step {step} (stop_at={stop_at})")
+                raise Interrupted(f"{rid}: stopped at step {run.step} (stop_at={stop_at})")
     bar.close()
-    final = state(finished=True)
-    final["train_seconds"] = time.perf_counter() - started
-    _atomic_save(final, state_file)
-    _write_outputs(out, spec, rid, final)
-    return RunResult(rid, status, step, out, resumed_from, final["train_seconds"])
 
 
-def _load_state(path: Path, identity: dict[str, str]) -> dict[str, Any] | None:
-    """The saved state if it was written for this spec by this code, else None."""
-    if not path.exists():
-        return None
-    try:
-        saved = torch.load(path, weights_only=True)
-    except Exception:  # a torn or foreign file: start afresh rather than crash
-        return None
-    if any(saved.get(k) != v for k, v in identity.items()):
-        return None
-    return saved
+def _finish(out: Path, spec: dict[str, Any], rid: str, identity: dict[str, str], run: Training, train_seconds: float) -> None:
+    """Final weights and markers into .resume/, the small finished record over the
+    resume point (the optimizer state goes), then the declared outputs."""
+    save_atomic(run.eval_weights(), out / outputs.RESUME_FINAL)
+    unreached = [s for s in spec["checkpoints"] if s > run.step]
+    outputs.write_markers(out, unreached, lambda k: f"run {rid} diverged at step {run.diverged_at}; no weights at step {k}")
+    record = resume.finished_record(identity, run.status, run.step, run.diverged_at, run.reason, run.rows, train_seconds)
+    resume.save(record, out / STATE_FILE)
+    outputs.write_outputs(out, spec, rid, record)
 
 
-def _write_outputs(out: Path, spec: dict[str, Any], rid: str, final: dict[str, Any]) -> None:
-    """Write the declared artifacts from a finished state; status.json goes last,
-    so its presence means the rest is complete."""
-    (out / "status.json").unlink(missing_ok=True)
-    _atomic_write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n", out / "spec.json")
-    metrics = pd.DataFrame(final["rows"], columns=METRIC_COLUMNS).astype({"step": "int64", "value": "float64"})
-    tmp = out / "metrics.parquet.tmp"
-    metrics.to_parquet(tmp, index=False)
-    os.replace(tmp, out / "metrics.parquet")
-    _atomic_save(final["final_model"], out / "final.pt")
-    for step in spec["checkpoints"]:
-        src = out / STATE_CHECKPOINTS / f"step_{step:06d}.pt"
-        if src.exists():  # a diverged run stops before its later checkpoints
-            _link_or_copy(src, checkpoint_path(out, step))
-        else:
-            _atomic_save(final["final_model"], checkpoint_path(out, step))
-    status = {
-        "run_id": rid,
-        "status": final["status"],
-        "steps_completed": final["step"],
-        "diverged_at": final["diverged_at"],
-        "train_seconds": final.get("train_seconds"),
-    }
-    _atomic_write_text(json.dumps(status, indent=2) + "\n", out / "status.json")
+def _finish_untrained(out: Path, spec: dict[str, Any], rid: str, identity: dict[str, str], start: int, reason: str) -> RunResult:
+    """A child whose parent diverged before its start: recorded as diverged, no metrics, marker files."""
+    message = f"run {rid} did not train ({reason}); it has no weights"
+    save_atomic(diverged_marker(message), out / outputs.RESUME_FINAL)
+    outputs.write_markers(out, list(spec["checkpoints"]), lambda k: f"run {rid} did not train ({reason}); no weights at step {k}")
+    record = resume.finished_record(identity, "diverged", start, start, reason, [], 0.0)
+    resume.save(record, out / STATE_FILE)
+    outputs.write_outputs(out, spec, rid, record)
+    return RunResult(rid, "diverged", start, out, start, 0.0)
 
 
 def train_runs(

@@ -1,2 +1,0 @@
-# Stage: average analyses. Rules arrive with the issues that build this stage:
-# they read run checkpoints/metrics and write tidy tables for the figures.
