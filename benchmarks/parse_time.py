@@ -5,8 +5,9 @@ peak RSS of the process beside it):
 
   * import: ``import descentlab.plots, descentlab.analyses`` (what the study
     checks import to read figure/analysis signatures);
-  * plan: ``plan(study_paths('config/studies', 'all'), 'cpu')``, the parse-time
-    planning of the default configuration;
+  * plan: ``plan(study_paths('config/studies', 'all'), 'cpu')`` (from
+    ``descentlab.plan``, or ``descentlab.studies`` before it moved), the
+    parse-time planning of the default configuration;
   * dry run: ``snakemake -n --quiet --config results=<tmpdir>`` on the
     repository's config (a fresh results folder, so it lists every job).
 
@@ -40,7 +41,11 @@ OUT = REPO / "benchmarks" / "results" / "parse_time.md"
 
 IMPORT = "import descentlab.plots, descentlab.analyses"
 PACKAGES = ("descentlab.plots", "descentlab.analyses")
-PLAN = "from descentlab.studies import plan, study_paths; plan(study_paths('config/studies', 'all'), 'cpu')"
+# plan() moved from descentlab.studies to descentlab.plan; either tree can be timed.
+PLAN = (
+    "try:\n    from descentlab.plan import plan\nexcept ImportError:\n    from descentlab.studies import plan\n"
+    "from descentlab.studies import study_paths\nplan(study_paths('config/studies', 'all'), 'cpu')"
+)
 
 
 def commands(results: str) -> dict[str, list[str]]:
