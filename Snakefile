@@ -11,7 +11,7 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+validate(config, "src/descentlab/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"

@@ -20,7 +20,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIM = Path(__file__).resolve().parent / "slurm_shim"
-WORKFLOW_FILES = ("Snakefile", "workflow", "config", "scripts", "profiles", "envs")
+WORKFLOW_FILES = ("Snakefile", "workflow", "config", "scripts", "profiles", "envs", "src")  # src: the schemas
 
 TINY_STUDY = {
     "name": "tiny",

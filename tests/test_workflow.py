@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "workflow", "config", "scripts", "profiles", "envs")
+WORKFLOW_FILES = ("Snakefile", "workflow", "config", "scripts", "profiles", "envs", "src")  # src: the schemas
 
 
 def snakemake(cwd, *args, check=True):

@@ -21,8 +21,16 @@ def _flatten(prefix: str, value: Any) -> dict[str, Any]:
 
 
 def index_table(runs: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """Flatten nested fields (``optimizer.lr``) into columns, one row per run."""
-    return pd.DataFrame([_flatten("", r) for r in runs]).sort_values("run_id").reset_index(drop=True)
+    """Flatten nested fields (``optimizer.lr``) into columns, one row per run,
+    sorted by ``run_id``; no runs (studies without training) give an empty
+    table that still has the ``run_id`` column."""
+    rows = [_flatten("", r) for r in runs]
+    missing = [i for i, row in enumerate(rows) if "run_id" not in row]
+    if missing:
+        raise ValueError(f"run index: entries {missing} have no run_id")
+    if not rows:
+        return pd.DataFrame(columns=["run_id"])
+    return pd.DataFrame(rows).sort_values("run_id").reset_index(drop=True)
 
 
 def write_index(runs: Sequence[dict[str, Any]], path: str) -> None:

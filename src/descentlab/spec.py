@@ -8,6 +8,7 @@ share it and changing any value makes a new run.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -260,6 +261,66 @@ def _check_init(spec: dict[str, Any], where: str) -> None:
             raise SpecError(f"{where}: checkpoints {early} come before the run's start step init.step={k}")
 
 
+# Canonical JSON of an optimizer spec -> None (it builds) or why it does not.
+_OPTIMIZER_CHECKS: dict[str, str | None] = {}
+
+
+def _optimizer_error(optimizer: dict[str, Any]) -> str | None:
+    """Why ``optimizer`` cannot be built (its constructor's message), or None.
+
+    It is built on a matrix and a vector, the shapes every optimizer handles
+    (Muon sends the matrix to Muon and the vector to AdamW)."""
+    import torch
+
+    from .optim import build_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2))]
+    try:
+        with _no_dynamo_import():
+            build_optimizer(params, optimizer)
+    except Exception as err:  # any failure here would fail the training job
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+@contextlib.contextmanager
+def _no_dynamo_import():
+    """Build optimizers without importing ``torch._dynamo`` (seconds, most of a
+    dry run's planning). ``Optimizer.add_param_group`` is wrapped by
+    ``torch._disable_dynamo``, which imports it on the first call unless the
+    wrapped function carries its ``__dynamo_disable`` variant; nothing is being
+    compiled here, so for the check that variant is the plain function. The
+    attribute is removed afterwards, so a later real build wraps as usual."""
+    import sys
+
+    import torch
+
+    plain = getattr(torch.optim.Optimizer.add_param_group, "__wrapped__", None)
+    if plain is None or "torch._dynamo" in sys.modules or hasattr(plain, "__dynamo_disable"):
+        yield  # another torch, or nothing to save: build as training does
+        return
+    setattr(plain, "__dynamo_disable", plain)
+    try:
+        yield
+    finally:
+        delattr(plain, "__dynamo_disable")
+
+
+def _check_optimizer(optimizer: dict[str, Any], where: str) -> None:
+    """Build each distinct optimizer spec once; name the key whose value it rejects."""
+    key = json.dumps(optimizer, sort_keys=True)
+    if key not in _OPTIMIZER_CHECKS:
+        _OPTIMIZER_CHECKS[key] = _optimizer_error(optimizer)
+    error = _OPTIMIZER_CHECKS[key]
+    if error is None:
+        return
+    # The culprit: the hyperparameter whose removal (its default) makes it build.
+    culprits = [k for k in optimizer if k != "name" and _optimizer_error({q: v for q, v in optimizer.items() if q != k}) is None]
+    if len(culprits) == 1:
+        raise SpecError(f"{where}: optimizer.{culprits[0]} = {optimizer[culprits[0]]!r} is rejected by {optimizer['name']!r}: {error}")
+    raise SpecError(f"{where}: optimizer {optimizer} cannot be built: {error}")
+
+
 def validate(spec: dict[str, Any], where: str = "run spec") -> dict[str, Any]:
     """Canonicalise and check a spec before any work: names against registries,
     hyperparameter names against builder signatures, and the step counts.
@@ -294,8 +355,9 @@ def validate(spec: dict[str, Any], where: str = "run spec") -> dict[str, Any]:
         raise SpecError(f"{where}: checkpoints {bad_ckpts} outside [0, steps={spec['steps']}]")
     _check_init(spec, where)
     # Cheap components are built once here, so bad values (a warmup longer than
-    # the run, a negative smoothing) fail at parse time rather than in a job;
+    # the run, a negative smoothing, a negative lr) fail at parse time rather than in a job;
     # a schedule that reads another run's outputs is built by the training job.
+    _check_optimizer(spec["optimizer"], where)
     for key in ("schedule", "loss"):
         if key == "schedule" and _check_run_references(spec[key], key, where):
             continue

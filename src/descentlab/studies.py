@@ -22,7 +22,7 @@ from .lineage import LineageError, ParentResolver, check_fits_parent
 from .runs import Run
 from .spec import SpecError, deep_merge, run_id, validate
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 SCALES = ("smoke", "cpu", "paper")
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser where installed: 8x faster
 

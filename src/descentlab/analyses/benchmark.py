@@ -5,10 +5,13 @@ reruns; this reads them into one table)."""
 
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ..runs import Run
 from . import ANALYSES
+
+if TYPE_CHECKING:  # pandas is imported where it is used, so the registry imports fast
+    import pandas as pd
 
 
 @ANALYSES.register("rerun_best")
@@ -19,6 +22,8 @@ def rerun_best(runs: list[Run], selected: list[Run], device: str = "cpu") -> pd.
     trained in the workflow (study ``selections``, rule ``select_runs``); this
     only reads them. Report test metrics from the reruns: the selected run won
     its cell on the validation split with its own seed."""
+    import pandas as pd
+
     frames = []
     for run in selected:
         m = run.metrics()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
+
 import torch
 
 from . import ANALYSES
+
+if TYPE_CHECKING:  # pandas is imported where it is used, so the registry imports fast
+    import pandas as pd
 
 
 def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:
@@ -42,6 +46,8 @@ def calibration(runs, device: str = "cpu", split: str = "test", bins: int = 15) 
     them is still the usual confidence score (as in Hui & Belkin 2021), so the
     ECE of MSE models measures that score's calibration.
     """
+    import pandas as pd
+
     rows = []
     for run in runs:
         row = {"run_id": run.run_id, **run.labels, "status": run.status}

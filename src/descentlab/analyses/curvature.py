@@ -3,12 +3,16 @@ Hessian, computed with ``descentlab.curvature`` on a fixed training subset."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 import torch
 
 from ..losses import build_loss
 from . import ANALYSES, RunRef
+
+if TYPE_CHECKING:  # pandas is imported where it is used, so the registry imports fast
+    import pandas as pd
 
 
 def _subset(run: RunRef, data, n_examples: int | None, device: str):
@@ -42,6 +46,8 @@ def curvature_summary(
     (with its standard error), both of the training loss on ``n_examples``
     training examples, the accuracy on ``split``, and, with ``adaptive_rho``,
     the adaptive sharpness of ASAM (Kwon et al. 2021)."""
+    import pandas as pd
+
     from ..curvature import adaptive_sharpness, hutchinson, top_eigenvalues
     from ..train.loop import evaluate
 
@@ -95,6 +101,8 @@ def hessian_spectrum(
     residuals), the SLQ spectral density on ``grid`` points (``kind =
     density``), and a summary row (``kind = summary``: outlier count, trace
     estimate from the density, bulk edge = the 0.99 quantile of the spectrum)."""
+    import pandas as pd
+
     from ..curvature import spectral_density, top_eigenvalues
 
     frames = []
@@ -134,6 +142,8 @@ def minibatch_sharpness(
     weights of the first run whose labels match ``where``: for each batch size,
     ``batches`` random training minibatches (drawn with ``seed``), plus the
     full training set (``batch_size`` = its size, ``full = True``)."""
+    import pandas as pd
+
     from ..curvature import HessianOperator, top_eigenvalues
 
     where = where or {}

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 
 from ..losses import build_loss
 from . import ANALYSES, RunRef
+
+if TYPE_CHECKING:  # pandas is imported where it is used, so the registry imports fast
+    import pandas as pd
 
 
 @ANALYSES.register("landscape")
@@ -26,6 +30,8 @@ def landscape(
     1-D slice along d1 (``kind = line``), with d1, d2 filter-normalised
     Gaussian directions (BatchNorm and bias directions zeroed), drawn with
     ``seed`` for every run alike."""
+    import pandas as pd
+
     from ..landscape import loss_line, loss_surface, random_direction
 
     grid = np.linspace(-span, span, int(surface_points))

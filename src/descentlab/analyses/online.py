@@ -10,11 +10,14 @@ step by step in float64).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from . import ANALYSES
+
+if TYPE_CHECKING:  # pandas is imported where it is used, so the registry imports fast
+    import pandas as pd
 
 
 def counterexample_gradients(steps: int, big: float, small: float, period: int) -> np.ndarray:
@@ -79,6 +82,8 @@ def adam_counterexample(
     states AMSGrad without bias correction. The conclusion (Adam drifts to +1,
     AMSGrad converges to -1) holds for both. ``records`` log-spaced steps are kept.
     """
+    import pandas as pd
+
     del runs, device  # a standalone experiment
     grads = counterexample_gradients(steps, big, small, period)
     x_star = -1.0 if big - (period - 1) * small > 0 else 1.0

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where it is used, so the registry imports fast
+    import pandas as pd
 
 
 def one_table(tables: dict[str, pd.DataFrame], name: str | None, figure: str, required: Sequence[str] = ()) -> pd.DataFrame:

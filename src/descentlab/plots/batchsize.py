@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
-import pandas as pd
-import seaborn as sns
+from typing import TYPE_CHECKING
 
 from . import FIGURES
 from ._tables import one_table
+
+if TYPE_CHECKING:  # pandas is imported where it is used, so the registry imports fast
+    import pandas as pd
 
 
 def largest_stable_lr(metrics: pd.DataFrame, runs: pd.DataFrame, lr: str, by: list[str]) -> pd.DataFrame:
@@ -16,6 +17,8 @@ def largest_stable_lr(metrics: pd.DataFrame, runs: pd.DataFrame, lr: str, by: li
     with (``full_loss`` at the first and last evaluation: the runs need
     ``eval_splits: [train]``; a running minibatch mean would flatter a run whose
     first steps blew up)."""
+    import pandas as pd
+
     loss = metrics[(metrics["split"] == "train") & (metrics["metric"] == "full_loss")].sort_values("step")
     if loss.empty:
         raise ValueError("largest_stable_lr: no full_loss metric; train the runs with eval_splits: [train]")
@@ -46,6 +49,10 @@ def batch_size_curvature(
     sd over minibatches; dashed: the full-batch value). Right: the largest
     stable learning rate of the grid vs batch size, per optimizer (with
     ``base_lrs``, the ``lr`` labels are multiples of each optimizer's base lr)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
     sharp = one_table(tables, table, "batch_size_curvature", required=("batch_size", "top_eigenvalue", "full"))
     stable = largest_stable_lr(metrics, runs.assign(**{batch_size: pd.to_numeric(runs[batch_size])}), lr, [optimizer, batch_size])
     if base_lrs:  # the lr axis holds multiples of each optimizer's base lr

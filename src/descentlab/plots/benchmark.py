@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
-import seaborn as sns
 
 from . import FIGURES
 from ._tables import one_table
 from .grids import final_values
+
+if TYPE_CHECKING:  # pandas is imported where it is used, so the registry imports fast
+    import pandas as pd
 
 
 @FIGURES.register("lr_sensitivity")
@@ -31,6 +32,10 @@ def lr_sensitivity(
     """Final (split, metric) of every tuning run vs the learning-rate axis, one
     line per optimizer, one panel per problem (as in the MoMo paper). Diverged
     runs leave a gap and are listed in the summary. ``xlabel`` defaults to ``x``."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
     table = final_values(metrics, runs, split, metric)
     table[x] = pd.to_numeric(table[x])
     facets = list(dict.fromkeys(table[facet]))
@@ -75,6 +80,8 @@ def performance_profile_table(
     its ratio the steps divided by the problem's fastest solver's; the profile
     rho(tau) is the fraction of problems with ratio <= tau.
     """
+    import pandas as pd
+
     sel = table[(table["split"] == split) & (table["metric"] == metric)]
     mean_curves = sel.groupby([problem, solver, "step"], as_index=False)["value"].mean()
     rows = []
@@ -111,6 +118,9 @@ def performance_profile(
     title: str | None = None,
 ):
     """Dolan-More performance profile of steps-to-target across problems."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
     data = one_table(tables, table, "performance_profile", required=(problem, solver, "seed", "step", "split", "metric", "value"))
     steps, profile = performance_profile_table(data, problem, solver, split, metric, mode, target_quantile)
     fig, ax = plt.subplots(figsize=(7.5, 4.2))

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
-import seaborn as sns
 
 from . import FIGURES
 from ._tables import label_columns, one_table
+
+if TYPE_CHECKING:  # pandas is imported where it is used, so the registry imports fast
+    import pandas as pd
 
 DEFAULT_PANELS = [
     {"split": "train", "metric": "loss", "ylabel": "train loss", "log": True},
@@ -65,6 +65,10 @@ def learning_curves(
     with a geometric-sd band). With ``table``, the curves come
     from that analysis table (tidy metrics with label columns, e.g. the reruns
     of an optimizer benchmark) instead of the study's runs."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
     panels = panels or DEFAULT_PANELS
     if table is not None:
         source = one_table(tables, table, "learning_curves", required=("run_id", "step", "split", "metric", "value"))

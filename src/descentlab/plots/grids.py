@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
-import seaborn as sns
 
 from . import FIGURES
+
+if TYPE_CHECKING:  # pandas is imported where it is used, so the registry imports fast
+    import pandas as pd
 
 
 def final_values(metrics: pd.DataFrame, runs: pd.DataFrame, split: str, metric: str) -> pd.DataFrame:
@@ -37,6 +39,9 @@ def heatmap(
     """Mean over seeds of a final metric on the (x, y) grid; with ``as_error``
     the accuracy is shown as an error, 1 - accuracy. Diverged runs show blank.
     One panel per value of ``facet``, sharing the colour scale."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
     for axis in (x, y) + ((facet,) if facet else ()):
         if axis not in runs.columns:
             raise ValueError(f"heatmap: {axis!r} is not an axis of the study; axes: {[c for c in runs.columns if c not in ('run_id', 'seed', 'status')]}")

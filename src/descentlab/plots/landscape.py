@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 from . import FIGURES
@@ -22,6 +21,8 @@ def loss_landscape(
 ):
     """One contour panel per value of ``by`` (first seed), log-spaced loss
     levels, and a last panel with the 1-D slices of every value of ``by``."""
+    import matplotlib.pyplot as plt
+
     data = one_table(tables, table, "loss_landscape", required=("kind", by, "alpha", quantity))
     data = data[data["status"] == "ok"]
     values = list(dict.fromkeys(data[by]))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
-import seaborn as sns
 
 from . import FIGURES
 from ._tables import one_table
@@ -12,6 +10,9 @@ from ._tables import one_table
 @FIGURES.register("online_regret")
 def online_regret(metrics, runs, tables, table: str | None = None, title: str | None = None):
     """Average regret R_t / t (log-log) and the iterate x_t vs step, one line per method."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
     data = one_table(tables, table, "online_regret", required=("method", "step", "x", "average_regret"))
     fig, (ax_r, ax_x) = plt.subplots(1, 2, figsize=(9, 3.4))
     sns.lineplot(data=data, x="step", y="average_regret", hue="method", ax=ax_r)

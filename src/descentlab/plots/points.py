@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
-import seaborn as sns
 
 from . import FIGURES
 from ._tables import one_table
@@ -23,6 +21,9 @@ def summary_points(
 ):
     """One panel per column of an analysis table (e.g. accuracy, ece); points
     at the mean over seeds of each (x, hue) with a one-sd error bar."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
     data = one_table(tables, table, "summary_points", required=[c for c in (columns or []) + [x, hue] if c])
     columns = columns or [c for c in data.select_dtypes("number").columns if c != "seed"]
     ylabels = ylabels or {}

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
-import seaborn as sns
 
 from . import FIGURES
 from ._tables import one_table
@@ -25,6 +22,10 @@ def hessian_spectrum(
     line per number of classes (log scale, so the outliers show); the number of
     outlier eigenvalues vs the number of classes (dotted: C - 1 and C); the
     bulk edge (0.99 quantile of the spectrum) vs width."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
     data = one_table(tables, table, "hessian_spectrum", required=("run_id", "kind", classes, width))
     data = data.copy()
     data[classes] = pd.to_numeric(data[classes])

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
-import pandas as pd
-import seaborn as sns
 
 from . import FIGURES
 
@@ -22,6 +19,10 @@ def edge_of_stability(
     """Train loss and sharpness vs step, one colour per learning rate, with the
     stability threshold ``threshold_factor / lr`` (2/lr for GD; (2 + 2 beta)/lr
     for heavy-ball momentum) dashed in the same colour (Cohen et al. 2021)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
     if lr_axis not in runs.columns:
         raise ValueError(f"edge_of_stability: {lr_axis!r} is not an axis of the study")
     merged = metrics.merge(runs, on="run_id")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
-import pandas as pd
-import seaborn as sns
 
 from . import FIGURES
 from .grids import final_values
@@ -26,6 +23,10 @@ def intrinsic_dimension_plot(
     """Final ``metric`` vs d (log scale) per ``hue``; the full model's value
     (the ``dim`` label ``full_label``) dashed, ``fraction`` of it dotted, and
     d_int90 (Li et al. 2018) = the smallest d reaching it, marked."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
     from ..landscape.subspace import intrinsic_dimension
 
     table = final_values(metrics, runs, split, metric)
