@@ -14,19 +14,21 @@ per-parameter step counter ``state["step"]`` (a 0-dim float32 tensor, as in
 torch.optim). Subclasses implement ``_init_state``, ``_update_reference`` and
 ``_update_foreach``.
 
-Multi-tensor paths may keep the temporaries of large tensors in persistent
-buffers (``_scratch`` + ``foreach_into``): same kernels, same numbers, no
-fresh large allocations per step. Methods whose update is an Adam direction
+Memory: between steps an optimizer holds its state plus one work buffer of
+``BLOCK_BYTES`` per device (``work_buffer``). Multi-tensor paths walk their
+tensors in chunks that fit it (``work_chunks``: small tensors packed together,
+large contiguous ones a block at a time), so temporaries live in cache and
+nothing large is allocated per step. Methods whose update is an Adam direction
 times something get that direction from torch's fused Adam kernel
-(``_adam_direction``): one pass over memory instead of six, equal to the
-reference path to rounding (the tests allow 1e-12 in float64).
+(``adam_direction_into``): one pass instead of six, equal to the reference
+path to rounding (the tests allow 1e-12 in float64).
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import torch
 from torch import Tensor
@@ -60,20 +62,17 @@ def check_betas(betas: Iterable[float], count: int = 2) -> None:
         check_beta(f"beta at index {index}", beta)
 
 
-# Temporaries of at least this many bytes are written into persistent buffers:
-# freshly allocated large blocks tend to come back from the OS page by page
-# (page faults cost about as much as the arithmetic), small ones are cheap.
-# The price is memory: each named buffer holds one more copy of the large
-# parameters for the optimizer's life (Grams, AdamP, AdEMAMix, MARS, diffGrad
-# with weight decay: 1 besides the Adam-direction buffers; Lion and EXAdam
-# need only block-sized ones). ``adam_direction`` keeps one buffer per
-# parameter of every size, on any device: where its fused kernel writes u.
+# CPU tensors of at least this many bytes are "large": freshly allocated large
+# temporaries tend to come back from the OS page by page (page faults cost
+# about as much as the arithmetic), small ones are cheap. Paths that go block
+# by block (``split_blockable``) take the large ones; ``scratch_buffers`` (kept
+# for MoMo's ``adam_direction``) gives them persistent full-size buffers.
 SCRATCH_MIN_BYTES = 1 << 17
 
 
 def is_large(p: Tensor) -> bool:
-    """Whether temporaries shaped like ``p`` go into persistent buffers (CPU only:
-    CUDA's caching allocator makes fresh temporaries cheap)."""
+    """Whether ``p`` counts as large (CPU only: CUDA's caching allocator makes
+    fresh temporaries cheap)."""
     return p.device.type == "cpu" and p.numel() * p.element_size() >= SCRATCH_MIN_BYTES
 
 
@@ -98,12 +97,37 @@ def split_small(params: list[Tensor]) -> tuple[list[list[int]], list[int]]:
     return list(small.values()), others
 
 
-# Long chains of elementwise ops on large CPU tensors run a block at a time
-# (``blocks``): 1 MiB per tensor keeps a block of every operand and temporary
-# in a last-level cache, at few Python calls per op (4 blocks on 1M float32
-# parameters); smaller blocks measured slower, Python overhead outgrowing the
-# cache gain.
+# The one work buffer an optimizer keeps per device (``work_buffer``), shared
+# by every tensor and every temporary: a method with k temporaries walks large
+# tensors in blocks of BLOCK_BYTES / k bytes per tensor (``blocks``,
+# ``work_chunks``), which keeps a block of every operand and temporary in cache
+# (L2 here: 2 MiB per core) at few Python calls per op (4 to 12 blocks on 1M
+# float32 parameters). Smaller blocks measured slower, Python overhead
+# outgrowing the cache gain.
 BLOCK_BYTES = 1 << 20
+
+
+def work_buffer(owner: Any, device: torch.device) -> Tensor:
+    """The ``BLOCK_BYTES`` bytes of work space ``owner`` keeps on ``device``: its
+    only memory besides the state between steps (outside any state dict, not
+    saved or loaded; garbage between uses). Callers view it as their dtype."""
+    cache = owner.__dict__.setdefault("_work_buffer", {})
+    buffer = cache.get(device)
+    if buffer is None or buffer.numel() != BLOCK_BYTES:
+        buffer = cache[device] = torch.empty(BLOCK_BYTES, dtype=torch.uint8, device=device)
+    return buffer
+
+
+def work_slots(owner: Any, like: Tensor, count: int) -> tuple[Tensor, ...]:
+    """``count`` equal 1-D slices of the work buffer, in ``like``'s dtype and device."""
+    width = slot_elements(like, count)
+    space = work_buffer(owner, like.device)[: width * count * like.element_size()].view(like.dtype)
+    return tuple(space[k * width: (k + 1) * width] for k in range(count))
+
+
+def slot_elements(like: Tensor, count: int) -> int:
+    """Elements of ``like``'s dtype per slot when the work buffer holds ``count`` slots."""
+    return max(1, BLOCK_BYTES // (max(1, count) * like.element_size()))
 
 
 def blocks(
@@ -115,24 +139,139 @@ def blocks(
     each block in turn, (the block of every tensor as a 1-D view, one buffer
     per name in ``buffer_names`` shaped like it). An elementwise chain run on
     each block in turn equals the chain run on the whole tensors. The buffers
-    persist on ``owner`` (outside any state dict), are shared by tensors of one
-    size, and hold garbage between uses.
+    are slots of ``owner``'s one work buffer, hold garbage, and are reused by
+    the next block.
     """
     first = tensors[0]
-    size = block_elements(first)
-    cache = owner.__dict__.setdefault("_block_buffers", {})
-    buffers = []
-    for name in buffer_names:
-        key = (name, first.dtype, first.device, first.numel(), size)
-        if key not in cache:
-            buffer = torch.empty(min(size, first.numel()), dtype=first.dtype, device=first.device)
-            cache[key] = tuple(buffer[: len(part)] for part in first.view(-1).split(size))
-        buffers.append(cache[key])
-    parts = zip(*(t.view(-1).split(size) for t in tensors))
-    if not buffers:
-        yield from ((block, ()) for block in parts)
-        return
-    yield from zip(parts, zip(*buffers))
+    size = slot_elements(first, len(buffer_names))
+    slots = work_slots(owner, first, len(buffer_names)) if buffer_names else ()
+    for parts in zip(*(t.view(-1).split(size) for t in tensors)):
+        length = len(parts[0])
+        yield parts, tuple(slot[:length] for slot in slots)
+
+
+class Chunk(NamedTuple):
+    """A piece of the work of ``work_chunks``: aligned lists of pieces of the tensors.
+
+    ``index[j]``: which tensor piece j comes from. ``pieces[l][j]``: piece j of
+    the l-th list (a whole tensor, or a 1-D block of a large one). ``buffers[k][j]``:
+    work space shaped (and strided) like ``pieces[0][j]``, garbage on entry.
+    ``single``: one piece only (a block, or a large tensor that could not be
+    split): ops with ``out=`` then cost one call, so ``outs(k)`` hands out the
+    buffers; for many small pieces foreach ops with fresh results are cheaper.
+    ``blocked``: the piece is a block of a tensor split into several.
+    """
+
+    index: list[int]
+    pieces: tuple[list[Tensor], ...]
+    buffers: tuple[list[Tensor], ...]
+    single: bool
+    blocked: bool = False
+
+    def outs(self, k: int) -> list[Tensor] | None:
+        """Buffer k for ``foreach_into`` (None: fresh temporaries)."""
+        return self.buffers[k] if self.single else None
+
+
+def work_chunks(
+    owner: Any, tensors: tuple[list[Tensor], ...], buffer_count: int,
+    align: Callable[[Tensor], int] | None = None,
+) -> Iterator[Chunk]:
+    """The tensors of aligned lists (params first, then e.g. grads and moments)
+    in chunks, each with ``buffer_count`` work buffers from ``owner``'s one work
+    buffer, reused by the next chunk: finish a chunk before taking the next.
+
+    On CPU, tensors that fit a slot (``slot_elements``) are packed together,
+    in order; a larger one goes a block at a time when all its tensors are
+    contiguous (``align(p)``: block lengths a multiple of it, e.g. whole rows),
+    else whole, with fresh buffers freed after use. On other devices all
+    tensors form one chunk with fresh buffers (a caching allocator makes them
+    cheap, and one foreach kernel per op is what is fast there). The packing
+    is cached per parameter list on ``owner``.
+    """
+    params = tensors[0]
+    plan = per_param_list(owner, f"_work_plan_{buffer_count}", params,
+                          lambda ps: _chunk_plan(ps, buffer_count, align))
+    if plan[0] != BLOCK_BYTES or plan[1] != [(p.shape, p.dtype) for p in params]:
+        plan = owner.__dict__[f"_work_plan_{buffer_count}"][tuple(map(id, params))] = (
+            list(params), _chunk_plan(params, buffer_count, align))
+        plan = plan[1]
+    for kind, index, extra in plan[2]:
+        if kind == "packed":
+            yield Chunk(index, tuple([ts[i] for i in index] for ts in tensors),
+                        _packed_views(owner, [params[i] for i in index], buffer_count, extra), False)
+        elif kind == "blocks":
+            (i,) = index
+            if all(ts[i].is_contiguous() for ts in tensors):
+                slots = work_slots(owner, params[i], buffer_count)
+                for start in range(0, params[i].numel(), extra):
+                    stop = min(start + extra, params[i].numel())
+                    yield Chunk(index, tuple([ts[i].view(-1)[start:stop]] for ts in tensors),
+                                tuple([slot[: stop - start]] for slot in slots), True, True)
+                continue
+            yield _fresh_chunk(index, tensors, buffer_count, True)
+        else:  # "fresh": accelerators (all at once), or a large tensor that cannot be split
+            yield _fresh_chunk(index, tensors, buffer_count, len(index) == 1)
+
+
+def _fresh_chunk(index: list[int], tensors: tuple[list[Tensor], ...], buffer_count: int, single: bool) -> Chunk:
+    first = [tensors[0][i] for i in index]
+    return Chunk(index, tuple([ts[i] for i in index] for ts in tensors),
+                 tuple([torch.empty_like(p, memory_format=torch.preserve_format) for p in first]
+                       for _ in range(buffer_count)), single)
+
+
+def _chunk_plan(params: list[Tensor], buffer_count: int, align: Callable[[Tensor], int] | None):
+    """(BLOCK_BYTES, shapes and dtypes, [(kind, indices, extra)]) for ``work_chunks``."""
+    chunks: list[tuple[str, list[int], Any]] = []
+    accelerated = [i for i, p in enumerate(params) if p.device.type != "cpu"]
+    if accelerated:
+        chunks.append(("fresh", accelerated, None))
+    open_chunks: dict[torch.dtype, tuple[list[int], list[int]]] = {}  # dtype -> (indices, offsets)
+    for i, p in enumerate(params):
+        if p.device.type != "cpu":
+            continue
+        width = slot_elements(p, buffer_count)
+        if p.numel() > width:
+            step = align(p) if align is not None else 1
+            if step <= width:
+                chunks.append(("blocks", [i], width - width % step))
+            else:
+                chunks.append(("fresh", [i], None))
+            continue
+        index, offsets = open_chunks.setdefault(p.dtype, ([], []))
+        used = offsets[-1] + params[index[-1]].numel() if index else 0
+        if used + p.numel() > width:  # full: close it, open another
+            chunks.append(("packed", index, offsets))
+            index, offsets = open_chunks[p.dtype] = ([], [])
+            used = 0
+        index.append(i)
+        offsets.append(used)
+    chunks += [("packed", index, offsets) for index, offsets in open_chunks.values() if index]
+    return BLOCK_BYTES, [(p.shape, p.dtype) for p in params], chunks
+
+
+def _packed_views(owner: Any, params: list[Tensor], buffer_count: int, offsets: list[int]) -> tuple[list[Tensor], ...]:
+    """Buffers for packed small tensors: views of the work slots laid out like each
+    tensor (the fused Adam kernel walks raw memory), cached per chunk."""
+    key = (tuple(map(id, params)), buffer_count)
+    cache = owner.__dict__.setdefault("_packed_views", {})
+    hit = cache.get(key)
+    if hit is not None and hit[0] is work_buffer(owner, params[0].device):
+        return hit[2]
+    slots = work_slots(owner, params[0], buffer_count)
+    views = tuple([_laid_out_like(slot, p, offset) for p, offset in zip(params, offsets)] for slot in slots)
+    if len(cache) > 64:
+        cache.clear()
+    cache[key] = (work_buffer(owner, params[0].device), list(params), views)
+    return views
+
+
+def _laid_out_like(slot: Tensor, p: Tensor, offset: int) -> Tensor:
+    space = slot[offset: offset + p.numel()]
+    if is_dense(p):  # its elements fill numel slots from its first one on
+        return space.as_strided(p.shape, p.stride(), space.storage_offset())
+    return space.view(p.shape)
 
 
 def per_param_list(owner: Any, name: str, params: list[Tensor], build: Callable[[list[Tensor]], Any]) -> Any:
@@ -324,6 +463,46 @@ def adam_direction(
         foreach_into("div", out, m, out)  # out aliasing an input is fine elementwise
         torch._foreach_div_(out, 1 - beta1**step)
     return buffers
+
+
+def adam_direction_into(
+    owner: Any, out: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor], step: int, beta1: float, beta2: float, eps: float,
+) -> list[Tensor]:
+    """``adam_direction`` into given buffers ``out`` (e.g. a ``Chunk``'s), laid out
+    like the moments; returns ``out``. ``owner`` caches the layout checks."""
+    if len(out) == 1:  # a block or a lone tensor: its views are new each step, do not cache
+        u = out[0]
+        fused = [0] if fused_adam_supported(u) and all(
+            same_layout(ts[0], u) for ts in (grads, exp_avgs, exp_avg_sqs)) else []
+    else:
+        fused = fusable_indices(owner, out, grads, exp_avgs, exp_avg_sqs)
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
+    for i in fused:
+        groups[(out[i].device, out[i].dtype)].append(i)
+    for (device, _), idx in groups.items():
+        target = out if len(idx) == len(out) else [out[i] for i in idx]
+        torch._foreach_zero_(target)
+        # the kernel reads the (already counted) step; one tensor serves all
+        step_tensor = torch.tensor(float(step), dtype=torch.float32, device=device)
+        torch._fused_adam_(
+            target, [grads[i] for i in idx], [exp_avgs[i] for i in idx], [exp_avg_sqs[i] for i in idx],
+            [], [step_tensor] * len(idx), lr=-1.0, beta1=beta1, beta2=beta2,
+            weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
+        )
+    if len(fused) < len(out):
+        fused_set = set(fused)
+        rest = [i for i in range(len(out)) if i not in fused_set]
+        m, v, g, u = ([ts[i] for i in rest] for ts in (exp_avgs, exp_avg_sqs, grads, out))
+        torch._foreach_lerp_(m, g, 1 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, g, g, value=1 - beta2)
+        foreach_into("sqrt", u, v)
+        torch._foreach_div_(u, math.sqrt(1 - beta2**step))
+        torch._foreach_add_(u, eps)
+        foreach_into("div", u, m, u)  # u aliasing an input is fine elementwise
+        torch._foreach_div_(u, 1 - beta1**step)
+    return out
 
 
 class MultiTensorOptimizer(torch.optim.Optimizer):

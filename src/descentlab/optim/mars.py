@@ -35,7 +35,10 @@ import torch
 from torch import Tensor
 
 from . import OPTIMIZERS
-from ._base import MultiTensorOptimizer, as_float, check_betas, check_lr, check_non_negative, foreach_into
+from ._base import (
+    MultiTensorOptimizer, adam_direction_into, as_float, check_betas, check_lr, check_non_negative, foreach_into,
+    work_chunks,
+)
 
 MARS_TYPES = ("adamw", "lion")
 
@@ -162,25 +165,46 @@ class MARS(MultiTensorOptimizer):
         lr, wd, eps = as_float(group["lr"]), group["weight_decay"], group["eps"]
         beta1, beta2 = group["betas"]
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
-        k = group["gamma"] * beta1 / (1 - beta1)
-        # c in persistent buffers for large tensors (see _base.SCRATCH_MIN_BYTES)
-        c = foreach_into("mul", self._scratch("correction", params), grads, 1 + k)  # g + k (g - g_prev)
-        torch._foreach_sub_(c, [self.state[p]["last_grad"] for p in params], alpha=k)
-        norms = torch._foreach_norm(c)
-        torch._foreach_clamp_min_(norms, 1.0)  # dividing by 1 leaves c unclipped
-        torch._foreach_div_(c, norms)
-        if group["mars_type"] == "lion":
-            torch._foreach_lerp_(exp_avgs, c, 1 - beta1)
-            if wd != 0:
-                torch._foreach_mul_(params, 1 - lr * wd)
-            torch._foreach_add_(params, torch._foreach_sign(exp_avgs), alpha=-lr)
-            return
-        # the AdamW flavour is Adam on c: moments and direction in one fused pass
         exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
-        direction = self._adam_direction(params, c, exp_avgs, exp_avg_sqs, t, beta1, beta2, eps)
-        if wd != 0:
-            torch._foreach_mul_(params, 1 - lr * wd)
-        torch._foreach_add_(params, direction, alpha=-lr)
+        last_grads = [self.state[p]["last_grad"] for p in params]
+        k = group["gamma"] * beta1 / (1 - beta1)
+        tensors = (params, grads, exp_avgs, exp_avg_sqs, last_grads)
+        lion = group["mars_type"] == "lion"
+        # chunks that fit the one work buffer (see _base.work_chunks): c (and u).
+        # Clipping needs ||c|| of whole tensors first: a pass that forms c and sums
+        # its squares per tensor, then the update pass forms c again.
+        pieces_norms: dict[int, list[Tensor]] = {}
+        for chunk in work_chunks(self, tensors, 1 if lion else 2):
+            c = self._correction(chunk, k)
+            for i, norm in zip(chunk.index, torch._foreach_norm(c)):
+                pieces_norms.setdefault(i, []).append(norm)
+        # a tensor in blocks: the norm of its blocks' norms (equal to rounding)
+        norms = {i: ns[0] if len(ns) == 1 else torch.linalg.vector_norm(torch.stack(ns))
+                 for i, ns in pieces_norms.items()}
+        clip = {i: n.clamp_min(1.0) for i, n in norms.items()}  # dividing by 1 leaves c unclipped
+        for chunk in work_chunks(self, tensors, 1 if lion else 2):
+            p, g, m, v, _ = chunk.pieces
+            c = self._correction(chunk, k)
+            torch._foreach_div_(c, [clip[i] for i in chunk.index])
+            if lion:
+                torch._foreach_lerp_(m, c, 1 - beta1)
+                if wd != 0:
+                    torch._foreach_mul_(p, 1 - lr * wd)
+                torch._foreach_add_(p, torch._foreach_sign(m), alpha=-lr)
+                continue
+            # the AdamW flavour is Adam on c: moments and direction in one fused pass
+            direction = adam_direction_into(self, chunk.buffers[1], c, m, v, t, beta1, beta2, eps)
+            if wd != 0:
+                torch._foreach_mul_(p, 1 - lr * wd)
+            torch._foreach_add_(p, direction, alpha=-lr)
+
+    @staticmethod
+    def _correction(chunk, k: float) -> list[Tensor]:
+        """c = g + k (g - g_prev) of a chunk's pieces, in its buffer 0 where it has one."""
+        _, g, _, _, last = chunk.pieces
+        c = foreach_into("mul", chunk.outs(0), g, 1 + k)
+        torch._foreach_sub_(c, last, alpha=k)
+        return c
 
     def _adamw_foreach(self, group, params, grads, t: int) -> None:
         lr = as_float(group["lr"]) * group["lr_1d_factor"]
@@ -188,7 +212,9 @@ class MARS(MultiTensorOptimizer):
         beta1, beta2 = group["betas_1d"]
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
         exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
-        direction = self._adam_direction(params, grads, exp_avgs, exp_avg_sqs, t, beta1, beta2, eps)
-        if wd != 0:
-            torch._foreach_mul_(params, 1 - lr * wd)
-        torch._foreach_add_(params, direction, alpha=-lr)
+        for chunk in work_chunks(self, (params, grads, exp_avgs, exp_avg_sqs), 1):
+            p, g, m, v = chunk.pieces
+            direction = adam_direction_into(self, chunk.buffers[0], g, m, v, t, beta1, beta2, eps)
+            if wd != 0:
+                torch._foreach_mul_(p, 1 - lr * wd)
+            torch._foreach_add_(p, direction, alpha=-lr)
