@@ -127,7 +127,7 @@ def test_large_tensors_keep_only_one_work_buffer():
         for p in params:
             p.grad = torch.randn_like(p)
         optimizer.step()
-    assert held_bytes(optimizer)[1] == _base.BLOCK_BYTES
+    assert 0 < held_bytes(optimizer)[1] <= _base.BLOCK_BYTES
 
 
 def adamp_run(params, foreach, nesterov, orthogonal_to, steps=8):

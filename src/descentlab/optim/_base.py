@@ -107,21 +107,29 @@ def split_small(params: list[Tensor]) -> tuple[list[list[int]], list[int]]:
 BLOCK_BYTES = 1 << 20
 
 
-def work_buffer(owner: Any, device: torch.device) -> Tensor:
-    """The ``BLOCK_BYTES`` bytes of work space ``owner`` keeps on ``device``: its
-    only memory besides the state between steps (outside any state dict, not
-    saved or loaded; garbage between uses). Callers view it as their dtype."""
+def work_buffer(owner: Any, device: torch.device, nbytes: int) -> Tensor:
+    """At least ``nbytes`` (at most ``BLOCK_BYTES``) of work space ``owner`` keeps on
+    ``device``: its only memory besides the state between steps (outside any
+    state dict, not saved or loaded; garbage between uses). It grows to what
+    the largest chunk needs; callers view it as their dtype."""
+    if nbytes > BLOCK_BYTES:
+        raise ValueError(f"work space of {nbytes} bytes asked for, more than BLOCK_BYTES={BLOCK_BYTES}")
     cache = owner.__dict__.setdefault("_work_buffer", {})
     buffer = cache.get(device)
-    if buffer is None or buffer.numel() != BLOCK_BYTES:
-        buffer = cache[device] = torch.empty(BLOCK_BYTES, dtype=torch.uint8, device=device)
+    if buffer is None or buffer.numel() < nbytes:
+        # views of the old buffer go with it (cached chunk views, and lists of them)
+        for name in ("_packed_views", "_fusable"):
+            owner.__dict__.pop(name, None)
+        buffer = cache[device] = torch.empty(nbytes, dtype=torch.uint8, device=device)
     return buffer
 
 
-def work_slots(owner: Any, like: Tensor, count: int) -> tuple[Tensor, ...]:
-    """``count`` equal 1-D slices of the work buffer, in ``like``'s dtype and device."""
-    width = slot_elements(like, count)
-    space = work_buffer(owner, like.device)[: width * count * like.element_size()].view(like.dtype)
+def work_slots(owner: Any, like: Tensor, count: int, width: int | None = None) -> tuple[Tensor, ...]:
+    """``count`` 1-D slices of ``width`` elements (default: ``slot_elements``) of the
+    work buffer, in ``like``'s dtype and device."""
+    width = slot_elements(like, count) if width is None else width
+    space = work_buffer(owner, like.device, width * count * like.element_size())
+    space = space[: width * count * like.element_size()].view(like.dtype)
     return tuple(space[k * width: (k + 1) * width] for k in range(count))
 
 
@@ -144,7 +152,7 @@ def blocks(
     """
     first = tensors[0]
     size = slot_elements(first, len(buffer_names))
-    slots = work_slots(owner, first, len(buffer_names)) if buffer_names else ()
+    slots = work_slots(owner, first, len(buffer_names), min(size, first.numel())) if buffer_names else ()
     for parts in zip(*(t.view(-1).split(size) for t in tensors)):
         length = len(parts[0])
         yield parts, tuple(slot[:length] for slot in slots)
@@ -158,7 +166,8 @@ class Chunk(NamedTuple):
     work space shaped (and strided) like ``pieces[0][j]``, garbage on entry.
     ``single``: one piece only (a block, or a large tensor that could not be
     split): ops with ``out=`` then cost one call, so ``outs(k)`` hands out the
-    buffers; for many small pieces foreach ops with fresh results are cheaper.
+    buffers. Chunks of many small pieces have buffer 0 only (e.g. where the
+    fused Adam kernel writes): their foreach ops with fresh results are cheap.
     ``blocked``: the piece is a block of a tensor split into several.
     """
 
@@ -182,7 +191,7 @@ def work_chunks(
     buffer, reused by the next chunk: finish a chunk before taking the next.
 
     On CPU, tensors that fit a slot (``slot_elements``) are packed together,
-    in order; a larger one goes a block at a time when all its tensors are
+    in order, into chunks of up to ``BLOCK_BYTES`` (buffer 0 only); a larger one goes a block at a time when all its tensors are
     contiguous (``align(p)``: block lengths a multiple of it, e.g. whole rows),
     else whole, with fresh buffers freed after use. On other devices all
     tensors form one chunk with fresh buffers (a caching allocator makes them
@@ -199,7 +208,7 @@ def work_chunks(
     for kind, index, extra in plan[2]:
         if kind == "packed":
             yield Chunk(index, tuple([ts[i] for i in index] for ts in tensors),
-                        _packed_views(owner, [params[i] for i in index], buffer_count, extra), False)
+                        (_packed_views(owner, [params[i] for i in index], extra),), False)
         elif kind == "blocks":
             (i,) = index
             if all(ts[i].is_contiguous() for ts in tensors):
@@ -241,7 +250,7 @@ def _chunk_plan(params: list[Tensor], buffer_count: int, align: Callable[[Tensor
             continue
         index, offsets = open_chunks.setdefault(p.dtype, ([], []))
         used = offsets[-1] + params[index[-1]].numel() if index else 0
-        if used + p.numel() > width:  # full: close it, open another
+        if used + p.numel() > slot_elements(p, 1):  # full: close it, open another
             chunks.append(("packed", index, offsets))
             index, offsets = open_chunks[p.dtype] = ([], [])
             used = 0
@@ -251,19 +260,20 @@ def _chunk_plan(params: list[Tensor], buffer_count: int, align: Callable[[Tensor
     return BLOCK_BYTES, [(p.shape, p.dtype) for p in params], chunks
 
 
-def _packed_views(owner: Any, params: list[Tensor], buffer_count: int, offsets: list[int]) -> tuple[list[Tensor], ...]:
-    """Buffers for packed small tensors: views of the work slots laid out like each
-    tensor (the fused Adam kernel walks raw memory), cached per chunk."""
-    key = (tuple(map(id, params)), buffer_count)
+def _packed_views(owner: Any, params: list[Tensor], offsets: list[int]) -> list[Tensor]:
+    """Buffer 0 of a chunk of packed small tensors: views of the work buffer laid
+    out like each tensor (the fused Adam kernel walks raw memory), cached."""
+    key = tuple(map(id, params))
     cache = owner.__dict__.setdefault("_packed_views", {})
     hit = cache.get(key)
-    if hit is not None and hit[0] is work_buffer(owner, params[0].device):
+    fill = offsets[-1] + params[-1].numel()
+    (slot,) = work_slots(owner, params[0], 1, fill)
+    if hit is not None and hit[0] is slot._base:
         return hit[2]
-    slots = work_slots(owner, params[0], buffer_count)
-    views = tuple([_laid_out_like(slot, p, offset) for p, offset in zip(params, offsets)] for slot in slots)
+    views = [_laid_out_like(slot, p, offset) for p, offset in zip(params, offsets)]
     if len(cache) > 64:
         cache.clear()
-    cache[key] = (work_buffer(owner, params[0].device), list(params), views)
+    cache[key] = (slot._base, list(params), views)
     return views
 
 

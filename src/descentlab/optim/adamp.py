@@ -239,7 +239,7 @@ class AdamP(MultiTensorOptimizer):
             p, g, m, v = chunk.pieces
             if not chunk.blocked:
                 updates, step_size = self._updates(group, p, g, m, v, chunk.buffers[0], chunk.outs(1), step)
-                updates, ratios = project_radial_foreach(p, g, updates, delta, wd_ratio, eps, chunk.buffers[1])
+                updates, ratios = project_radial_foreach(p, g, updates, delta, wd_ratio, eps, chunk.outs(1))
                 if wd != 0:
                     torch._foreach_mul_(p, [1 - lr * wd * r for r in ratios])
                 torch._foreach_add_(p, updates, alpha=-step_size)

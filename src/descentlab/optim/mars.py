@@ -175,7 +175,7 @@ class MARS(MultiTensorOptimizer):
         # its squares per tensor, then the update pass forms c again.
         pieces_norms: dict[int, list[Tensor]] = {}
         for chunk in work_chunks(self, tensors, 1 if lion else 2):
-            c = self._correction(chunk, k)
+            c = self._correction(chunk, k, 0 if lion else 1)
             for i, norm in zip(chunk.index, torch._foreach_norm(c)):
                 pieces_norms.setdefault(i, []).append(norm)
         # a tensor in blocks: the norm of its blocks' norms (equal to rounding)
@@ -184,7 +184,7 @@ class MARS(MultiTensorOptimizer):
         clip = {i: n.clamp_min(1.0) for i, n in norms.items()}  # dividing by 1 leaves c unclipped
         for chunk in work_chunks(self, tensors, 1 if lion else 2):
             p, g, m, v, _ = chunk.pieces
-            c = self._correction(chunk, k)
+            c = self._correction(chunk, k, 0 if lion else 1)
             torch._foreach_div_(c, [clip[i] for i in chunk.index])
             if lion:
                 torch._foreach_lerp_(m, c, 1 - beta1)
@@ -193,16 +193,16 @@ class MARS(MultiTensorOptimizer):
                 torch._foreach_add_(p, torch._foreach_sign(m), alpha=-lr)
                 continue
             # the AdamW flavour is Adam on c: moments and direction in one fused pass
-            direction = adam_direction_into(self, chunk.buffers[1], c, m, v, t, beta1, beta2, eps)
+            direction = adam_direction_into(self, chunk.buffers[0], c, m, v, t, beta1, beta2, eps)
             if wd != 0:
                 torch._foreach_mul_(p, 1 - lr * wd)
             torch._foreach_add_(p, direction, alpha=-lr)
 
     @staticmethod
-    def _correction(chunk, k: float) -> list[Tensor]:
-        """c = g + k (g - g_prev) of a chunk's pieces, in its buffer 0 where it has one."""
+    def _correction(chunk, k: float, slot: int) -> list[Tensor]:
+        """c = g + k (g - g_prev) of a chunk's pieces, in its buffer ``slot`` where it has one."""
         _, g, _, _, last = chunk.pieces
-        c = foreach_into("mul", chunk.outs(0), g, 1 + k)
+        c = foreach_into("mul", chunk.outs(slot), g, 1 + k)
         torch._foreach_sub_(c, last, alpha=k)
         return c
 
