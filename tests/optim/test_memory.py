@@ -115,7 +115,8 @@ def test_between_steps_only_state_and_one_work_buffer_are_held(name, model, hp):
     numel = sum(p.numel() for p in params)
     steps = sum(1 for p in params if "step" in optimizer.state[p]) * 4  # 0-dim float32 counters
     assert state_bytes == STATE_COPIES[name] * numel * 4 + steps
-    assert other <= _base.BLOCK_BYTES, f"{other} bytes held besides the state"
+    # the work buffer, and the 0-dim step tensor the fused Adam kernel reads
+    assert other <= _base.BLOCK_BYTES + 4, f"{other} bytes held besides the state"
 
 
 def test_large_tensors_keep_only_one_work_buffer():

@@ -266,14 +266,15 @@ def _packed_views(owner: Any, params: list[Tensor], offsets: list[int]) -> list[
     key = tuple(map(id, params))
     cache = owner.__dict__.setdefault("_packed_views", {})
     hit = cache.get(key)
-    fill = offsets[-1] + params[-1].numel()
-    (slot,) = work_slots(owner, params[0], 1, fill)
-    if hit is not None and hit[0] is slot._base:
+    buffer = owner.__dict__.get("_work_buffer", {}).get(params[0].device)
+    if hit is not None and hit[0] is buffer:
         return hit[2]
+    (slot,) = work_slots(owner, params[0], 1, offsets[-1] + params[-1].numel())
     views = [_laid_out_like(slot, p, offset) for p, offset in zip(params, offsets)]
     if len(cache) > 64:
         cache.clear()
-    cache[key] = (slot._base, list(params), views)
+    cache = owner.__dict__.setdefault("_packed_views", {})  # work_slots may have cleared it
+    cache[key] = (owner.__dict__["_work_buffer"][params[0].device], list(params), views)
     return views
 
 
@@ -452,8 +453,6 @@ def adam_direction(
     for (device, _), idx in groups.items():
         out = [buffers[i] for i in idx]
         torch._foreach_zero_(out)
-        # the kernel reads the (already counted) step; one tensor serves all
-        step_tensor = torch.tensor(float(step), dtype=torch.float32, device=device)
         torch._fused_adam_(
             out, [grads[i] for i in idx], [exp_avgs[i] for i in idx], [exp_avg_sqs[i] for i in idx],
             [], [step_tensor] * len(idx), lr=-1.0, beta1=beta1, beta2=beta2,
@@ -475,6 +474,17 @@ def adam_direction(
     return buffers
 
 
+def step_tensor(owner: Any, step: int, device: torch.device) -> Tensor:
+    """``step`` as the 0-dim float32 tensor the fused Adam kernel reads (the
+    already counted step; one serves every tensor), kept on ``owner`` for the
+    next chunk of the same step (making one costs more than a small kernel)."""
+    cache = owner.__dict__.setdefault("_step_tensors", {})
+    hit = cache.get(device)
+    if hit is None or hit[0] != step:
+        hit = cache[device] = (step, torch.tensor(float(step), dtype=torch.float32, device=device))
+    return hit[1]
+
+
 def adam_direction_into(
     owner: Any, out: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor], step: int, beta1: float, beta2: float, eps: float,
@@ -493,11 +503,9 @@ def adam_direction_into(
     for (device, _), idx in groups.items():
         target = out if len(idx) == len(out) else [out[i] for i in idx]
         torch._foreach_zero_(target)
-        # the kernel reads the (already counted) step; one tensor serves all
-        step_tensor = torch.tensor(float(step), dtype=torch.float32, device=device)
         torch._fused_adam_(
             target, [grads[i] for i in idx], [exp_avgs[i] for i in idx], [exp_avg_sqs[i] for i in idx],
-            [], [step_tensor] * len(idx), lr=-1.0, beta1=beta1, beta2=beta2,
+            [], [step_tensor(owner, step, device)] * len(idx), lr=-1.0, beta1=beta1, beta2=beta2,
             weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
         )
     if len(fused) < len(out):

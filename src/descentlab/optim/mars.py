@@ -159,7 +159,7 @@ class MARS(MultiTensorOptimizer):
             self._mars_foreach(group, [params[i] for i in mars], [grads[i] for i in mars], step)
         if adamw:
             self._adamw_foreach(group, [params[i] for i in adamw], [grads[i] for i in adamw], step)
-        torch._foreach_copy_([self.state[p]["last_grad"] for p in params], grads)
+            torch._foreach_copy_([self.state[params[i]]["last_grad"] for i in adamw], [grads[i] for i in adamw])
 
     def _mars_foreach(self, group, params, grads, t: int) -> None:
         lr, wd, eps = as_float(group["lr"]), group["weight_decay"], group["eps"]
@@ -169,42 +169,35 @@ class MARS(MultiTensorOptimizer):
         last_grads = [self.state[p]["last_grad"] for p in params]
         k = group["gamma"] * beta1 / (1 - beta1)
         tensors = (params, grads, exp_avgs, exp_avg_sqs, last_grads)
-        lion = group["mars_type"] == "lion"
-        # chunks that fit the one work buffer (see _base.work_chunks): c (and u).
-        # Clipping needs ||c|| of whole tensors first: a pass that forms c and sums
-        # its squares per tensor, then the update pass forms c again.
-        pieces_norms: dict[int, list[Tensor]] = {}
-        for chunk in work_chunks(self, tensors, 1 if lion else 2):
-            c = self._correction(chunk, k, 0 if lion else 1)
-            for i, norm in zip(chunk.index, torch._foreach_norm(c)):
-                pieces_norms.setdefault(i, []).append(norm)
+        # c = g + k (g - g_prev) = lerp(g_prev, g, 1 + k) is formed in place of g_prev,
+        # which gets g at the end of the step anyway. Clipping needs ||c|| of whole
+        # tensors: those split into blocks (see _base.work_chunks) form c and its
+        # norm in a first pass, others in their chunk.
+        block_norms: dict[int, list[Tensor]] = {}
+        for chunk in work_chunks(self, tensors, 1):
+            if chunk.blocked:
+                (c,) = chunk.pieces[4]
+                block_norms.setdefault(chunk.index[0], []).append(c.lerp_(chunk.pieces[1][0], 1 + k).norm())
         # a tensor in blocks: the norm of its blocks' norms (equal to rounding)
-        norms = {i: ns[0] if len(ns) == 1 else torch.linalg.vector_norm(torch.stack(ns))
-                 for i, ns in pieces_norms.items()}
-        clip = {i: n.clamp_min(1.0) for i, n in norms.items()}  # dividing by 1 leaves c unclipped
-        for chunk in work_chunks(self, tensors, 1 if lion else 2):
-            p, g, m, v, _ = chunk.pieces
-            c = self._correction(chunk, k, 0 if lion else 1)
-            torch._foreach_div_(c, [clip[i] for i in chunk.index])
-            if lion:
+        norms = {i: torch.linalg.vector_norm(torch.stack(ns)) for i, ns in block_norms.items()}
+        for chunk in work_chunks(self, tensors, 1):
+            p, g, m, v, c = chunk.pieces
+            if chunk.blocked:
+                clip = [norms[chunk.index[0]].clamp_min(1.0)]
+            else:
+                torch._foreach_lerp_(c, g, 1 + k)
+                clip = torch._foreach_norm(c)
+                torch._foreach_clamp_min_(clip, 1.0)  # dividing by 1 leaves c unclipped
+            torch._foreach_div_(c, clip)
+            if group["mars_type"] == "lion":
                 torch._foreach_lerp_(m, c, 1 - beta1)
-                if wd != 0:
-                    torch._foreach_mul_(p, 1 - lr * wd)
-                torch._foreach_add_(p, torch._foreach_sign(m), alpha=-lr)
-                continue
-            # the AdamW flavour is Adam on c: moments and direction in one fused pass
-            direction = adam_direction_into(self, chunk.buffers[0], c, m, v, t, beta1, beta2, eps)
+                direction = foreach_into("sign", chunk.outs(0), m)
+            else:  # the AdamW flavour is Adam on c: moments and direction in one fused pass
+                direction = adam_direction_into(self, chunk.buffers[0], c, m, v, t, beta1, beta2, eps)
             if wd != 0:
                 torch._foreach_mul_(p, 1 - lr * wd)
             torch._foreach_add_(p, direction, alpha=-lr)
-
-    @staticmethod
-    def _correction(chunk, k: float, slot: int) -> list[Tensor]:
-        """c = g + k (g - g_prev) of a chunk's pieces, in its buffer ``slot`` where it has one."""
-        _, g, _, _, last = chunk.pieces
-        c = foreach_into("mul", chunk.outs(slot), g, 1 + k)
-        torch._foreach_sub_(c, last, alpha=k)
-        return c
+            torch._foreach_copy_(c, g)  # g_prev of the next step
 
     def _adamw_foreach(self, group, params, grads, t: int) -> None:
         lr = as_float(group["lr"]) * group["lr_1d_factor"]
