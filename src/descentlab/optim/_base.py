@@ -455,7 +455,7 @@ def adam_direction(
         torch._foreach_zero_(out)
         torch._fused_adam_(
             out, [grads[i] for i in idx], [exp_avgs[i] for i in idx], [exp_avg_sqs[i] for i in idx],
-            [], [step_tensor] * len(idx), lr=-1.0, beta1=beta1, beta2=beta2,
+            [], [step_tensor(owner, step, device)] * len(idx), lr=-1.0, beta1=beta1, beta2=beta2,
             weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
         )
     fused_set = set(fused)
