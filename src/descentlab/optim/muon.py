@@ -11,6 +11,10 @@ config dict::
      "adamw": {"lr": 3e-4, "betas": [0.9, 0.95]},             # torch.optim.AdamW
      "adamw_first_last": True}
 
+AdamW runs with ``fused=True`` unless ``adamw`` sets ``foreach`` or ``fused``
+(and its parameters are floating point on CPU or CUDA): torch's default on CPU
+is a per-tensor loop, 6x slower on 200 small tensors; equal in the tests.
+
 Routing: a parameter goes to Muon iff it is 2-D and, with ``adamw_first_last``
 (default), it is neither the first nor the last 2-D parameter in the order given
 (``model.parameters()`` order: the input layer and the output layer). Conv
@@ -108,6 +112,9 @@ def muon_update(
     for (shape, _, _), idx in by_shape.items():
         stack = torch.stack([updates[i] for i in idx])
         ortho = newton_schulz_batched(stack, group["ns_coefficients"], group["ns_steps"], group["eps"], ns_dtype)
+        # in the parameters' dtype at once (exact: bfloat16 -> float32/64): a foreach
+        # add of mixed dtypes goes tensor by tensor
+        ortho = ortho.to(params[idx[0]].dtype) if params[idx[0]].dtype in (torch.float32, torch.float64) else ortho
         torch._foreach_add_([params[i] for i in idx], list(ortho.unbind(0)),
                             alpha=-_adjust_lr(lr, group["adjust_lr_fn"], shape))
 
@@ -171,6 +178,12 @@ class MuonAdamW(torch.optim.Optimizer):
         adamw = dict(adamw or {})
         if "lr" in muon_hparams:  # one lr in a config moves both parts unless AdamW has its own
             adamw.setdefault("lr", muon_hparams["lr"])
+        if "foreach" not in adamw and "fused" not in adamw and all(
+                p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                for g in adamw_groups for p in g["params"]):
+            # torch's default on CPU is its per-tensor loop (foreach is CUDA's
+            # default): the fused kernel measured 6x faster on 200 small tensors
+            adamw["fused"] = True
         self.adamw = torch.optim.AdamW(adamw_groups, **adamw) if adamw_groups else None
         self._link()
 
