@@ -46,44 +46,6 @@ def test_chunked_paths_agree_with_the_reference(monkeypatch, cls, hp, block_byte
     compare_paths(cls, hp, steps=12, shapes=SHAPES, scale=0.05, atol=ROUNDING_ATOL)
 
 
-def tensor_storages(obj, seen: set[int], out: dict[int, int]) -> None:
-    """Bytes of every tensor storage reachable from ``obj`` (dicts, lists, tuples,
-    optimizers' attributes), by storage address: views count once."""
-    if id(obj) in seen:
-        return
-    seen.add(id(obj))
-    if isinstance(obj, torch.Tensor):
-        storage = obj.untyped_storage()
-        out[storage.data_ptr()] = max(out.get(storage.data_ptr(), 0), storage.nbytes())
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            tensor_storages(key, seen, out)
-            tensor_storages(value, seen, out)
-    elif isinstance(obj, (list, tuple, set)):
-        for value in obj:
-            tensor_storages(value, seen, out)
-    elif isinstance(obj, torch.optim.Optimizer):
-        tensor_storages(obj.__dict__, seen, out)
-
-
-def held_bytes(optimizer: torch.optim.Optimizer) -> tuple[int, int]:
-    """(bytes of the state's tensors, bytes of every other tensor the optimizer
-    holds), parameters and gradients excluded."""
-    mine: set[int] = set()
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            mine.add(p.untyped_storage().data_ptr())
-            if p.grad is not None:
-                mine.add(p.grad.untyped_storage().data_ptr())
-    state: dict[int, int] = {}
-    tensor_storages(optimizer.state, set(), state)
-    everything: dict[int, int] = {}
-    tensor_storages(optimizer.__dict__, set(), everything)
-    state_bytes = sum(n for ptr, n in state.items() if ptr not in mine)
-    other = sum(n for ptr, n in everything.items() if ptr not in mine and ptr not in state)
-    return state_bytes, other
-
-
 def models():
     return {
         "mlp": lambda: nn.Sequential(nn.Linear(256, 600), nn.ReLU(), nn.Linear(600, 300)),
@@ -111,12 +73,22 @@ def test_between_steps_only_state_and_one_work_buffer_are_held(name, model, hp):
             g = torch.randn_like(p)
             p.grad = g.t().contiguous().t() if step == 1 and g.dim() == 2 else g
         optimizer.step()
-    state_bytes, other = held_bytes(optimizer)
+    state_bytes, other = _base.held_bytes(optimizer)
     numel = sum(p.numel() for p in params)
     steps = sum(1 for p in params if "step" in optimizer.state[p]) * 4  # 0-dim float32 counters
     assert state_bytes == STATE_COPIES[name] * numel * 4 + steps
     # the work buffer, and the 0-dim step tensor the fused Adam kernel reads
     assert other <= _base.BLOCK_BYTES + 4, f"{other} bytes held besides the state"
+
+
+def test_held_bytes_counts_state_and_buffers_once():
+    p = torch.zeros(10, requires_grad=True)
+    p.grad = torch.zeros(10)
+    optimizer = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    optimizer.step()
+    buffer = torch.zeros(100)
+    optimizer.__dict__["_cache"] = {"a": buffer, "b": [buffer[:5], (buffer[5:],)]}  # views: once
+    assert _base.held_bytes(optimizer) == (40, 400)
 
 
 def test_large_tensors_keep_only_one_work_buffer():
@@ -128,7 +100,7 @@ def test_large_tensors_keep_only_one_work_buffer():
         for p in params:
             p.grad = torch.randn_like(p)
         optimizer.step()
-    assert 0 < held_bytes(optimizer)[1] <= _base.BLOCK_BYTES
+    assert 0 < _base.held_bytes(optimizer)[1] <= _base.BLOCK_BYTES
 
 
 def adamp_run(params, foreach, nesterov, orthogonal_to, steps=8):
