@@ -118,7 +118,7 @@ def work_buffer(owner: Any, device: torch.device, nbytes: int) -> Tensor:
     buffer = cache.get(device)
     if buffer is None or buffer.numel() < nbytes:
         # views of the old buffer go with it (cached chunk views, and lists of them)
-        for name in ("_packed_views", "_fusable"):
+        for name in ("_packed_views", "_block_views", "_fusable"):
             owner.__dict__.pop(name, None)
         buffer = cache[device] = torch.empty(nbytes, dtype=torch.uint8, device=device)
     return buffer
@@ -212,11 +212,10 @@ def work_chunks(
         elif kind == "blocks":
             (i,) = index
             if all(ts[i].is_contiguous() for ts in tensors):
-                slots = work_slots(owner, params[i], buffer_count)
-                for start in range(0, params[i].numel(), extra):
-                    stop = min(start + extra, params[i].numel())
-                    yield Chunk(index, tuple([ts[i].view(-1)[start:stop]] for ts in tensors),
-                                tuple([slot[: stop - start]] for slot in slots), True, True)
+                # one split per tensor (slicing block by block costs a Python call per view)
+                parts = [ts[i].view(-1).split(extra) for ts in tensors]
+                for j, buffers in enumerate(_block_views(owner, params[i], buffer_count, extra)):
+                    yield Chunk(index, tuple([part[j]] for part in parts), buffers, True, True)
                 continue
             yield _fresh_chunk(index, tensors, buffer_count, True)
         else:  # "fresh": accelerators (all at once), or a large tensor that cannot be split
@@ -275,6 +274,23 @@ def _packed_views(owner: Any, params: list[Tensor], offsets: list[int]) -> list[
         cache.clear()
     cache = owner.__dict__.setdefault("_packed_views", {})  # work_slots may have cleared it
     cache[key] = (owner.__dict__["_work_buffer"][params[0].device], list(params), views)
+    return views
+
+
+def _block_views(owner: Any, p: Tensor, buffer_count: int, block: int) -> list[tuple[list[Tensor], ...]]:
+    """The buffers of each block of ``p`` (``block`` elements a block): views of the
+    work buffer, cached per size."""
+    key = (p.numel(), p.dtype, p.device, buffer_count, block)
+    cache = owner.__dict__.setdefault("_block_views", {})
+    hit = cache.get(key)
+    buffer = owner.__dict__.get("_work_buffer", {}).get(p.device)
+    if hit is not None and hit[0] is buffer:
+        return hit[1]
+    slots = work_slots(owner, p, buffer_count, block)
+    lengths = [min(block, p.numel() - start) for start in range(0, p.numel(), block)]
+    views = [tuple([slot[:n]] for slot in slots) for n in lengths]
+    cache = owner.__dict__.setdefault("_block_views", {})  # work_slots may have cleared it
+    cache[key] = (owner.__dict__["_work_buffer"][p.device], views)
     return views
 
 
@@ -369,6 +385,8 @@ def foreach_into(op: str, outs: list[Tensor | None] | None, *args: Any, **kwargs
     """
     if outs is None or all(o is None for o in outs):
         return list(getattr(torch, f"_foreach_{op}")(*args, **kwargs))
+    if len(outs) == 1:  # a chunk's single piece: the common case of blocks
+        return [getattr(torch, op)(*[a[0] if isinstance(a, list) else a for a in args], **kwargs, out=outs[0])]
     single = getattr(torch, op)
     results: list[Tensor | None] = [None] * len(outs)
     rest = []
@@ -421,6 +439,15 @@ def fusable_indices(owner: Any, params: list[Tensor], *others: list[Tensor]) -> 
     if all(list(map(Tensor.stride, ts)) == strides for ts in others):
         return supported
     return [i for i in supported if all(same_layout(ts[i], params[i]) for ts in others)]
+
+
+def single_fusable(p: Tensor, *others: Tensor) -> bool:
+    """``fusable_indices`` for one parameter (or block: 1-D, checked quickly)."""
+    if p.device.type not in FUSED_ADAM_DEVICES or p.dtype not in FUSED_ADAM_DTYPES:
+        return False
+    if p.dim() == 1:
+        return all(t.stride(0) == 1 for t in others) and p.stride(0) == 1 or p.numel() <= 1
+    return is_dense(p) and all(same_layout(t, p) for t in others)
 
 
 def same_layout(t: Tensor, p: Tensor) -> bool:
@@ -530,9 +557,7 @@ def adam_direction_into(
     """``adam_direction`` into given buffers ``out`` (e.g. a ``Chunk``'s), laid out
     like the moments; returns ``out``. ``owner`` caches the layout checks."""
     if len(out) == 1:  # a block or a lone tensor: its views are new each step, do not cache
-        u = out[0]
-        fused = [0] if fused_adam_supported(u) and all(
-            same_layout(ts[0], u) for ts in (grads, exp_avgs, exp_avg_sqs)) else []
+        fused = [0] if single_fusable(out[0], grads[0], exp_avgs[0], exp_avg_sqs[0]) else []
     else:
         fused = fusable_indices(owner, out, grads, exp_avgs, exp_avg_sqs)
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
@@ -559,6 +584,38 @@ def adam_direction_into(
         foreach_into("div", u, m, u)  # u aliasing an input is fine elementwise
         torch._foreach_div_(u, 1 - beta1**step)
     return out
+
+
+def adamw_update(
+    owner: Any, chunk: Chunk, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor], step: int, lr: float, beta1: float, beta2: float, eps: float,
+    weight_decay: float,
+) -> None:
+    """p <- p (1 - lr weight_decay) - lr u, u as in ``adam_direction`` (moments updated),
+    for pieces of ``chunk``: torch's fused AdamW kernel on the parameters themselves
+    where it can (one pass, no buffer; equal to rounding), else u in the chunk's
+    buffer 0 and foreach ops."""
+    if chunk.single:
+        fused = [0] if single_fusable(params[0], grads[0], exp_avgs[0], exp_avg_sqs[0]) else []
+    else:
+        fused = fusable_indices(owner, params, grads, exp_avgs, exp_avg_sqs)
+    by_device: dict[torch.device, list[int]] = defaultdict(list)
+    for i in fused:
+        by_device[params[i].device].append(i)
+    for device, idx in by_device.items():
+        torch._fused_adamw_(
+            [params[i] for i in idx], [grads[i] for i in idx], [exp_avgs[i] for i in idx],
+            [exp_avg_sqs[i] for i in idx], [], [step_tensor(owner, step, device)] * len(idx), lr=lr,
+            beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps, amsgrad=False, maximize=False,
+        )
+    if len(fused) < len(params):
+        fused_set = set(fused)
+        rest = [i for i in range(len(params)) if i not in fused_set]
+        p, g, m, v, out = ([ts[i] for i in rest] for ts in (params, grads, exp_avgs, exp_avg_sqs, chunk.buffers[0]))
+        direction = adam_direction_into(owner, out, g, m, v, step, beta1, beta2, eps)
+        if weight_decay != 0:
+            torch._foreach_mul_(p, 1 - lr * weight_decay)
+        torch._foreach_add_(p, direction, alpha=-lr)
 
 
 class MultiTensorOptimizer(torch.optim.Optimizer):

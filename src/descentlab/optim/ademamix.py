@@ -25,7 +25,7 @@ from torch import Tensor
 
 from . import OPTIMIZERS
 from ._base import (
-    MultiTensorOptimizer, adam_direction_into, as_float, check_betas, check_lr, check_non_negative, foreach_into,
+    MultiTensorOptimizer, adamw_update, as_float, check_betas, check_lr, check_non_negative, foreach_into,
     work_chunks,
 )
 
@@ -131,17 +131,14 @@ class AdEMAMix(MultiTensorOptimizer):
         # numerator is (fast_new + alpha bc1 slow) / bc1 = fast_hat + alpha slow:
         # AdEMAMix's whole direction in one pass (equal to rounding).
         bc1 = 1 - beta1**step
-        # chunks that fit the one work buffer (see _base.work_chunks): u and C
+        # chunks that fit the one work buffer (see _base.work_chunks): C (and u
+        # where the fused AdamW kernel cannot run on the parameters)
         for chunk in work_chunks(self, (params, grads, fast, slow, exp_avg_sqs), 2):
             p, g, f, s, v = chunk.pieces
             torch._foreach_lerp_(s, g, 1 - beta3)
             combined = foreach_into("add", chunk.outs(1), f, s, alpha=alpha * bc1 / beta1)
             torch._foreach_lerp_(f, g, 1 - beta1)
-            direction = adam_direction_into(self, chunk.buffers[0], g, combined, v, step, beta1, beta2,
-                                            group["eps"])
-            if wd != 0:
-                torch._foreach_mul_(p, 1 - lr * wd)
-            torch._foreach_add_(p, direction, alpha=-lr)
+            adamw_update(self, chunk, p, g, combined, v, step, lr, beta1, beta2, group["eps"], wd)
 
     def _update_chain(self, group, params, grads, fast, slow, exp_avg_sqs, step) -> None:
         """The update as a plain chain of foreach ops (beta1 = 0)."""

@@ -139,12 +139,13 @@ class EXAdam(MultiTensorOptimizer):
         temporaries need only block-sized buffers."""
         lr, wd, eps = as_float(group["lr"]), group["weight_decay"], group["eps"]
         beta1, beta2 = group["betas"]
-        for (p, g, m, v), buffers in blocks(self, quad, ("numerator", "ratio", "denom")):
+        for (p, g, m, v), (numerator, ratio) in blocks(self, quad, ("numerator", "ratio")):
             if wd != 0:
                 p.mul_(1 - lr * wd)
             m.lerp_(g, 1 - beta1)
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            numerator, denom, *scales = exadam_direction(m, v, g, step, group["betas"], eps, *buffers)
+            # the denominator overwrites the ratio it is computed from (elementwise)
+            numerator, denom, *scales = exadam_direction(m, v, g, step, group["betas"], eps, numerator, ratio, ratio)
             shift, coefficient = self._scalars(group, step, *scales)
             p.addcdiv_(numerator, denom.add_(shift), value=coefficient)
 

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from . import OPTIMIZERS
 from ._base import (
-    MultiTensorOptimizer, adam_direction_into, as_float, check_betas, check_lr, check_non_negative, foreach_into,
+    MultiTensorOptimizer, adamw_update, as_float, check_betas, check_lr, check_non_negative, foreach_into,
     work_chunks,
 )
 
@@ -191,12 +191,11 @@ class MARS(MultiTensorOptimizer):
             torch._foreach_div_(c, clip)
             if group["mars_type"] == "lion":
                 torch._foreach_lerp_(m, c, 1 - beta1)
-                direction = foreach_into("sign", chunk.outs(0), m)
-            else:  # the AdamW flavour is Adam on c: moments and direction in one fused pass
-                direction = adam_direction_into(self, chunk.buffers[0], c, m, v, t, beta1, beta2, eps)
-            if wd != 0:
-                torch._foreach_mul_(p, 1 - lr * wd)
-            torch._foreach_add_(p, direction, alpha=-lr)
+                if wd != 0:
+                    torch._foreach_mul_(p, 1 - lr * wd)
+                torch._foreach_add_(p, foreach_into("sign", chunk.outs(0), m), alpha=-lr)
+            else:  # the AdamW flavour is AdamW on c: one fused pass
+                adamw_update(self, chunk, p, c, m, v, t, lr, beta1, beta2, eps, wd)
             torch._foreach_copy_(c, g)  # g_prev of the next step
 
     def _adamw_foreach(self, group, params, grads, t: int) -> None:
@@ -206,8 +205,4 @@ class MARS(MultiTensorOptimizer):
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
         exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
         for chunk in work_chunks(self, (params, grads, exp_avgs, exp_avg_sqs), 1):
-            p, g, m, v = chunk.pieces
-            direction = adam_direction_into(self, chunk.buffers[0], g, m, v, t, beta1, beta2, eps)
-            if wd != 0:
-                torch._foreach_mul_(p, 1 - lr * wd)
-            torch._foreach_add_(p, direction, alpha=-lr)
+            adamw_update(self, chunk, *chunk.pieces, t, lr, beta1, beta2, eps, wd)
