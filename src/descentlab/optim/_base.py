@@ -14,11 +14,12 @@ per-parameter step counter ``state["step"]`` (a 0-dim float32 tensor, as in
 torch.optim). Subclasses implement ``_init_state``, ``_update_reference`` and
 ``_update_foreach``.
 
-Memory: between steps an optimizer holds its state plus one work buffer of
-``BLOCK_BYTES`` per device (``work_buffer``). Multi-tensor paths walk their
-tensors in chunks that fit it (``work_chunks``: small tensors packed together,
-large contiguous ones a block at a time), so temporaries live in cache and
-nothing large is allocated per step. Methods whose update is an Adam direction
+Memory: between steps an optimizer holds its state plus one work buffer of at
+most ``BLOCK_BYTES`` per device (``work_buffer``; MoMo's ``adam_direction``
+excepted). Multi-tensor paths walk their tensors in chunks that fit it
+(``work_chunks``: small tensors packed together, large contiguous ones a
+block at a time), so temporaries are block-sized and nothing large is
+allocated per step. Methods whose update is an Adam direction
 times something get that direction from torch's fused Adam kernel
 (``adam_direction_into``): one pass instead of six, equal to the reference
 path to rounding (the tests allow 1e-12 in float64).
@@ -97,13 +98,12 @@ def split_small(params: list[Tensor]) -> tuple[list[list[int]], list[int]]:
     return list(small.values()), others
 
 
-# The one work buffer an optimizer keeps per device (``work_buffer``), shared
-# by every tensor and every temporary: a method with k temporaries walks large
-# tensors in blocks of BLOCK_BYTES / k bytes per tensor (``blocks``,
-# ``work_chunks``), which keeps a block of every operand and temporary in cache
-# (L2 here: 2 MiB per core) at few Python calls per op (4 to 12 blocks on 1M
-# float32 parameters). Smaller blocks measured slower, Python overhead
-# outgrowing the cache gain.
+# The size of the one work buffer an optimizer keeps per device
+# (``work_buffer``), shared by every tensor and every temporary: a method with
+# k temporaries walks large tensors in blocks of BLOCK_BYTES / k bytes per
+# tensor (``blocks``, ``work_chunks``). Each block costs a few Python calls per
+# op (measured: ~10% of Grams' step on 1M float32 parameters in 8 blocks, where
+# keeping blocks in cache gained nothing); the price of larger blocks is memory.
 BLOCK_BYTES = 1 << 20
 
 
@@ -372,10 +372,6 @@ def split_blockable(owner: Any, tensors: tuple[list[Tensor], ...]) -> tuple[list
     return blocked, [i for i in range(len(params)) if i not in chosen]
 
 
-def block_elements(t: Tensor) -> int:
-    return max(1, BLOCK_BYTES // t.element_size())
-
-
 def foreach_into(op: str, outs: list[Tensor | None] | None, *args: Any, **kwargs: Any) -> list[Tensor]:
     """``torch._foreach_<op>(*args, **kwargs)``, written into ``outs[i]`` where it is a tensor.
 
@@ -503,40 +499,13 @@ def adam_direction(
 
     In place: m <- lerp(m, g, 1 - beta1), v <- beta2 v + (1 - beta2) g^2.
     Returns u = m_hat / (sqrt(v_hat) + eps) (bias-corrected moments) in the
-    persistent buffers "adam_direction" of ``owner``, valid until the next call.
-
-    torch's fused Adam kernel does it in one pass: it subtracts
-    lr * u from its "parameter", here a zeroed buffer with lr = -1.
-    Unsupported devices, dtypes and layouts (see ``fusable_indices``) take
-    the same chain of foreach ops as torch's foreach Adam (equal to rounding).
+    persistent buffers "adam_direction" of ``owner`` (one per parameter: a
+    copy of the parameters held for the optimizer's life), valid until the
+    next call. For methods that need every u at once (MoMo); the others walk
+    ``work_chunks`` with ``adam_direction_into``, which computes the same.
     """
     buffers: list[Tensor] = scratch_buffers(owner, "adam_direction", params, every=True)  # type: ignore[assignment]
-    fused = fusable_indices(owner, params, grads, exp_avgs, exp_avg_sqs, buffers)
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
-    for i in fused:
-        groups[(params[i].device, params[i].dtype)].append(i)
-    for (device, _), idx in groups.items():
-        out = [buffers[i] for i in idx]
-        torch._foreach_zero_(out)
-        torch._fused_adam_(
-            out, [grads[i] for i in idx], [exp_avgs[i] for i in idx], [exp_avg_sqs[i] for i in idx],
-            [], [step_tensor(owner, step, device)] * len(idx), lr=-1.0, beta1=beta1, beta2=beta2,
-            weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
-        )
-    fused_set = set(fused)
-    rest = [i for i in range(len(params)) if i not in fused_set]
-    if rest:
-        m, v, g = ([ts[i] for i in rest] for ts in (exp_avgs, exp_avg_sqs, grads))
-        torch._foreach_lerp_(m, g, 1 - beta1)
-        torch._foreach_mul_(v, beta2)
-        torch._foreach_addcmul_(v, g, g, value=1 - beta2)
-        out = [buffers[i] for i in rest]
-        foreach_into("sqrt", out, v)
-        torch._foreach_div_(out, math.sqrt(1 - beta2**step))
-        torch._foreach_add_(out, eps)
-        foreach_into("div", out, m, out)  # out aliasing an input is fine elementwise
-        torch._foreach_div_(out, 1 - beta1**step)
-    return buffers
+    return adam_direction_into(owner, buffers, grads, exp_avgs, exp_avg_sqs, step, beta1, beta2, eps)
 
 
 def step_tensor(owner: Any, step: int, device: torch.device) -> Tensor:
@@ -554,8 +523,16 @@ def adam_direction_into(
     owner: Any, out: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor], step: int, beta1: float, beta2: float, eps: float,
 ) -> list[Tensor]:
-    """``adam_direction`` into given buffers ``out`` (e.g. a ``Chunk``'s), laid out
-    like the moments; returns ``out``. ``owner`` caches the layout checks."""
+    """Adam's moment updates and direction into given buffers ``out`` (e.g. a
+    ``Chunk``'s); returns ``out``.
+
+    In place: m <- lerp(m, g, 1 - beta1), v <- beta2 v + (1 - beta2) g^2;
+    out <- u = m_hat / (sqrt(v_hat) + eps) (bias-corrected moments). torch's
+    fused Adam kernel does it in one pass: it subtracts lr * u from its
+    "parameter", here the zeroed buffer with lr = -1. Unsupported devices,
+    dtypes and layouts (see ``fusable_indices``; ``out`` stands for the
+    parameters' layout) take the same chain of foreach ops as torch's foreach
+    Adam (equal to rounding). ``owner`` caches the layout checks."""
     if len(out) == 1:  # a block or a lone tensor: its views are new each step, do not cache
         fused = [0] if single_fusable(out[0], grads[0], exp_avgs[0], exp_avg_sqs[0]) else []
     else:
@@ -647,17 +624,6 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
     ) -> None:
         """Multi-tensor update of parameters that all share the step ``step``."""
         raise NotImplementedError
-
-    # Persistent work buffers and the fused Adam direction (module functions
-    # above, so that optimizers with their own step, such as MoMo, share them).
-    def _scratch(self, name: str, params: list[Tensor], every: bool = False) -> list[Tensor | None] | None:
-        return scratch_buffers(self, name, params, every)
-
-    def _adam_direction(
-        self, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
-        exp_avg_sqs: list[Tensor], step: int, beta1: float, beta2: float, eps: float,
-    ) -> list[Tensor]:
-        return adam_direction(self, params, grads, exp_avgs, exp_avg_sqs, step, beta1, beta2, eps)
 
     # --- the shared step --------------------------------------------------------
     def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
