@@ -100,7 +100,7 @@ def test_large_tensors_keep_only_one_work_buffer():
         for p in params:
             p.grad = torch.randn_like(p)
         optimizer.step()
-    assert 0 < _base.held_bytes(optimizer)[1] <= _base.BLOCK_BYTES
+    assert 0 < _base.held_bytes(optimizer)[1] <= _base.BLOCK_BYTES + 4  # and the fused kernel's step
 
 
 def adamp_run(params, foreach, nesterov, orthogonal_to, steps=8):
