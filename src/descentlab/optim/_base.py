@@ -151,11 +151,13 @@ def blocks(
     the next block.
     """
     first = tensors[0]
-    size = slot_elements(first, len(buffer_names))
-    slots = work_slots(owner, first, len(buffer_names), min(size, first.numel())) if buffer_names else ()
-    for parts in zip(*(t.view(-1).split(size) for t in tensors)):
-        length = len(parts[0])
-        yield parts, tuple(slot[:length] for slot in slots)
+    size = min(slot_elements(first, len(buffer_names)), first.numel())
+    parts = zip(*(t.view(-1).split(size) for t in tensors))
+    if not buffer_names:
+        yield from ((block, ()) for block in parts)
+        return
+    for block, buffers in zip(parts, _block_views(owner, first, len(buffer_names), size)):
+        yield block, tuple(b for (b,) in buffers)
 
 
 class Chunk(NamedTuple):

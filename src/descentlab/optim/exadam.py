@@ -30,8 +30,7 @@ from torch._C._nn import flatten_dense_tensors, unflatten_dense_tensors
 
 from . import OPTIMIZERS
 from ._base import (
-    MultiTensorOptimizer, as_float, blocks, check_betas, check_lr, check_non_negative, fused_adam_supported,
-    split_blockable, step_tensor,
+    MultiTensorOptimizer, as_float, blocks, check_betas, check_lr, check_non_negative, split_blockable,
 )
 
 
@@ -148,20 +147,12 @@ class EXAdam(MultiTensorOptimizer):
         buffer, and the update's passes hit cache instead of main memory."""
         lr, wd, eps = as_float(group["lr"]), group["weight_decay"], group["eps"]
         beta1, beta2 = group["betas"]
-        fused = fused_adam_supported(quad[0])
         scalars = None
         for (p, g, m, v), (numerator, ratio) in blocks(self, quad, ("numerator", "ratio")):
             if wd != 0:
                 p.mul_(1 - lr * wd)
-            if fused:
-                # m and v in one pass: torch's fused Adam kernel with lr = 0 moves its
-                # "parameter" (the numerator buffer, overwritten below) by nothing
-                torch._fused_adam_([numerator], [g], [m], [v], [], [step_tensor(self, step, g.device)],
-                                   lr=0.0, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps,
-                                   amsgrad=False, maximize=False)
-            else:
-                m.lerp_(g, 1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
             # the denominator overwrites the ratio it is computed from (elementwise)
             numerator, denom, *scales = exadam_direction(m, v, g, step, group["betas"], eps, numerator, ratio, ratio)
             scalars = scalars or self._scalars(group, step, *scales)  # alike for every block
