@@ -193,9 +193,10 @@ def work_chunks(
     buffer, reused by the next chunk: finish a chunk before taking the next.
 
     On CPU, tensors that fit a slot (``slot_elements``) are packed together,
-    in order, into chunks of up to ``BLOCK_BYTES`` (buffer 0 only); a larger one goes a block at a time when all its tensors are
-    contiguous (``align(p)``: block lengths a multiple of it, e.g. whole rows),
-    else whole, with fresh buffers freed after use. On other devices all
+    in order, into chunks of up to ``BLOCK_BYTES`` (buffer 0 only); a larger
+    one goes a block at a time when all its tensors are contiguous
+    (``align(p)``: block lengths a multiple of it, e.g. whole rows), else
+    whole, with fresh buffers freed after use. On other devices all
     tensors form one chunk with fresh buffers (a caching allocator makes them
     cheap, and one foreach kernel per op is what is fast there). The packing
     is cached per parameter list on ``owner``.
@@ -268,14 +269,14 @@ def _packed_views(owner: Any, params: list[Tensor], offsets: list[int]) -> list[
     cache = owner.__dict__.setdefault("_packed_views", {})
     hit = cache.get(key)
     buffer = owner.__dict__.get("_work_buffer", {}).get(params[0].device)
-    if hit is not None and hit[0] is buffer:
-        return hit[2]
+    if hit is not None and hit[0] is buffer and hit[1] is offsets:  # the same plan
+        return hit[3]
     (slot,) = work_slots(owner, params[0], 1, offsets[-1] + params[-1].numel())
     views = [_laid_out_like(slot, p, offset) for p, offset in zip(params, offsets)]
     if len(cache) > 64:
         cache.clear()
     cache = owner.__dict__.setdefault("_packed_views", {})  # work_slots may have cleared it
-    cache[key] = (owner.__dict__["_work_buffer"][params[0].device], list(params), views)
+    cache[key] = (owner.__dict__["_work_buffer"][params[0].device], offsets, list(params), views)
     return views
 
 
