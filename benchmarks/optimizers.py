@@ -11,6 +11,10 @@ AdaHessian) get a closure that runs a real forward/backward with
 ``create_graph=True`` instead; the table marks them, and their time includes
 that pass.
 
+Memory: bytes per parameter the optimizer holds between steps (its state plus
+any work buffers and caches, measured after the timed steps with
+``descentlab.optim._base.held_bytes``; parameters and gradients excluded).
+
 Repeats are interleaved (every contender once per round, rounds repeated) so
 that machine load hits all alike; the table reports the median per-step time
 and the median over rounds of its ratio to torch's ``AdamW(foreach=True)`` and
@@ -21,7 +25,10 @@ Targets (issue 3): every Adam-like method of ours within 1.3x of torch's
 foreach AdamW, and faster than pytorch-optimizer's version of the same method.
 Contenders are timed from their first steps; methods in ``LATE_PHASE`` get a
 second row timed after a warm-up (EXAdam's extra term vanishes after ~160
-steps in float32).
+steps in float32). ``muon`` gets a second row stepped by torch.optim.Muon
+itself (one matrix at a time), the path the registry's batched step replaces;
+pytorch-optimizer's Muon gets the same routing (hidden matrices to Muon, the
+rest to its AdamW).
 
     python benchmarks/optimizers.py [--repeats 5] [--steps 10] [--only adam,lion]
 
@@ -42,6 +49,8 @@ import torch
 from torch import nn
 
 from descentlab.optim import OPTIMIZERS
+from descentlab.optim._base import held_bytes
+from descentlab.optim.muon import MuonAdamW
 
 OUT = Path(__file__).resolve().parent / "results" / "optimizers.md"
 
@@ -71,6 +80,30 @@ PO_EQUIVALENT: dict[str, str] = {
 # is timed with its forward/backward pass, so its ratio says nothing about the step).
 ADAM_LIKE = {"adamp", "diffgrad", "grams", "exadam", "mars", "ademamix", "adagrad_norm", "lion",
              "momo_adam", "sfadamw"}
+
+
+class TorchStepMuon(MuonAdamW):
+    """The registry's Muon + AdamW, stepped by torch.optim.Muon's own per-matrix loop."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for sub in (self.muon, self.adamw):
+            if sub is not None:
+                sub.step()
+        return loss
+
+
+def po_muon_groups(params: list[nn.Parameter]) -> list[dict[str, Any]]:
+    """pytorch-optimizer's Muon needs groups flagged use_muon: the registry's routing."""
+    matrices = [p for p in params if p.dim() == 2]
+    hidden = {id(p) for p in matrices[1:-1]}
+    groups = [{"params": [p for p in params if id(p) in hidden], "use_muon": True},
+              {"params": [p for p in params if id(p) not in hidden], "use_muon": False}]
+    return [g for g in groups if g["params"]]
 
 
 def mlp_1m() -> nn.Module:
@@ -119,6 +152,12 @@ class Contender:
             self.optimizer.step(self.closure)
         self.times.append((time.perf_counter() - start) / steps)
 
+    def held_per_param(self) -> tuple[float, float]:
+        """(state, other held) bytes per parameter between steps."""
+        state, other = held_bytes(self.optimizer)
+        numel = sum(p.numel() for p in self.params)
+        return state / numel, other / numel
+
     @property
     def median(self) -> float:
         return statistics.median(self.times)
@@ -152,12 +191,16 @@ def contenders_for(names: list[str], make_model, grads, input_dim) -> tuple[list
         if name in LATE_PHASE:
             suffix, warm_steps = LATE_PHASE[name]
             add(f"{name} {suffix}", ours, warm_steps=warm_steps)
+        if name == "muon":
+            add("muon, torch.optim.Muon's step", lambda p: TorchStepMuon(p))
         if po is not None and name in PO_EQUIVALENT:
             cls = getattr(po, PO_EQUIVALENT[name], None)
             if cls is None:
                 continue
             if name == "sam":
                 factory = lambda p, cls=cls: cls(p, base_optimizer=torch.optim.SGD, lr=1e-2)  # noqa: E731
+            elif name == "muon":
+                factory = lambda p, cls=cls: cls(po_muon_groups(p))  # noqa: E731
             else:
                 hp = {k: v for k, v in HPARAMS.get(name, {}).items() if k not in ("lr_1d",)}
                 factory = lambda p, cls=cls, hp=hp: cls(p, **hp)  # noqa: E731
@@ -188,9 +231,11 @@ def table(model_name: str, contenders: list[Contender], errors: list[str]) -> li
     by_label = {c.label: c for c in contenders}
     baseline = by_label["torch AdamW foreach"]
     lines = [f"### {model_name}", "",
-             "| optimizer | ms / step | × torch AdamW foreach | po ms / step | ours ÷ po | note |",
-             "|---|---:|---:|---:|---:|---|"]
-    lines.append(f"| torch AdamW foreach | {1e3 * baseline.median:.3f} | 1.00 | | | baseline |")
+             "| optimizer | ms / step | × torch AdamW foreach | po ms / step | ours ÷ po "
+             "| held B / param (state + other) | po held B / param | note |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines.append(f"| torch AdamW foreach | {1e3 * baseline.median:.3f} | 1.00 | | | "
+                 f"{held_cell(baseline)} | | baseline |")
     for c in contenders:
         if c.label == "torch AdamW foreach" or c.label.startswith("po."):
             continue
@@ -202,16 +247,22 @@ def table(model_name: str, contenders: list[Contender], errors: list[str]) -> li
             notes.append("incl. fwd/bwd with create_graph")
         if c.label.split(" ")[0] in ADAM_LIKE:  # "exadam from step 200" too
             notes.append("≤ 1.3× AdamW" + (" ✓" if ratio <= 1.3 else " ✗"))
-        po_cells = " | "
+        po_cells, po_held = " | ", ""
         if po:
             po_ratio = c.ratio_to(po)
             po_cells = f"{1e3 * po.median:.3f} | {po_ratio:.2f}"
+            po_held = held_cell(po)
             notes.append("faster than po" + (" ✓" if po_ratio < 1 else " ✗"))
-        lines.append(f"| {c.label} | {1e3 * c.median:.3f} | {ratio:.2f} | {po_cells} | "
-                     f"{'; '.join(notes)} |")
+        lines.append(f"| {c.label} | {1e3 * c.median:.3f} | {ratio:.2f} | {po_cells} | {held_cell(c)} | "
+                     f"{po_held} | {'; '.join(notes)} |")
     if errors:
         lines += ["", "Could not be timed:", ""] + [f"- {e}" for e in errors]
     return lines + [""]
+
+
+def held_cell(c: Contender) -> str:
+    state, other = c.held_per_param()
+    return f"{state + other:.2f} ({state:.2f} + {other:.2f})"
 
 
 def main() -> None:

@@ -16,19 +16,22 @@ torch.optim). Subclasses implement ``_init_state``, ``_update_reference`` and
 message of every descentlab optimizer); a complex parameter reaches the hooks
 as its real view, with real views of its (complex) state, as torch.optim does.
 
-Multi-tensor paths may keep the temporaries of large tensors in persistent
-buffers (``_scratch`` + ``foreach_into``): same kernels, same numbers, no
-fresh large allocations per step. Methods whose update is an Adam direction
+Memory: between steps an optimizer holds its state plus one work buffer of at
+most ``BLOCK_BYTES`` per device (``work_buffer``; MoMo's ``adam_direction``
+excepted). Multi-tensor paths walk their tensors in chunks that fit it
+(``work_chunks``: small tensors packed together, large contiguous ones a
+block at a time), so temporaries are block-sized and nothing large is
+allocated per step. Methods whose update is an Adam direction
 times something get that direction from torch's fused Adam kernel
-(``_adam_direction``): one pass over memory instead of six, equal to the
-reference path to rounding (the tests allow 1e-12 in float64).
+(``adam_direction_into``): one pass instead of six, equal to the reference
+path to rounding (the tests allow 1e-12 in float64).
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import torch
 from torch import Tensor
@@ -62,20 +65,17 @@ def check_betas(betas: Iterable[float], count: int = 2) -> None:
         check_beta(f"beta at index {index}", beta)
 
 
-# Temporaries of at least this many bytes are written into persistent buffers:
-# freshly allocated large blocks tend to come back from the OS page by page
-# (page faults cost about as much as the arithmetic), small ones are cheap.
-# The price is memory: each named buffer holds one more copy of the large
-# parameters for the optimizer's life (Grams, AdamP, AdEMAMix, MARS, diffGrad
-# with weight decay: 1 besides the Adam-direction buffers; Lion and EXAdam
-# need only block-sized ones). ``adam_direction`` keeps one buffer per
-# parameter of every size, on any device: where its fused kernel writes u.
+# CPU tensors of at least this many bytes are "large": freshly allocated large
+# temporaries tend to come back from the OS page by page (page faults cost
+# about as much as the arithmetic), small ones are cheap. Paths that go block
+# by block (``split_blockable``) take the large ones; ``scratch_buffers`` (kept
+# for MoMo's ``adam_direction``) gives them persistent full-size buffers.
 SCRATCH_MIN_BYTES = 1 << 17
 
 
 def is_large(p: Tensor) -> bool:
-    """Whether temporaries shaped like ``p`` go into persistent buffers (CPU only:
-    CUDA's caching allocator makes fresh temporaries cheap)."""
+    """Whether ``p`` counts as large (CPU only: CUDA's caching allocator makes
+    fresh temporaries cheap)."""
     return p.device.type == "cpu" and p.numel() * p.element_size() >= SCRATCH_MIN_BYTES
 
 
@@ -100,12 +100,44 @@ def split_small(params: list[Tensor]) -> tuple[list[list[int]], list[int]]:
     return list(small.values()), others
 
 
-# Long chains of elementwise ops on large CPU tensors run a block at a time
-# (``blocks``): 1 MiB per tensor keeps a block of every operand and temporary
-# in a last-level cache, at few Python calls per op (4 blocks on 1M float32
-# parameters); smaller blocks measured slower, Python overhead outgrowing the
-# cache gain.
+# The size of the one work buffer an optimizer keeps per device
+# (``work_buffer``), shared by every tensor and every temporary: a method with
+# k temporaries walks large tensors in blocks of BLOCK_BYTES / k bytes per
+# tensor (``blocks``, ``work_chunks``). Each block costs a few Python calls per
+# op (measured: ~10% of Grams' step on 1M float32 parameters in 8 blocks, where
+# keeping blocks in cache gained nothing); the price of larger blocks is memory.
 BLOCK_BYTES = 1 << 20
+
+
+def work_buffer(owner: Any, device: torch.device, nbytes: int) -> Tensor:
+    """At least ``nbytes`` (at most ``BLOCK_BYTES``) of work space ``owner`` keeps on
+    ``device``: its only memory besides the state between steps (outside any
+    state dict, not saved or loaded; garbage between uses). It grows to what
+    the largest chunk needs; callers view it as their dtype."""
+    if nbytes > BLOCK_BYTES:
+        raise ValueError(f"work space of {nbytes} bytes asked for, more than BLOCK_BYTES={BLOCK_BYTES}")
+    cache = owner.__dict__.setdefault("_work_buffer", {})
+    buffer = cache.get(device)
+    if buffer is None or buffer.numel() < nbytes:
+        # views of the old buffer go with it (cached chunk views, and lists of them)
+        for name in ("_packed_views", "_block_views", "_fusable"):
+            owner.__dict__.pop(name, None)
+        buffer = cache[device] = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    return buffer
+
+
+def work_slots(owner: Any, like: Tensor, count: int, width: int | None = None) -> tuple[Tensor, ...]:
+    """``count`` 1-D slices of ``width`` elements (default: ``slot_elements``) of the
+    work buffer, in ``like``'s dtype and device."""
+    width = slot_elements(like, count) if width is None else width
+    space = work_buffer(owner, like.device, width * count * like.element_size())
+    space = space[: width * count * like.element_size()].view(like.dtype)
+    return tuple(space[k * width: (k + 1) * width] for k in range(count))
+
+
+def slot_elements(like: Tensor, count: int) -> int:
+    """Elements of ``like``'s dtype per slot when the work buffer holds ``count`` slots."""
+    return max(1, BLOCK_BYTES // (max(1, count) * like.element_size()))
 
 
 def blocks(
@@ -117,24 +149,161 @@ def blocks(
     each block in turn, (the block of every tensor as a 1-D view, one buffer
     per name in ``buffer_names`` shaped like it). An elementwise chain run on
     each block in turn equals the chain run on the whole tensors. The buffers
-    persist on ``owner`` (outside any state dict), are shared by tensors of one
-    size, and hold garbage between uses.
+    are slots of ``owner``'s one work buffer, hold garbage, and are reused by
+    the next block.
     """
     first = tensors[0]
-    size = block_elements(first)
-    cache = owner.__dict__.setdefault("_block_buffers", {})
-    buffers = []
-    for name in buffer_names:
-        key = (name, first.dtype, first.device, first.numel(), size)
-        if key not in cache:
-            buffer = torch.empty(min(size, first.numel()), dtype=first.dtype, device=first.device)
-            cache[key] = tuple(buffer[: len(part)] for part in first.view(-1).split(size))
-        buffers.append(cache[key])
+    size = min(slot_elements(first, len(buffer_names)), first.numel())
     parts = zip(*(t.view(-1).split(size) for t in tensors))
-    if not buffers:
+    if not buffer_names:
         yield from ((block, ()) for block in parts)
         return
-    yield from zip(parts, zip(*buffers))
+    for block, buffers in zip(parts, _block_views(owner, first, len(buffer_names), size)):
+        yield block, tuple(b for (b,) in buffers)
+
+
+class Chunk(NamedTuple):
+    """A piece of the work of ``work_chunks``: aligned lists of pieces of the tensors.
+
+    ``index[j]``: which tensor piece j comes from. ``pieces[l][j]``: piece j of
+    the l-th list (a whole tensor, or a 1-D block of a large one). ``buffers[k][j]``:
+    work space shaped (and strided) like ``pieces[0][j]``, garbage on entry.
+    ``single``: one piece only (a block, or a large tensor that could not be
+    split): ops with ``out=`` then cost one call, so ``outs(k)`` hands out the
+    buffers. Chunks of many small pieces have buffer 0 only (e.g. where the
+    fused Adam kernel writes): their foreach ops with fresh results are cheap.
+    ``blocked``: the piece is a block of a tensor split into several.
+    """
+
+    index: list[int]
+    pieces: tuple[list[Tensor], ...]
+    buffers: tuple[list[Tensor], ...]
+    single: bool
+    blocked: bool = False
+
+    def outs(self, k: int) -> list[Tensor] | None:
+        """Buffer k for ``foreach_into`` (None: fresh temporaries)."""
+        return self.buffers[k] if self.single else None
+
+
+def work_chunks(
+    owner: Any, tensors: tuple[list[Tensor], ...], buffer_count: int,
+    align: Callable[[Tensor], int] | None = None,
+) -> Iterator[Chunk]:
+    """The tensors of aligned lists (params first, then e.g. grads and moments)
+    in chunks, each with ``buffer_count`` work buffers from ``owner``'s one work
+    buffer, reused by the next chunk: finish a chunk before taking the next.
+
+    On CPU, tensors that fit a slot (``slot_elements``) are packed together,
+    in order, into chunks of up to ``BLOCK_BYTES`` (buffer 0 only); a larger
+    one goes a block at a time when all its tensors are contiguous
+    (``align(p)``: block lengths a multiple of it, e.g. whole rows), else
+    whole, with fresh buffers freed after use. On other devices all
+    tensors form one chunk with fresh buffers (a caching allocator makes them
+    cheap, and one foreach kernel per op is what is fast there). The packing
+    is cached per parameter list on ``owner``.
+    """
+    params = tensors[0]
+    plan = per_param_list(owner, f"_work_plan_{buffer_count}", params,
+                          lambda ps: _chunk_plan(ps, buffer_count, align))
+    if plan[0] != BLOCK_BYTES or plan[1] != [(p.shape, p.dtype) for p in params]:
+        plan = owner.__dict__[f"_work_plan_{buffer_count}"][tuple(map(id, params))] = (
+            list(params), _chunk_plan(params, buffer_count, align))
+        plan = plan[1]
+    for kind, index, extra in plan[2]:
+        if kind == "packed":
+            yield Chunk(index, tuple([ts[i] for i in index] for ts in tensors),
+                        (_packed_views(owner, [params[i] for i in index], extra),), False)
+        elif kind == "blocks":
+            (i,) = index
+            if all(ts[i].is_contiguous() for ts in tensors):
+                # one split per tensor (slicing block by block costs a Python call per view)
+                parts = [ts[i].view(-1).split(extra) for ts in tensors]
+                for j, buffers in enumerate(_block_views(owner, params[i], buffer_count, extra)):
+                    yield Chunk(index, tuple([part[j]] for part in parts), buffers, True, True)
+                continue
+            yield _fresh_chunk(index, tensors, buffer_count, True)
+        else:  # "fresh": accelerators (all at once), or a large tensor that cannot be split
+            yield _fresh_chunk(index, tensors, buffer_count, len(index) == 1)
+
+
+def _fresh_chunk(index: list[int], tensors: tuple[list[Tensor], ...], buffer_count: int, single: bool) -> Chunk:
+    first = [tensors[0][i] for i in index]
+    return Chunk(index, tuple([ts[i] for i in index] for ts in tensors),
+                 tuple([torch.empty_like(p, memory_format=torch.preserve_format) for p in first]
+                       for _ in range(buffer_count)), single)
+
+
+def _chunk_plan(params: list[Tensor], buffer_count: int, align: Callable[[Tensor], int] | None):
+    """(BLOCK_BYTES, shapes and dtypes, [(kind, indices, extra)]) for ``work_chunks``."""
+    chunks: list[tuple[str, list[int], Any]] = []
+    accelerated = [i for i, p in enumerate(params) if p.device.type != "cpu"]
+    if accelerated:
+        chunks.append(("fresh", accelerated, None))
+    open_chunks: dict[torch.dtype, tuple[list[int], list[int]]] = {}  # dtype -> (indices, offsets)
+    for i, p in enumerate(params):
+        if p.device.type != "cpu":
+            continue
+        width = slot_elements(p, buffer_count)
+        if p.numel() > width:
+            step = align(p) if align is not None else 1
+            if step <= width:
+                chunks.append(("blocks", [i], width - width % step))
+            else:
+                chunks.append(("fresh", [i], None))
+            continue
+        index, offsets = open_chunks.setdefault(p.dtype, ([], []))
+        used = offsets[-1] + params[index[-1]].numel() if index else 0
+        if used + p.numel() > slot_elements(p, 1):  # full: close it, open another
+            chunks.append(("packed", index, offsets))
+            index, offsets = open_chunks[p.dtype] = ([], [])
+            used = 0
+        index.append(i)
+        offsets.append(used)
+    chunks += [("packed", index, offsets) for index, offsets in open_chunks.values() if index]
+    return BLOCK_BYTES, [(p.shape, p.dtype) for p in params], chunks
+
+
+def _packed_views(owner: Any, params: list[Tensor], offsets: list[int]) -> list[Tensor]:
+    """Buffer 0 of a chunk of packed small tensors: views of the work buffer laid
+    out like each tensor (the fused Adam kernel walks raw memory), cached."""
+    key = tuple(map(id, params))
+    cache = owner.__dict__.setdefault("_packed_views", {})
+    hit = cache.get(key)
+    buffer = owner.__dict__.get("_work_buffer", {}).get(params[0].device)
+    if hit is not None and hit[0] is buffer and hit[1] is offsets:  # the same plan
+        return hit[3]
+    (slot,) = work_slots(owner, params[0], 1, offsets[-1] + params[-1].numel())
+    views = [_laid_out_like(slot, p, offset) for p, offset in zip(params, offsets)]
+    if len(cache) > 64:
+        cache.clear()
+    cache = owner.__dict__.setdefault("_packed_views", {})  # work_slots may have cleared it
+    cache[key] = (owner.__dict__["_work_buffer"][params[0].device], offsets, list(params), views)
+    return views
+
+
+def _block_views(owner: Any, p: Tensor, buffer_count: int, block: int) -> list[tuple[list[Tensor], ...]]:
+    """The buffers of each block of ``p`` (``block`` elements a block): views of the
+    work buffer, cached per size."""
+    key = (p.numel(), p.dtype, p.device, buffer_count, block)
+    cache = owner.__dict__.setdefault("_block_views", {})
+    hit = cache.get(key)
+    buffer = owner.__dict__.get("_work_buffer", {}).get(p.device)
+    if hit is not None and hit[0] is buffer:
+        return hit[1]
+    slots = work_slots(owner, p, buffer_count, block)
+    lengths = [min(block, p.numel() - start) for start in range(0, p.numel(), block)]
+    views = [tuple([slot[:n]] for slot in slots) for n in lengths]
+    cache = owner.__dict__.setdefault("_block_views", {})  # work_slots may have cleared it
+    cache[key] = (owner.__dict__["_work_buffer"][p.device], views)
+    return views
+
+
+def _laid_out_like(slot: Tensor, p: Tensor, offset: int) -> Tensor:
+    space = slot[offset: offset + p.numel()]
+    if is_dense(p):  # its elements fill numel slots from its first one on
+        return space.as_strided(p.shape, p.stride(), space.storage_offset())
+    return space.view(p.shape)
 
 
 def per_param_list(owner: Any, name: str, params: list[Tensor], build: Callable[[list[Tensor]], Any]) -> Any:
@@ -149,6 +318,44 @@ def per_param_list(owner: Any, name: str, params: list[Tensor], build: Callable[
         # holding the list keeps its ids from being reused while the entry lives
         entry = cache[key] = (list(params), build(params))
     return entry[1]
+
+
+def held_bytes(optimizer: torch.optim.Optimizer) -> tuple[int, int]:
+    """(bytes of the tensors in ``optimizer.state``, bytes of every other tensor the
+    optimizer holds: work buffers, caches), the parameters and their gradients
+    excluded; a storage counts once however many views reach it. For measuring
+    memory held between steps (benchmarks, tests)."""
+    own: set[int] = set()
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            own.add(p.untyped_storage().data_ptr())
+            if p.grad is not None:
+                own.add(p.grad.untyped_storage().data_ptr())
+    state = _storages(optimizer.state, set(), {})
+    everything = _storages(optimizer.__dict__, set(), {})
+    return (sum(n for ptr, n in state.items() if ptr not in own),
+            sum(n for ptr, n in everything.items() if ptr not in own and ptr not in state))
+
+
+def _storages(obj: Any, seen: set[int], out: dict[int, int]) -> dict[int, int]:
+    """Bytes of every tensor storage reachable from ``obj`` through dicts, lists,
+    tuples, sets and optimizers' attributes, by storage address."""
+    if id(obj) in seen:
+        return out
+    seen.add(id(obj))
+    if isinstance(obj, Tensor):
+        storage = obj.untyped_storage()
+        out[storage.data_ptr()] = max(out.get(storage.data_ptr(), 0), storage.nbytes())
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            _storages(key, seen, out)
+            _storages(value, seen, out)
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        for value in obj:
+            _storages(value, seen, out)
+    elif isinstance(obj, torch.optim.Optimizer):
+        _storages(obj.__dict__, seen, out)
+    return out
 
 
 def split_blockable(owner: Any, tensors: tuple[list[Tensor], ...]) -> tuple[list[int], list[int]]:
@@ -170,10 +377,6 @@ def split_blockable(owner: Any, tensors: tuple[list[Tensor], ...]) -> tuple[list
     return blocked, [i for i in range(len(params)) if i not in chosen]
 
 
-def block_elements(t: Tensor) -> int:
-    return max(1, BLOCK_BYTES // t.element_size())
-
-
 def foreach_into(op: str, outs: list[Tensor | None] | None, *args: Any, **kwargs: Any) -> list[Tensor]:
     """``torch._foreach_<op>(*args, **kwargs)``, written into ``outs[i]`` where it is a tensor.
 
@@ -183,6 +386,8 @@ def foreach_into(op: str, outs: list[Tensor | None] | None, *args: Any, **kwargs
     """
     if outs is None or all(o is None for o in outs):
         return list(getattr(torch, f"_foreach_{op}")(*args, **kwargs))
+    if len(outs) == 1:  # a chunk's single piece: the common case of blocks
+        return [getattr(torch, op)(*[a[0] if isinstance(a, list) else a for a in args], **kwargs, out=outs[0])]
     single = getattr(torch, op)
     results: list[Tensor | None] = [None] * len(outs)
     rest = []
@@ -235,6 +440,15 @@ def fusable_indices(owner: Any, params: list[Tensor], *others: list[Tensor]) -> 
     if all(list(map(Tensor.stride, ts)) == strides for ts in others):
         return supported
     return [i for i in supported if all(same_layout(ts[i], params[i]) for ts in others)]
+
+
+def single_fusable(p: Tensor, *others: Tensor) -> bool:
+    """``fusable_indices`` for one parameter (or block: 1-D, checked quickly)."""
+    if p.device.type not in FUSED_ADAM_DEVICES or p.dtype not in FUSED_ADAM_DTYPES:
+        return False
+    if p.dim() == 1:
+        return all(t.stride(0) == 1 for t in others) and p.stride(0) == 1 or p.numel() <= 1
+    return is_dense(p) and all(same_layout(t, p) for t in others)
 
 
 def same_layout(t: Tensor, p: Tensor) -> bool:
@@ -290,42 +504,100 @@ def adam_direction(
 
     In place: m <- lerp(m, g, 1 - beta1), v <- beta2 v + (1 - beta2) g^2.
     Returns u = m_hat / (sqrt(v_hat) + eps) (bias-corrected moments) in the
-    persistent buffers "adam_direction" of ``owner``, valid until the next call.
-
-    torch's fused Adam kernel does it in one pass: it subtracts
-    lr * u from its "parameter", here a zeroed buffer with lr = -1.
-    Unsupported devices, dtypes and layouts (see ``fusable_indices``) take
-    the same chain of foreach ops as torch's foreach Adam (equal to rounding).
+    persistent buffers "adam_direction" of ``owner`` (one per parameter: a
+    copy of the parameters held for the optimizer's life), valid until the
+    next call. For methods that need every u at once (MoMo); the others walk
+    ``work_chunks`` with ``adam_direction_into``, which computes the same.
     """
     buffers: list[Tensor] = scratch_buffers(owner, "adam_direction", params, every=True)  # type: ignore[assignment]
-    fused = fusable_indices(owner, params, grads, exp_avgs, exp_avg_sqs, buffers)
+    return adam_direction_into(owner, buffers, grads, exp_avgs, exp_avg_sqs, step, beta1, beta2, eps)
+
+
+def step_tensor(owner: Any, step: int, device: torch.device) -> Tensor:
+    """``step`` as the 0-dim float32 tensor the fused Adam kernel reads (the
+    already counted step; one serves every tensor), kept on ``owner`` for the
+    next chunk of the same step (making one costs more than a small kernel)."""
+    cache = owner.__dict__.setdefault("_step_tensors", {})
+    hit = cache.get(device)
+    if hit is None or hit[0] != step:
+        hit = cache[device] = (step, torch.tensor(float(step), dtype=torch.float32, device=device))
+    return hit[1]
+
+
+def adam_direction_into(
+    owner: Any, out: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor], step: int, beta1: float, beta2: float, eps: float,
+) -> list[Tensor]:
+    """Adam's moment updates and direction into given buffers ``out`` (e.g. a
+    ``Chunk``'s); returns ``out``.
+
+    In place: m <- lerp(m, g, 1 - beta1), v <- beta2 v + (1 - beta2) g^2;
+    out <- u = m_hat / (sqrt(v_hat) + eps) (bias-corrected moments). torch's
+    fused Adam kernel does it in one pass: it subtracts lr * u from its
+    "parameter", here the zeroed buffer with lr = -1. Unsupported devices,
+    dtypes and layouts (see ``fusable_indices``; ``out`` stands for the
+    parameters' layout) take the same chain of foreach ops as torch's foreach
+    Adam (equal to rounding). ``owner`` caches the layout checks."""
+    if len(out) == 1:  # a block or a lone tensor: its views are new each step, do not cache
+        fused = [0] if single_fusable(out[0], grads[0], exp_avgs[0], exp_avg_sqs[0]) else []
+    else:
+        fused = fusable_indices(owner, out, grads, exp_avgs, exp_avg_sqs)
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
     for i in fused:
-        groups[(params[i].device, params[i].dtype)].append(i)
+        groups[(out[i].device, out[i].dtype)].append(i)
     for (device, _), idx in groups.items():
-        out = [buffers[i] for i in idx]
-        torch._foreach_zero_(out)
-        # the kernel reads the (already counted) step; one tensor serves all
-        step_tensor = torch.tensor(float(step), dtype=torch.float32, device=device)
+        target = out if len(idx) == len(out) else [out[i] for i in idx]
+        torch._foreach_zero_(target)
         torch._fused_adam_(
-            out, [grads[i] for i in idx], [exp_avgs[i] for i in idx], [exp_avg_sqs[i] for i in idx],
-            [], [step_tensor] * len(idx), lr=-1.0, beta1=beta1, beta2=beta2,
+            target, [grads[i] for i in idx], [exp_avgs[i] for i in idx], [exp_avg_sqs[i] for i in idx],
+            [], [step_tensor(owner, step, device)] * len(idx), lr=-1.0, beta1=beta1, beta2=beta2,
             weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
         )
-    fused_set = set(fused)
-    rest = [i for i in range(len(params)) if i not in fused_set]
-    if rest:
-        m, v, g = ([ts[i] for i in rest] for ts in (exp_avgs, exp_avg_sqs, grads))
+    if len(fused) < len(out):
+        fused_set = set(fused)
+        rest = [i for i in range(len(out)) if i not in fused_set]
+        m, v, g, u = ([ts[i] for i in rest] for ts in (exp_avgs, exp_avg_sqs, grads, out))
         torch._foreach_lerp_(m, g, 1 - beta1)
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, g, g, value=1 - beta2)
-        out = [buffers[i] for i in rest]
-        foreach_into("sqrt", out, v)
-        torch._foreach_div_(out, math.sqrt(1 - beta2**step))
-        torch._foreach_add_(out, eps)
-        foreach_into("div", out, m, out)  # out aliasing an input is fine elementwise
-        torch._foreach_div_(out, 1 - beta1**step)
-    return buffers
+        foreach_into("sqrt", u, v)
+        torch._foreach_div_(u, math.sqrt(1 - beta2**step))
+        torch._foreach_add_(u, eps)
+        foreach_into("div", u, m, u)  # u aliasing an input is fine elementwise
+        torch._foreach_div_(u, 1 - beta1**step)
+    return out
+
+
+def adamw_update(
+    owner: Any, chunk: Chunk, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor], step: int, lr: float, beta1: float, beta2: float, eps: float,
+    weight_decay: float,
+) -> None:
+    """p <- p (1 - lr weight_decay) - lr u, u as in ``adam_direction`` (moments updated),
+    for pieces of ``chunk``: torch's fused AdamW kernel on the parameters themselves
+    where it can (one pass, no buffer; equal to rounding), else u in the chunk's
+    buffer 0 and foreach ops."""
+    if chunk.single:
+        fused = [0] if single_fusable(params[0], grads[0], exp_avgs[0], exp_avg_sqs[0]) else []
+    else:
+        fused = fusable_indices(owner, params, grads, exp_avgs, exp_avg_sqs)
+    by_device: dict[torch.device, list[int]] = defaultdict(list)
+    for i in fused:
+        by_device[params[i].device].append(i)
+    for device, idx in by_device.items():
+        torch._fused_adamw_(
+            [params[i] for i in idx], [grads[i] for i in idx], [exp_avgs[i] for i in idx],
+            [exp_avg_sqs[i] for i in idx], [], [step_tensor(owner, step, device)] * len(idx), lr=lr,
+            beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps, amsgrad=False, maximize=False,
+        )
+    if len(fused) < len(params):
+        fused_set = set(fused)
+        rest = [i for i in range(len(params)) if i not in fused_set]
+        p, g, m, v, out = ([ts[i] for i in rest] for ts in (params, grads, exp_avgs, exp_avg_sqs, chunk.buffers[0]))
+        direction = adam_direction_into(owner, out, g, m, v, step, beta1, beta2, eps)
+        if weight_decay != 0:
+            torch._foreach_mul_(p, 1 - lr * weight_decay)
+        torch._foreach_add_(p, direction, alpha=-lr)
 
 
 def refuse_sparse(owner: Any, grad: Tensor | None) -> None:
@@ -407,17 +679,6 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
     ) -> None:
         """Multi-tensor update of parameters that all share the step ``step``."""
         raise NotImplementedError
-
-    # Persistent work buffers and the fused Adam direction (module functions
-    # above, so that optimizers with their own step, such as MoMo, share them).
-    def _scratch(self, name: str, params: list[Tensor], every: bool = False) -> list[Tensor | None] | None:
-        return scratch_buffers(self, name, params, every)
-
-    def _adam_direction(
-        self, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
-        exp_avg_sqs: list[Tensor], step: int, beta1: float, beta2: float, eps: float,
-    ) -> list[Tensor]:
-        return adam_direction(self, params, grads, exp_avgs, exp_avg_sqs, step, beta1, beta2, eps)
 
     # --- the shared step --------------------------------------------------------
     def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:

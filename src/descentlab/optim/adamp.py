@@ -34,7 +34,8 @@ from torch import Tensor
 
 from . import OPTIMIZERS
 from ._base import (
-    MultiTensorOptimizer, as_float, check_beta, check_betas, check_lr, check_non_negative, foreach_into,
+    MultiTensorOptimizer, adam_direction_into, as_float, check_beta, check_betas, check_lr, check_non_negative,
+    foreach_into, work_chunks,
 )
 
 
@@ -228,42 +229,104 @@ class AdamP(MultiTensorOptimizer):
             p.add_(update, alpha=-lr * bc2_sqrt / (1 - beta1**t))
 
     def _update_foreach(self, group, params, grads, step) -> None:
-        lr, wd, eps = as_float(group["lr"]), group["weight_decay"], group["eps"]
-        beta1, beta2 = group["betas"]
+        lr, wd = as_float(group["lr"]), group["weight_decay"]
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
         exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
-        if group["nesterov"]:
-            updates, product_buffers, step_size = self._nesterov_updates(group, params, grads, exp_avgs,
-                                                                         exp_avg_sqs, step)
-        else:
-            # u = m_hat / (sqrt(v_hat) + eps) = (m / denom) sqrt(bc2) / bc1: the reference's
-            # update times a scalar, which the (linear) projection carries through
-            updates = self._adam_direction(params, grads, exp_avgs, exp_avg_sqs, step, beta1, beta2, eps)
-            product_buffers, step_size = self._scratch("product", params), lr
-        updates, ratios = project_radial_foreach(
-            params, grads, updates, group["delta"], group["wd_ratio"], group["eps"], product_buffers)
-        if wd != 0:
-            torch._foreach_mul_(params, [1 - lr * wd * r for r in ratios])
-        torch._foreach_add_(params, updates, alpha=-step_size)
+        delta, wd_ratio, eps = group["delta"], group["wd_ratio"], group["eps"]
+        # chunks that fit the one work buffer (see _base.work_chunks): the update
+        # and a spare (Nesterov's denominator, then the projection's products);
+        # a tensor split into blocks is split between rows
+        choices: dict[int, tuple[str | None, Tensor | None]] = {}
+        for chunk in work_chunks(self, (params, grads, exp_avgs, exp_avg_sqs), 2, align=row_length):
+            p, g, m, v = chunk.pieces
+            if not chunk.blocked:
+                updates, step_size = self._updates(group, p, g, m, v, chunk.buffers[0], chunk.outs(1), step)
+                updates, ratios = project_radial_foreach(p, g, updates, delta, wd_ratio, eps, chunk.outs(1))
+                if wd != 0:
+                    torch._foreach_mul_(p, [1 - lr * wd * r for r in ratios])
+                torch._foreach_add_(p, updates, alpha=-step_size)
+                continue
+            (i,) = chunk.index
+            if i not in choices:  # the first block: choose the projection from the whole tensor
+                choices[i] = radial_choice(params[i], grads[i], delta, eps, chunk.buffers[1][0])
+                if choices[i][0] == "layer":  # <w_unit, u> over the whole tensor first: no blocks
+                    self._step_whole(group, params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], step)
+            kind, w_norms = choices[i]
+            if kind == "layer":
+                continue
+            (u,), step_size = self._updates(group, p, g, m, v, chunk.buffers[0], chunk.buffers[1], step)
+            ratio = 1.0
+            if kind == "channel":
+                cols = row_length(params[i])
+                first = (p[0].storage_offset() - params[i].storage_offset()) // cols
+                w, rows = p[0].view(-1, cols), u.view(-1, cols)
+                w_unit = w / w_norms[first: first + w.shape[0]].add(eps).unsqueeze(1)
+                rows.addcmul_(w_unit, torch.linalg.vecdot(w_unit, rows, dim=1).unsqueeze(1), value=-1.0)
+                ratio = wd_ratio
+            if wd != 0:
+                p[0].mul_(1 - lr * wd * ratio)
+            p[0].add_(u, alpha=-step_size)
 
-    def _nesterov_updates(self, group, params, grads, exp_avgs, exp_avg_sqs, step):
-        """(updates, free buffers for the projection, step size) with Nesterov momentum:
-        (beta1 m + (1 - beta1) g) / (sqrt(v) + eps sqrt(bc2)), moments updated."""
+    def _step_whole(self, group, p, g, m, v, step) -> None:
+        """The update of one tensor at once (fresh temporaries, freed after)."""
+        lr, wd = as_float(group["lr"]), group["weight_decay"]
+        u = torch.empty_like(p, memory_format=torch.preserve_format)
+        (u,), step_size = self._updates(group, [p], [g], [m], [v], [u], None, step)
+        u, ratio = project_radial(p, g, u, group["delta"], group["wd_ratio"], group["eps"])
+        if wd != 0:
+            p.mul_(1 - lr * wd * ratio)
+        p.add_(u, alpha=-step_size)
+
+    def _updates(self, group, params, grads, exp_avgs, exp_avg_sqs, out, spare, step):
+        """(updates before the projection, in ``out`` unless Nesterov's are fresh, and
+        the step size), moments updated; ``spare`` (or None): buffers for Nesterov's
+        denominator."""
         lr, eps = as_float(group["lr"]), group["eps"]
         beta1, beta2 = group["betas"]
+        if not group["nesterov"]:
+            # u = m_hat / (sqrt(v_hat) + eps) = (m / denom) sqrt(bc2) / bc1: the reference's
+            # update times a scalar, which the (linear) projection carries through
+            return adam_direction_into(self, out, grads, exp_avgs, exp_avg_sqs, step, beta1, beta2, eps), lr
+        # (beta1 m + (1 - beta1) g) / (sqrt(v) + eps sqrt(bc2)), moments updated
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
         bc2_sqrt = math.sqrt(1 - beta2**step)
-        # temporaries of large tensors in persistent buffers (see _base.SCRATCH_MIN_BYTES)
-        denom_buffers = self._scratch("denom", params)
-        denom = foreach_into("sqrt", denom_buffers, exp_avg_sqs)
+        denom = foreach_into("sqrt", spare, exp_avg_sqs)
         torch._foreach_add_(denom, eps * bc2_sqrt)
-        updates = foreach_into("mul", self._scratch("update", params), exp_avgs, beta1)
+        updates = foreach_into("mul", out if spare is not None else None, exp_avgs, beta1)
         torch._foreach_add_(updates, grads, alpha=1 - beta1)
         torch._foreach_div_(updates, denom)
-        # denom is dead once divided: its buffers hold the projection's products
-        return updates, denom_buffers, lr * bc2_sqrt / (1 - beta1**step)
+        return updates, lr * bc2_sqrt / (1 - beta1**step)
+
+
+def row_length(p: Tensor) -> int:
+    """Elements per row of the channel view (one row per output channel)."""
+    return p[0].numel() if p.dim() > 1 else 1
+
+
+def radial_choice(
+    weight: Tensor, grad: Tensor, delta: float, eps: float, space: Tensor
+) -> tuple[str | None, Tensor | None]:
+    """``project_radial``'s choice for a contiguous tensor: ("channel", row norms of
+    w), ("layer", None) or (None, None); the same sums, with the products w * g
+    formed a few rows at a time in ``space`` (1-D, at least a row long)."""
+    if weight.dim() <= 1:
+        return None, None
+    w = weight.view(weight.shape[0], -1)
+    g = grad.view(grad.shape[0], -1)
+    rows, cols = w.shape
+    per = max(1, space.numel() // cols)
+    dots = torch.cat([torch.mul(w[r: r + per], g[r: r + per], out=space[: min(per, rows - r) * cols]
+                                .view(-1, cols)).sum(1) for r in range(0, rows, per)])
+    w_norms = torch.linalg.vector_norm(w, dim=1)
+    g_norms = torch.linalg.vector_norm(g, dim=1)
+    channel_cos = dots.abs() / (w_norms.clamp_min(eps) * g_norms.clamp_min(eps))
+    if channel_cos.max() < delta / math.sqrt(cols):
+        return "channel", w_norms
+    w_norm = w_norms.square().sum().sqrt()
+    layer_cos = dots.sum().abs() / (w_norm.clamp_min(eps) * g_norms.square().sum().sqrt().clamp_min(eps))
+    return ("layer", None) if layer_cos < delta / math.sqrt(w.numel()) else (None, None)
 
 
 @OPTIMIZERS.register("sgdp")

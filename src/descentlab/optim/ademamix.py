@@ -24,7 +24,10 @@ import torch
 from torch import Tensor
 
 from . import OPTIMIZERS
-from ._base import MultiTensorOptimizer, as_float, check_betas, check_lr, check_non_negative, foreach_into
+from ._base import (
+    MultiTensorOptimizer, adamw_update, as_float, check_betas, check_lr, check_non_negative, foreach_into,
+    work_chunks,
+)
 
 
 def alpha_at(step: int, alpha: float, warmup: int | None) -> float:
@@ -123,18 +126,19 @@ class AdEMAMix(MultiTensorOptimizer):
         if beta1 == 0:
             self._update_chain(group, params, grads, fast, slow, exp_avg_sqs, step)
             return
-        torch._foreach_lerp_(slow, grads, 1 - beta3)
         # The fused Adam kernel divides lerp(C, g, 1 - beta1) / bc1 by sqrt(v_hat) + eps
         # for its first moment C. With C = fast + (alpha bc1 / beta1) slow that
         # numerator is (fast_new + alpha bc1 slow) / bc1 = fast_hat + alpha slow:
         # AdEMAMix's whole direction in one pass (equal to rounding).
         bc1 = 1 - beta1**step
-        combined = foreach_into("add", self._scratch("combined", params), fast, slow, alpha=alpha * bc1 / beta1)
-        torch._foreach_lerp_(fast, grads, 1 - beta1)
-        direction = self._adam_direction(params, grads, combined, exp_avg_sqs, step, beta1, beta2, group["eps"])
-        if wd != 0:
-            torch._foreach_mul_(params, 1 - lr * wd)
-        torch._foreach_add_(params, direction, alpha=-lr)
+        # chunks that fit the one work buffer (see _base.work_chunks): C (and u
+        # where the fused AdamW kernel cannot run on the parameters)
+        for chunk in work_chunks(self, (params, grads, fast, slow, exp_avg_sqs), 2):
+            p, g, f, s, v = chunk.pieces
+            torch._foreach_lerp_(s, g, 1 - beta3)
+            combined = foreach_into("add", chunk.outs(1), f, s, alpha=alpha * bc1 / beta1)
+            torch._foreach_lerp_(f, g, 1 - beta1)
+            adamw_update(self, chunk, p, g, combined, v, step, lr, beta1, beta2, group["eps"], wd)
 
     def _update_chain(self, group, params, grads, fast, slow, exp_avg_sqs, step) -> None:
         """The update as a plain chain of foreach ops (beta1 = 0)."""

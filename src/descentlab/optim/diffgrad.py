@@ -23,7 +23,8 @@ from torch import Tensor
 
 from . import OPTIMIZERS
 from ._base import (
-    MultiTensorOptimizer, as_float, check_betas, check_lr, check_non_negative, foreach_into,
+    MultiTensorOptimizer, adam_direction_into, as_float, check_betas, check_lr, check_non_negative,
+    foreach_into, work_chunks,
 )
 
 
@@ -79,12 +80,16 @@ class DiffGrad(MultiTensorOptimizer):
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
         exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
         previous = [self.state[p]["previous_grad"] for p in params]
-        if wd != 0:  # a persistent buffer for large tensors (see _base.SCRATCH_MIN_BYTES)
-            grads = foreach_into("add", self._scratch("grad", params), grads, params, alpha=wd)
-        # u = m_hat / (sqrt(v_hat) + eps), moments updated (fused Adam kernel)
-        direction = self._adam_direction(params, grads, exp_avgs, exp_avg_sqs, step, beta1, beta2, group["eps"])
-        torch._foreach_sub_(previous, grads)
-        torch._foreach_abs_(previous)
-        torch._foreach_sigmoid_(previous)  # previous now holds the friction xi
-        torch._foreach_addcmul_(params, previous, direction, value=-lr)
-        torch._foreach_copy_(previous, grads)
+        # chunks that fit the one work buffer (see _base.work_chunks): u and g + wd p
+        tensors = (params, grads, exp_avgs, exp_avg_sqs, previous)
+        for chunk in work_chunks(self, tensors, 2 if wd != 0 else 1):
+            p, g, m, v, prev = chunk.pieces
+            if wd != 0:
+                g = foreach_into("add", chunk.outs(1), g, p, alpha=wd)
+            # u = m_hat / (sqrt(v_hat) + eps), moments updated (fused Adam kernel)
+            direction = adam_direction_into(self, chunk.buffers[0], g, m, v, step, beta1, beta2, group["eps"])
+            torch._foreach_sub_(prev, g)
+            torch._foreach_abs_(prev)
+            torch._foreach_sigmoid_(prev)  # prev now holds the friction xi
+            torch._foreach_addcmul_(p, prev, direction, value=-lr)
+            torch._foreach_copy_(prev, g)

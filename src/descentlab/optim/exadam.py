@@ -20,6 +20,7 @@ State per parameter: ``step``, ``exp_avg`` (m), ``exp_avg_sq`` (v).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -64,10 +65,17 @@ def exadam_direction(
         v_eps = torch.add(v, eps, out=ratio)
         numerator.addcdiv_(numerator, v_eps, value=-(beta2**step) * eps / numerator_scale)
     if beta1**step >= half_ulp:
-        m_sq_eps = torch.addcmul(torch.tensor(eps, dtype=m.dtype, device=m.device), m, m, out=ratio)
+        m_sq_eps = torch.addcmul(scalar_tensor(eps, m.dtype, m.device), m, m, out=ratio)
         denom = torch.addcdiv(v, v, m_sq_eps, value=-(beta1**step) * eps / (1 + beta1**step), out=denom)
         return numerator, denom.sqrt_(), numerator_scale, math.sqrt(1 + beta1**step)
     return numerator, torch.sqrt(v, out=denom), numerator_scale, denom_scale
+
+
+@functools.lru_cache(maxsize=32)
+def scalar_tensor(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A 0-dim tensor of ``value``, made once (making one costs more than a
+    block's kernel; never modified)."""
+    return torch.tensor(value, dtype=dtype, device=device)
 
 
 @OPTIMIZERS.register("exadam")
@@ -135,18 +143,20 @@ class EXAdam(MultiTensorOptimizer):
 
     def _step_blocks(self, group, quad, step) -> None:
         """A large contiguous CPU tensor a block at a time (see _base.blocks): the
-        update's eleven passes then hit cache instead of main memory, and the
-        temporaries need only block-sized buffers."""
+        temporaries need only block-sized slots of the optimizer's one work
+        buffer, and the update's passes hit cache instead of main memory."""
         lr, wd, eps = as_float(group["lr"]), group["weight_decay"], group["eps"]
         beta1, beta2 = group["betas"]
-        for (p, g, m, v), buffers in blocks(self, quad, ("numerator", "ratio", "denom")):
+        scalars = None
+        for (p, g, m, v), (numerator, ratio) in blocks(self, quad, ("numerator", "ratio")):
             if wd != 0:
                 p.mul_(1 - lr * wd)
             m.lerp_(g, 1 - beta1)
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            numerator, denom, *scales = exadam_direction(m, v, g, step, group["betas"], eps, *buffers)
-            shift, coefficient = self._scalars(group, step, *scales)
-            p.addcdiv_(numerator, denom.add_(shift), value=coefficient)
+            # the denominator overwrites the ratio it is computed from (elementwise)
+            numerator, denom, *scales = exadam_direction(m, v, g, step, group["betas"], eps, numerator, ratio, ratio)
+            scalars = scalars or self._scalars(group, step, *scales)  # alike for every block
+            p.addcdiv_(numerator, denom.add_(scalars[0]), value=scalars[1])
 
     def _step_flattened(self, group, params, grads, exp_avgs, exp_avg_sqs, step) -> None:
         """Tensors of one device and dtype: moments per tensor (foreach), the

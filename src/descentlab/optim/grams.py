@@ -22,7 +22,8 @@ from torch import Tensor
 
 from . import OPTIMIZERS
 from ._base import (
-    MultiTensorOptimizer, as_float, check_betas, check_lr, check_non_negative, foreach_into,
+    MultiTensorOptimizer, adam_direction_into, as_float, check_betas, check_lr, check_non_negative,
+    foreach_into, work_chunks,
 )
 
 
@@ -77,11 +78,13 @@ class Grams(MultiTensorOptimizer):
         beta1, beta2 = group["betas"]
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
         exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
-        # u = m_hat / (sqrt(v_hat) + eps), moments updated (fused Adam kernel)
-        magnitude = self._adam_direction(params, grads, exp_avgs, exp_avg_sqs, step, beta1, beta2, group["eps"])
-        torch._foreach_abs_(magnitude)
-        # persistent buffers for the large tensors' signs (see _base.SCRATCH_MIN_BYTES)
-        signs = foreach_into("sign", self._scratch("sign", params), grads)
-        if wd != 0:
-            torch._foreach_mul_(params, 1 - lr * wd)
-        torch._foreach_addcmul_(params, magnitude, signs, value=-lr)
+        # chunks that fit the one work buffer (see _base.work_chunks): u and sign(g)
+        for chunk in work_chunks(self, (params, grads, exp_avgs, exp_avg_sqs), 2):
+            p, g, m, v = chunk.pieces
+            # u = m_hat / (sqrt(v_hat) + eps), moments updated (fused Adam kernel)
+            magnitude = adam_direction_into(self, chunk.buffers[0], g, m, v, step, beta1, beta2, group["eps"])
+            torch._foreach_abs_(magnitude)
+            signs = foreach_into("sign", chunk.outs(1), g)
+            if wd != 0:
+                torch._foreach_mul_(p, 1 - lr * wd)
+            torch._foreach_addcmul_(p, magnitude, signs, value=-lr)

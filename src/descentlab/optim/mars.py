@@ -37,7 +37,10 @@ import torch
 from torch import Tensor
 
 from . import OPTIMIZERS
-from ._base import MultiTensorOptimizer, as_float, check_betas, check_lr, check_non_negative, foreach_into
+from ._base import (
+    MultiTensorOptimizer, adamw_update, as_float, check_betas, check_lr, check_non_negative, foreach_into,
+    work_chunks,
+)
 
 MARS_TYPES = ("adamw", "lion")
 
@@ -158,31 +161,44 @@ class MARS(MultiTensorOptimizer):
             self._mars_foreach(group, [params[i] for i in mars], [grads[i] for i in mars], step)
         if adamw:
             self._adamw_foreach(group, [params[i] for i in adamw], [grads[i] for i in adamw], step)
-        torch._foreach_copy_([self.state[p]["last_grad"] for p in params], grads)
+            torch._foreach_copy_([self.state[params[i]]["last_grad"] for i in adamw], [grads[i] for i in adamw])
 
     def _mars_foreach(self, group, params, grads, t: int) -> None:
         lr, wd, eps = as_float(group["lr"]), group["weight_decay"], group["eps"]
         beta1, beta2 = group["betas"]
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
-        k = group["gamma"] * beta1 / (1 - beta1)
-        # c in persistent buffers for large tensors (see _base.SCRATCH_MIN_BYTES)
-        c = foreach_into("mul", self._scratch("correction", params), grads, 1 + k)  # g + k (g - g_prev)
-        torch._foreach_sub_(c, [self.state[p]["last_grad"] for p in params], alpha=k)
-        norms = torch._foreach_norm(c)
-        torch._foreach_clamp_min_(norms, 1.0)  # dividing by 1 leaves c unclipped
-        torch._foreach_div_(c, norms)
-        if group["mars_type"] == "lion":
-            torch._foreach_lerp_(exp_avgs, c, 1 - beta1)
-            if wd != 0:
-                torch._foreach_mul_(params, 1 - lr * wd)
-            torch._foreach_add_(params, torch._foreach_sign(exp_avgs), alpha=-lr)
-            return
-        # the AdamW flavour is Adam on c: moments and direction in one fused pass
         exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
-        direction = self._adam_direction(params, c, exp_avgs, exp_avg_sqs, t, beta1, beta2, eps)
-        if wd != 0:
-            torch._foreach_mul_(params, 1 - lr * wd)
-        torch._foreach_add_(params, direction, alpha=-lr)
+        last_grads = [self.state[p]["last_grad"] for p in params]
+        k = group["gamma"] * beta1 / (1 - beta1)
+        tensors = (params, grads, exp_avgs, exp_avg_sqs, last_grads)
+        # c = g + k (g - g_prev) = lerp(g_prev, g, 1 + k) is formed in place of g_prev,
+        # which gets g at the end of the step anyway. Clipping needs ||c|| of whole
+        # tensors: those split into blocks (see _base.work_chunks) form c and its
+        # norm in a first pass, others in their chunk.
+        block_norms: dict[int, list[Tensor]] = {}
+        for chunk in work_chunks(self, tensors, 1):
+            if chunk.blocked:
+                (c,) = chunk.pieces[4]
+                block_norms.setdefault(chunk.index[0], []).append(c.lerp_(chunk.pieces[1][0], 1 + k).norm())
+        # a tensor in blocks: the norm of its blocks' norms (equal to rounding)
+        norms = {i: torch.linalg.vector_norm(torch.stack(ns)) for i, ns in block_norms.items()}
+        for chunk in work_chunks(self, tensors, 1):
+            p, g, m, v, c = chunk.pieces
+            if chunk.blocked:
+                clip = [norms[chunk.index[0]].clamp_min(1.0)]
+            else:
+                torch._foreach_lerp_(c, g, 1 + k)
+                clip = torch._foreach_norm(c)
+                torch._foreach_clamp_min_(clip, 1.0)  # dividing by 1 leaves c unclipped
+            torch._foreach_div_(c, clip)
+            if group["mars_type"] == "lion":
+                torch._foreach_lerp_(m, c, 1 - beta1)
+                if wd != 0:
+                    torch._foreach_mul_(p, 1 - lr * wd)
+                torch._foreach_add_(p, foreach_into("sign", chunk.outs(0), m), alpha=-lr)
+            else:  # the AdamW flavour is AdamW on c: one fused pass
+                adamw_update(self, chunk, p, c, m, v, t, lr, beta1, beta2, eps, wd)
+            torch._foreach_copy_(c, g)  # g_prev of the next step
 
     def _adamw_foreach(self, group, params, grads, t: int) -> None:
         lr = as_float(group["lr"]) * group["lr_1d_factor"]
@@ -190,7 +206,5 @@ class MARS(MultiTensorOptimizer):
         beta1, beta2 = group["betas_1d"]
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
         exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
-        direction = self._adam_direction(params, grads, exp_avgs, exp_avg_sqs, t, beta1, beta2, eps)
-        if wd != 0:
-            torch._foreach_mul_(params, 1 - lr * wd)
-        torch._foreach_add_(params, direction, alpha=-lr)
+        for chunk in work_chunks(self, (params, grads, exp_avgs, exp_avg_sqs), 1):
+            adamw_update(self, chunk, *chunk.pieces, t, lr, beta1, beta2, eps, wd)

@@ -11,6 +11,10 @@ config dict::
      "adamw": {"lr": 3e-4, "betas": [0.9, 0.95]},             # torch.optim.AdamW
      "adamw_first_last": True}
 
+AdamW runs with ``fused=True`` unless ``adamw`` sets ``foreach`` or ``fused``
+(and its parameters are floating point on CPU or CUDA): torch's default on CPU
+is a per-tensor loop, 6x slower on 200 small tensors; equal in the tests.
+
 Routing: a parameter goes to Muon iff it is 2-D and, with ``adamw_first_last``
 (default), it is neither the first nor the last 2-D parameter in the order given
 (``model.parameters()`` order: the input layer and the output layer). Conv
@@ -34,6 +38,18 @@ is AdamW's beta1 (set from ``betas[0]`` at construction; each step writes
 Complex parameters are AdamW's: torch.optim updates a complex tensor as its
 real view, which has one more dimension (a complex matrix is a 3-D real
 tensor), and Muon's orthogonalisation is defined for real matrices.
+
+Speed: torch's Muon steps one matrix at a time (about 25 small kernels each, a
+Python loop), which dominates on many small matrices. ``step`` does torch's
+Muon update itself, with the same ops batched: momentum with foreach ops,
+Newton-Schulz on a stack of the matrices of each shape (``torch.bmm`` /
+``baddbmm``, in bfloat16 as torch does). It matches torch's Muon to bfloat16
+rounding (bmm and mm may round a product differently; bit for bit otherwise),
+and to 1e-12 with the iterations in float64 (``ns_dtype``). One difference:
+with bfloat16 parameters and ``nesterov=False`` torch's Muon (2.13) rescales
+its momentum buffer in place (its Newton-Schulz divides the buffer itself, as
+``bfloat16()`` of a bfloat16 tensor is no copy); here the buffer stays the
+momentum.
 """
 
 from __future__ import annotations
@@ -42,11 +58,79 @@ import inspect
 from typing import Any, Callable, Iterable
 
 import torch
+from torch import Tensor
+from torch.optim._muon import _adjust_lr
 
 from . import OPTIMIZERS
 from ._base import check_gradients
 
 _MUON_MOMENTUM = inspect.signature(torch.optim.Muon.__init__).parameters["momentum"].default
+
+
+def newton_schulz_batched(
+    x: Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
+    dtype: torch.dtype = torch.bfloat16,
+) -> Tensor:
+    """torch's Muon orthogonalisation (quintic Newton-Schulz) of each matrix of
+    the stack ``x`` (k, rows, cols) at once, computed and returned in ``dtype``.
+
+    Per matrix the same steps as ``torch.optim.Muon``: cast, transpose a tall
+    matrix, divide by its Frobenius norm (at least eps), then ``steps`` times
+    X <- a X + (b A + c A^2) X with A = X X^T.
+    """
+    if steps >= 100:
+        raise ValueError(f"ns_steps must be below 100 (got {steps})")
+    if len(coefficients) != 3:
+        raise ValueError(f"ns_coefficients must be 3 numbers (got {coefficients!r})")
+    if x.dim() != 3:
+        raise ValueError(f"expected a stack of matrices (k, rows, cols), got shape {tuple(x.shape)}")
+    a, b, c = coefficients
+    tall = x.size(1) > x.size(2)
+    x = x.to(dtype)
+    if tall:  # contiguous: bmm on transposed views measured several times slower
+        x = x.mT.contiguous()
+    x = x / x.norm(dim=(1, 2), keepdim=True).clamp(min=eps)
+    for _ in range(steps):
+        gram = torch.bmm(x, x.mT)
+        gram_update = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.baddbmm(x, gram_update, x, beta=a)
+    return x.mT if tall else x
+
+
+def muon_update(
+    params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor], group: dict[str, Any],
+    ns_dtype: torch.dtype = torch.bfloat16,
+) -> None:
+    """torch.optim.Muon's update of one param group, batched: foreach momentum and
+    weight decay, one Newton-Schulz per shape (``newton_schulz_batched``)."""
+    lr = float(group["lr"])  # torch allows a 1-element tensor
+    momentum, weight_decay = group["momentum"], group["weight_decay"]
+    for g in grads:
+        if g.dim() != 2:
+            raise ValueError(f"Muon needs 2-D gradients, got shape {tuple(g.shape)}")
+    torch._foreach_lerp_(momentum_buffers, grads, 1 - momentum)
+    updates = torch._foreach_lerp(grads, momentum_buffers, momentum) if group["nesterov"] else momentum_buffers
+    decay = 1 - lr * weight_decay
+    if decay != 1:
+        # torch._foreach_mul_ rounds the scalar to a bfloat16/float16 tensor's dtype
+        # first (measured), Tensor.mul_ (torch's Muon) does not
+        wide = [p for p in params if p.dtype in (torch.float32, torch.float64)]
+        if wide:
+            torch._foreach_mul_(wide, decay)
+        for p in params:
+            if p.dtype not in (torch.float32, torch.float64):
+                p.mul_(decay)
+    by_shape: dict[tuple[Any, ...], list[int]] = {}
+    for i, p in enumerate(params):
+        by_shape.setdefault((p.shape, p.device, updates[i].dtype), []).append(i)
+    for (shape, _, _), idx in by_shape.items():
+        stack = torch.stack([updates[i] for i in idx])
+        ortho = newton_schulz_batched(stack, group["ns_coefficients"], group["ns_steps"], group["eps"], ns_dtype)
+        # in the parameters' dtype at once (exact: bfloat16 -> float32/64): a foreach
+        # add of mixed dtypes goes tensor by tensor
+        ortho = ortho.to(params[idx[0]].dtype) if params[idx[0]].dtype in (torch.float32, torch.float64) else ortho
+        torch._foreach_add_([params[i] for i in idx], list(ortho.unbind(0)),
+                            alpha=-_adjust_lr(lr, group["adjust_lr_fn"], shape))
 
 
 def _as_groups(params: Iterable[Any]) -> list[dict[str, Any]]:
@@ -70,6 +154,10 @@ class MuonAdamW(torch.optim.Optimizer):
         **muon_hparams: torch.optim.Muon hyperparameters (lr, weight_decay,
             momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn).
     """
+
+    # torch's Muon orthogonalises in bfloat16 whatever the parameters' dtype (a
+    # class attribute so that tests can check the batched algorithm in float64)
+    ns_dtype: torch.dtype = torch.bfloat16
 
     def __init__(
         self,
@@ -108,6 +196,12 @@ class MuonAdamW(torch.optim.Optimizer):
         adamw = dict(adamw or {})
         if "lr" in muon_hparams:  # one lr in a config moves both parts unless AdamW has its own
             adamw.setdefault("lr", muon_hparams["lr"])
+        if "foreach" not in adamw and "fused" not in adamw and all(
+                p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                for g in adamw_groups for p in g["params"]):
+            # torch's default on CPU is its per-tensor loop (foreach is CUDA's
+            # default): the fused kernel measured 6x faster on 200 small tensors
+            adamw["fused"] = True
         self.adamw = torch.optim.AdamW(adamw_groups, **adamw) if adamw_groups else None
         for group in adamw_groups:  # an AdamW group's momentum is its beta1 (see the module docstring)
             group["momentum"] = group["betas"][0]
@@ -135,7 +229,14 @@ class MuonAdamW(torch.optim.Optimizer):
             # setdefault: groups saved before they had a momentum key still load
             if not group["use_muon"] and group.setdefault("momentum", group["betas"][0]) != group["betas"][0]:
                 group["betas"] = (group["momentum"], *group["betas"][1:])
-        for sub in (self.muon, self.adamw):
-            if sub is not None:
-                sub.step()
+        if self.muon is not None:
+            for group in self.muon.param_groups:
+                params: list[Tensor] = []
+                grads: list[Tensor] = []
+                buffers: list[Tensor] = []
+                self.muon._init_group(group, params, grads, buffers)  # torch's checks and state
+                if params:
+                    muon_update(params, grads, buffers, group, self.ns_dtype)
+        if self.adamw is not None:
+            self.adamw.step()
         return loss
