@@ -11,15 +11,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+
 from ..registry import Registry
-from ..runs import Run
 
 ANALYSES = Registry("analysis kind")
-
-
-# Analyses receive the run record of the plan (``descentlab.runs.Run``);
-# ``RunRef`` is its old name here.
-RunRef = Run
 
 
 for _module in pkgutil.iter_modules(__path__):

@@ -9,19 +9,20 @@ import numpy as np
 import torch
 
 from ..losses import build_loss
-from . import ANALYSES, RunRef
+from ..runs import Run
+from . import ANALYSES
 
 if TYPE_CHECKING:  # pandas is imported where it is used, so the registry imports fast
     import pandas as pd
 
 
-def _subset(run: RunRef, data, n_examples: int | None, device: str):
+def _subset(run: Run, data, n_examples: int | None, device: str):
     """The first ``n_examples`` training examples (the split is already shuffled)."""
     n = data.size("train") if n_examples is None else min(int(n_examples), data.size("train"))
     return data.x["train"][:n].to(device), data.y["train"][:n].to(device)
 
 
-def _operator(run: RunRef, device: str, n_examples: int | None, chunk_size: int | None, dtype: str):
+def _operator(run: Run, device: str, n_examples: int | None, chunk_size: int | None, dtype: str):
     from ..curvature import HessianOperator
 
     model, data = run.load(device=device)
@@ -32,7 +33,7 @@ def _operator(run: RunRef, device: str, n_examples: int | None, chunk_size: int 
 
 @ANALYSES.register("curvature_summary")
 def curvature_summary(
-    runs: list[RunRef],
+    runs: list[Run],
     device: str = "cpu",
     n_examples: int | None = 1000,
     chunk_size: int | None = None,
@@ -86,7 +87,7 @@ def count_outliers(eigenvalues: np.ndarray) -> int:
 
 @ANALYSES.register("hessian_spectrum")
 def hessian_spectrum(
-    runs: list[RunRef],
+    runs: list[Run],
     device: str = "cpu",
     n_examples: int | None = 1000,
     chunk_size: int | None = None,
@@ -129,7 +130,7 @@ def hessian_spectrum(
 
 @ANALYSES.register("minibatch_sharpness")
 def minibatch_sharpness(
-    runs: list[RunRef],
+    runs: list[Run],
     device: str = "cpu",
     where: dict | None = None,
     batch_sizes: tuple[int, ...] = (8, 32, 128, 512),

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..losses import build_loss
-from . import ANALYSES, RunRef
+from ..runs import Run
+from . import ANALYSES
 
 if TYPE_CHECKING:  # pandas is imported where it is used, so the registry imports fast
     import pandas as pd
@@ -16,7 +17,7 @@ if TYPE_CHECKING:  # pandas is imported where it is used, so the registry import
 
 @ANALYSES.register("landscape")
 def landscape(
-    runs: list[RunRef],
+    runs: list[Run],
     device: str = "cpu",
     split: str = "train",
     n_examples: int | None = 2000,

@@ -404,7 +404,7 @@ def foreach_into(op: str, outs: list[Tensor | None] | None, *args: Any, **kwargs
 
 
 # torch's fused Adam kernel (``torch._fused_adam_``) runs on these; elsewhere
-# ``_adam_direction`` falls back to a chain of foreach ops.
+# ``adam_direction_into`` falls back to a chain of foreach ops.
 FUSED_ADAM_DEVICES = frozenset({"cpu", "cuda"})
 FUSED_ADAM_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
 
