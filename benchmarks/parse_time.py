@@ -9,7 +9,10 @@ peak RSS of the process beside it):
     ``descentlab.plan``, or ``descentlab.studies`` before it moved), the
     parse-time planning of the default configuration;
   * dry run: ``snakemake -n --quiet --config results=<tmpdir>`` on the
-    repository's config (a fresh results folder, so it lists every job).
+    repository's config (a fresh results folder, so it lists every job);
+  * no-op (with ``--finished DIR``, this tree only): ``snakemake -n`` on a
+    finished default run in DIR (``snakemake --cores all --config
+    results=DIR`` made it): the invocation that finds nothing to do.
 
 A separate ``python -X importtime`` run of the import command gives each
 registry package's cumulative import time (torch, which the analyses and
@@ -96,6 +99,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--baseline", help="a git revision to compare against (e.g. main)")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--finished", type=Path, help="results folder of a finished default run, for the no-op time")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -106,11 +110,15 @@ def main() -> None:
             (tmp / "baseline").mkdir()
             trees = {f"baseline {args.baseline} ({rev})": export(args.baseline, tmp / "baseline"), **trees}
         cmds = commands(str(tmp / "results"))
+        if args.finished:
+            cmds["no-op on a finished run"] = ["snakemake", "-n", "--config", f"results={args.finished.resolve()}"]
         samples: dict[tuple[str, str], list[tuple[float, float]]] = {(t, c): [] for t in trees for c in cmds}
         imports: dict[tuple[str, str], list[float]] = {(t, p): [] for t in trees for p in PACKAGES}
         for _ in range(args.repeats):  # interleaved: every command on every tree per round
             for name, cmd in cmds.items():
                 for label, tree in trees.items():
+                    if name == "no-op on a finished run" and tree != REPO:
+                        continue  # the finished run is this tree's: another tree's code would retrain it
                     samples[label, name].append(timed(cmd, tree))
             for label, tree in trees.items():
                 for package, seconds in import_times(tree).items():
@@ -122,7 +130,8 @@ def main() -> None:
         f"Median of {args.repeats} fresh processes each (interleaved), wall seconds and peak RSS; "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs shared with other work, "
         f"Python {platform.python_version()}, HEAD {head}.",
-        f"Command: `python benchmarks/parse_time.py{' --baseline ' + args.baseline if args.baseline else ''} --repeats {args.repeats}`.",
+        f"Command: `python benchmarks/parse_time.py{' --baseline ' + args.baseline if args.baseline else ''}"
+        f"{' --finished RESULTS' if args.finished else ''} --repeats {args.repeats}`.",
         "The dry run writes to a fresh results folder, so it plans and lists every job of the default config.",
         "",
         "| command | tree | median s | min s | max s | peak RSS MiB |",
@@ -130,6 +139,8 @@ def main() -> None:
     ]
     for name in cmds:
         for label in trees:
+            if not samples[label, name]:
+                continue
             walls = [w for w, _ in samples[label, name]]
             rss = statistics.median(m for _, m in samples[label, name])
             lines.append(f"| {name} | {label} | {statistics.median(walls):.2f} | {min(walls):.2f} | {max(walls):.2f} | {rss:.0f} |")

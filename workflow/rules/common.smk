@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # a clone works before `pip install`
 
-from descentlab.fingerprint import training_code_fingerprint
+from descentlab.fingerprint import data_code_fingerprint, training_code_fingerprint
 from descentlab.integrity import run_damage
 from descentlab.lineage import run_references
 from descentlab.plan import GROUP_SEPARATOR, plan
@@ -35,6 +35,7 @@ except StudyError as err:
     raise WorkflowError(f"invalid study configuration:\n{err}") from None
 
 CODE_VERSION = training_code_fingerprint() if config["track_library_code"] else "untracked"
+DATA_CODE_VERSION = data_code_fingerprint() if config["track_library_code"] else "untracked"
 
 
 def job_manifest(group):

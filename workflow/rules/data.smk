@@ -1,4 +1,5 @@
-# Stage 1: build each dataset once, with fixed train/val/test splits.
+# Stage 1: build each dataset once, with fixed train/val/test splits; a change
+# to the data code (its fingerprint) rebuilds them.
 
 
 rule prepare_data:
@@ -6,6 +7,7 @@ rule prepare_data:
         f"{RESULTS}/data/{{data_id}}.pt",
     params:
         dataset=lambda wc: PLAN.datasets[wc.data_id],
+        code=DATA_CODE_VERSION,
     log:
         f"{RESULTS}/logs/data/{{data_id}}.log",
     conda:

@@ -21,8 +21,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from ..checkpoints import diverged_marker, save_atomic, state_path, weights_path
 from ..spec import canonical
 
@@ -110,6 +108,8 @@ def write_outputs(out: Path, spec: dict[str, Any], rid: str, record: dict[str, A
     status.json goes last, so its presence means the rest is complete."""
     (out / "status.json").unlink(missing_ok=True)
     atomic_write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n", out / "spec.json")
+    import pandas as pd  # here, not at the top: the planner imports this module for output_files
+
     metrics = pd.DataFrame(record["rows"], columns=METRIC_COLUMNS).astype({"step": "int64", "value": "float64"})
     tmp = out / "metrics.parquet.tmp"
     metrics.to_parquet(tmp, index=False)
