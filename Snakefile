@@ -24,5 +24,6 @@ include: "workflow/rules/figures.smk"
 rule all:
     input:
         FIGURE_FILES,
+        f"{RESULTS}/claims.csv",
         f"{RESULTS}/runs/index.csv",
     default_target: True

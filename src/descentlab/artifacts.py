@@ -33,14 +33,20 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def save_figure(fig, plotted: pd.DataFrame, summary: pd.DataFrame, pdf: str, png: str, csv: str, summary_csv: str) -> None:
-    """Write the figure as PDF and PNG, with the table it was drawn from and its summary."""
+def save_figure(fig, plotted: pd.DataFrame, summary: pd.DataFrame, pdf: str, png: str, csv: str, summary_csv: str,
+                caption: str = "") -> None:
+    """Write the figure as PDF and PNG, with the table it was drawn from and its
+    summary; ``caption`` (the claims' verdicts) is set below the axes."""
     import matplotlib.pyplot as plt
 
     for path in (pdf, png, csv, summary_csv):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(pdf)
-    fig.savefig(png, dpi=150)
+    extra = {}
+    if caption:
+        fig.text(0.01, 0.0, caption, ha="left", va="top", fontsize=8, family="monospace")
+        extra = {"bbox_inches": "tight", "pad_inches": 0.15}  # grow the page to hold the caption
+    fig.savefig(pdf, **extra)
+    fig.savefig(png, dpi=150, **extra)
     plt.close(fig)
     plotted.to_csv(csv, index=False)
     summary.to_csv(summary_csv, index=False)

@@ -67,6 +67,33 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_claims(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .claims import markdown_table, update_readme
+
+    try:
+        table = pd.read_csv(args.claims, keep_default_na=False)
+    except (OSError, ValueError) as err:
+        print(f"descentlab claims: cannot read {args.claims}: {err}", file=sys.stderr)
+        return 2
+    markdown = markdown_table(table)
+    if args.readme is None:
+        print(markdown)
+        return 0
+    held = int((table["holds"] == "yes").sum())
+    scales = ", ".join(sorted(set(table["scale"].astype(str)))) or "(none)"
+    header = (f"{held} of {len(table)} claims hold at scale {scales} "
+              f"(regenerate: `descentlab claims {args.claims} --readme {args.readme}`).")
+    try:
+        args.readme.write_text(update_readme(args.readme.read_text(), markdown, header))
+    except (OSError, ValueError) as err:
+        print(f"descentlab claims: {args.readme}: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.readme}: claims table updated ({held} of {len(table)} hold)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="descentlab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate study files at every scale")
     check.add_argument("studies", nargs="+", type=Path)
     check.set_defaults(func=_cmd_check)
+
+    claims = sub.add_parser("claims", help="print results/claims.csv as a Markdown table, or write it into the README")
+    claims.add_argument("claims", type=Path, help="a claims.csv written by the workflow")
+    claims.add_argument("--readme", type=Path, help="replace the table between the README's claims markers")
+    claims.set_defaults(func=_cmd_claims)
 
     lst = sub.add_parser("list", help="list the names a registry accepts")
     lst.add_argument("kind", choices=REGISTRY_KINDS)

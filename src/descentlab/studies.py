@@ -33,6 +33,7 @@ class StudyError(ValueError):
 
 def _enum_names() -> dict[str, list[str]]:
     from .analyses import ANALYSES
+    from .claims import CLAIM_CHECKS
     from .plots import FIGURES
     from .spec import registries
     from .train.instruments import INSTRUMENTS
@@ -47,6 +48,7 @@ def _enum_names() -> dict[str, list[str]]:
         "__INSTRUMENTS__": INSTRUMENTS.names(),
         "__FIGURE_KINDS__": FIGURES.names(),
         "__ANALYSES__": ANALYSES.names(),
+        "__CLAIM_CHECKS__": CLAIM_CHECKS.names(),
     }
 
 
@@ -95,6 +97,7 @@ def _apply_defaults(study: dict[str, Any]) -> dict[str, Any]:
         fig.setdefault("options", {})
         fig.setdefault("caption", "")
         fig.setdefault("analyses", [])
+        fig.setdefault("claims", [])
     return study
 
 
@@ -160,6 +163,33 @@ def _check_analyses_and_figures(study: dict[str, Any], path: Path) -> None:
             unknown = sorted(set(fig["options"]) - set(params) - {"title"})
             if unknown:
                 raise StudyError(f"{path}: figure {fig['name']!r} ({fig['kind']}) does not take options {unknown}")
+        _check_claims(fig, path)
+
+
+def _check_claims(fig: dict[str, Any], path: Path) -> None:
+    """Claim ids unique, options the check takes, tables the figure reads."""
+    import inspect
+
+    from .claims import CLAIM_CHECKS
+
+    ids = [c["id"] for c in fig["claims"]]
+    if len(set(ids)) != len(ids):
+        raise StudyError(f"{path}: figure {fig['name']!r}: claim ids must be unique, got {ids}")
+    for claim in fig["claims"]:
+        options = dict(claim.get("options", {}))
+        table = options.pop("table", None)
+        if table is not None and table not in fig["analyses"]:
+            raise StudyError(f"{path}: claim {claim['id']!r} reads table {table!r}, which figure {fig['name']!r} does not read; it reads: {fig['analyses']}")
+        params = inspect.signature(CLAIM_CHECKS.get(claim["check"])).parameters
+        accepted = set(params) - {"table"}
+        unknown = sorted(set(options) - accepted)
+        required = sorted(n for n, p in params.items() if n != "table" and p.default is p.empty and n not in options)
+        if unknown or required:
+            raise StudyError(
+                f"{path}: claim {claim['id']!r} ({claim['check']}): "
+                + (f"does not take {unknown}; " if unknown else "") + (f"needs {required}; " if required else "")
+                + f"it takes: {', '.join(sorted(accepted))}"
+            )
 
 
 def load_study(path: str | Path, schema: dict[str, Any] | None = None, scales: tuple[str, ...] = SCALES) -> dict[str, Any]:

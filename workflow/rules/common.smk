@@ -176,6 +176,7 @@ FIGURE_FILES = [
     for fig in spec["figures"]
     for ext in ("pdf", "png", "csv")
 ]
+CLAIM_FILES = [f"{RESULTS}/figures/{study}/{fig['name']}.claims.csv" for study, spec in PLAN.studies.items() for fig in spec["figures"]]
 
 
 wildcard_constraints:
