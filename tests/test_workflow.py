@@ -38,7 +38,11 @@ def workdir(tmp_path_factory):
         "scales": {"smoke": {}, "cpu": {}, "paper": {}},
         "axes": {"lr": [{"label": "fine", "set": {"optimizer": {"name": "sgd", "lr": 0.1}}},
                         {"label": "huge", "set": {"optimizer": {"name": "sgd", "lr": 1e6}}}]},
-        "figures": [{"name": "curves", "kind": "learning_curves"}],
+        # A claim that fails on purpose: reported as a result, not an error.
+        "figures": [{"name": "curves", "kind": "learning_curves", "claims": [
+            {"id": "all-converge", "text": "every run converges", "check": "all_rows",
+             "options": {"holds_if": "status == 'ok'", "report": "status", "label": ["lr"]},
+             "otherwise": "the huge learning rate diverges, as it should"}]}],
     }
     (root / "config" / "studies" / "diverging.yaml").write_text(yaml.safe_dump(diverging, sort_keys=False))
     (root / "config" / "studies" / "lineage.yaml").write_text(yaml.safe_dump(LINEAGE, sort_keys=False))
@@ -124,6 +128,11 @@ def test_smoke_end_to_end(workdir):
     # The diverging run is recorded, drawn, and did not fail the workflow.
     summary = pd.read_csv(results / "figures" / "diverging" / "curves.summary.csv")
     assert sorted(summary.status) == ["diverged", "ok"]
+    claims = pd.read_csv(results / "claims.csv", keep_default_na=False)
+    failed = claims[claims.study == "diverging"].iloc[0]
+    assert failed.holds == "no" and failed.note == "the huge learning rate diverges, as it should"
+    assert "huge: diverged !" in failed.numbers and failed.scale == "smoke"
+    assert set(claims.holds) <= {"yes", "no"}
 
     # Runs decided by data (the benchmark's tuned reruns) are runs like any other.
     assert {"sweep", "parent", "rerun"} <= set(index.role) or {"sweep", "rerun"} <= set(index.role)
@@ -154,7 +163,7 @@ def test_smoke_end_to_end(workdir):
     study = workdir / "config" / "studies" / "optimizer-curves.yaml"
     study.write_text(study.read_text().replace("weight_decay: 0.05", "weight_decay: 0.1"))
     jobs = planned_jobs(snakemake(workdir, "-n", "--config", "scale=smoke"))
-    assert {rule for rule, _ in jobs} == {"train", "figure", "run_index", "all"}, jobs
+    assert {rule for rule, _ in jobs} == {"train", "figure", "claims", "run_index", "all"}, jobs
     assert studies_of(jobs) == {"optimizer-curves"}, jobs
     assert sum(rule == "train" for rule, _ in jobs) == 1
 
@@ -181,7 +190,7 @@ def test_smoke_end_to_end(workdir):
     victim.write_bytes(victim.read_bytes()[:100])
     out = snakemake(workdir, "-n", "--config", "scale=smoke")
     assert f"{victim.relative_to(workdir)} has 100 bytes" in out.stdout + out.stderr
-    assert {rule for rule, _ in planned_jobs(out)} == {"train", "figure", "all"}
+    assert {rule for rule, _ in planned_jobs(out)} == {"train", "figure", "claims", "all"}
     snakemake(workdir, "--cores", "2", "--config", "scale=smoke")
     assert victim.stat().st_size > 100
     assert "Nothing to be done" in (lambda o: o.stdout + o.stderr)(snakemake(workdir, "-n", "--config", "scale=smoke"))
