@@ -55,3 +55,25 @@ def single_threaded_blas():
     except ImportError:  # optional: without it, BLAS keeps its default threads
         return contextlib.nullcontext()
     return threadpool_limits(limits=1, user_api="blas")
+
+
+def orthogonalise(basis: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Remove from ``w`` (in place) its components along the orthonormal rows of ``basis``.
+
+    One classical Gram-Schmidt pass, and a second only when the first removed
+    more than 1 - 1/sqrt(2) of the norm (the DGKS criterion: after that
+    test one more pass is enough for orthogonality to working precision,
+    Daniel, Gragg, Kaufman, Stewart 1976). Lanczos first subtracts the two local
+    recurrence terms, so the second pass is rarely needed; always making it
+    doubled the cost of the bookkeeping. Returns ``(w, coefficients removed)``.
+    """
+    if basis.shape[0] == 0:
+        return w, np.zeros(0, dtype=w.dtype)
+    before = np.linalg.norm(w)
+    coef = basis @ w
+    w -= basis.T @ coef
+    if np.linalg.norm(w) < before / np.sqrt(2.0):
+        again = basis @ w
+        w -= basis.T @ again
+        coef = coef + again
+    return w, coef
