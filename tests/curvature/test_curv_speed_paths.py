@@ -139,3 +139,20 @@ def test_slq_tridiagonal_float32_close_to_float64(tiny):
     theta = eigh_tridiagonal(a64, b64)[0]
     exact = np.linalg.eigvalsh(H.numpy())
     assert theta.max() <= exact.max() + 1e-10 and theta.min() >= exact.min() - 1e-10
+
+
+def test_probe_rows_products_and_orthonormal_rows():
+    from descentlab.curvature._linop import apply_rows, orthonormal_rows, rademacher
+
+    rng = np.random.default_rng(5)
+    z = rademacher(rng, (40, 3000), np.float32)
+    assert z.dtype == np.float32 and set(np.unique(z)) == {-1.0, 1.0}
+    assert abs(z.mean()) < 0.02  # 120,000 signs: sd of the mean 0.003
+    A = rng.standard_normal((60, 60))
+    A = A + A.T
+    rows = rng.standard_normal((7, 60))
+    np.testing.assert_allclose(apply_rows(aslinearoperator(A), rows), rows @ A.T, rtol=1e-12, atol=1e-12)
+    Q = orthonormal_rows(rows)
+    np.testing.assert_allclose(Q @ Q.T, np.eye(7), atol=1e-12)
+    # same row space: projecting the rows onto Q changes nothing
+    np.testing.assert_allclose((rows @ Q.T) @ Q, rows, atol=1e-12)

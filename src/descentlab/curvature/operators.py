@@ -153,8 +153,8 @@ class CurvatureOperator(LinearOperator):
         return self._matvec(v)  # symmetric
 
     def _matmat(self, V):
-        V = np.asarray(V)
-        return np.stack([self._matvec(V[:, j]) for j in range(V.shape[1])], axis=1)
+        rows = np.ascontiguousarray(np.asarray(V).T)  # one copy, then contiguous columns
+        return np.stack([self._matvec(r) for r in rows], axis=1)
 
     def _adjoint(self):
         return self
