@@ -3,16 +3,28 @@
 Problem (REFERENCES.md 5.4): X ~ N(0, Id) 2,000 x 64, labels argmax(X W + 0.5 eps)
 over 10 classes, MLP 64-300-256-10 ReLU (99,126 parameters), mean cross-entropy,
 40 full-batch SGD steps (momentum 0.9, lr 0.1); curvature on the full batch in
-float32, one thread.
+float32, one thread for torch and BLAS.
 
-Measured per tool:
-  * time to the top Hessian eigenvalue within 1e-3 relative error: each tool's
-    accuracy knob is stepped from loose to tight and the first setting that
-    reaches 1e-3 is timed (median of repeats, operator construction included);
-  * time to a trace within 1% of the exact value: probe budgets are stepped up
-    and the first budget at which every one of ``--seeds`` seeds is within 1% is
-    timed (mean over the seeds);
-  * the relative error each tool reaches with its own defaults.
+Protocol (every comparison side by side in this one process):
+  1. Settings at equal accuracy. Each tool's accuracy knob is stepped from loose
+     to tight; a setting counts when EVERY one of ``--seeds`` seeds (start vector
+     or probes) is within the target: 1e-3 relative error for the top eigenvalue,
+     1% for the trace. A rung is abandoned at its first failing seed. PyHessian's
+     fixed-budget Hutchinson (``tol=0``) is extended probe block by probe block
+     (its probes come from the torch RNG, continued; checked against a direct run),
+     and its relative-change stop is replayed on those recorded samples.
+  2. Timing, interleaved. At the settings from step 1, ``--rounds`` rounds run
+     every tool once each (seed = round, tool order rotated every round); the
+     tables give medians of seconds (operator construction included) and of the
+     peak resident memory above the level before the call (sampled every 0.5 ms,
+     glibc told to return large blocks to the system, so freed tensors leave RSS).
+  3. Cost of one Hessian-vector product: each operator in turn, ``--hvp-reps``
+     rounds, median and interquartile range.
+  4. SLQ at equal steps: PyHessian's ``density`` and descentlab's Lanczos
+     (``lanczos_tridiagonal``) from the SAME Rademacher start vector, interleaved;
+     accuracy is the distance of each quadrature to a float64 Lanczos with two
+     full reorthogonalisation passes on a float64 operator (written here, not the
+     library's) from that start vector.
 Oracles (float64): lambda_1 from ``eigsh(which='LA', tol=1e-10)`` on our operator with
 its residual, cross-checked against curvlinops; the exact trace from BackPACK's
 ``DiagHessian``, cross-checked by Hutch++ within its standard error.
@@ -23,27 +35,34 @@ dependencies (none may touch torch):
       curvlinops-for-pytorch==3.0.1 backpack-for-pytorch==1.7.1 einops==0.8.2 einconv==0.1.0 \
       opt-einsum==3.4.0 linear-operator==0.6.1 unfoldNd==0.2.3
   PYTHONPATH=/tmp/benchpkgs python benchmarks/curvature.py
-A tool that cannot be imported is skipped and reported as such.
+A tool that cannot be imported is skipped and reported as such. PyHessian 0.1's
+``density`` calls ``torch.eig`` (now a stub that raises); the benchmark supplies it for
+that call from ``torch.linalg.eigh`` (its matrix is symmetric tridiagonal).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import gc
 import importlib
 import math
+import os
 import platform
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.linalg import eigh_tridiagonal
 from scipy.sparse.linalg import eigsh
 from torch import nn
 
-from descentlab.curvature import HessianOperator, ggn_trace, hutchinson, hutchpp, power_iteration, top_eigenvalues
+from descentlab.curvature import HessianOperator, ggn_trace, hutchinson, hutchpp, lanczos_tridiagonal, top_eigenvalues
 
 EIG_TOL = 1e-3
 TRACE_TOL = 1e-2
@@ -95,35 +114,80 @@ def oracle_trace_backpack(model, x, y):
 
 
 # ---------------------------------------------------------------------------------------------
-# tool adapters: each returns (estimate, n_hvps or None)
+# peak memory: resident set size sampled in a thread
 # ---------------------------------------------------------------------------------------------
-def ours_lanczos(model, loss_fn, x, y, tol, seed=0):
-    res = top_eigenvalues(HessianOperator(model, loss_fn, x, y), k=1, tol=tol, seed=seed)
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+def return_freed_memory_to_the_system():
+    """glibc keeps freed blocks below its (adaptive) mmap threshold; fix it at 64 KiB so
+    every tensor of the problem is its own mapping and RSS follows the live tensors."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD
+        return True
+    except OSError:
+        return False
+
+
+class PeakRSS:
+    """Peak RSS above the level at entry, in MiB (0.5 ms sampling: shorter peaks can be missed)."""
+
+    def __enter__(self):
+        gc.collect()
+        self.base = self.peak = _rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss())
+            time.sleep(0.0005)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+        self.mib = (self.peak - self.base) / 2**20
+
+
+def measured(fn, *args):
+    """(result, seconds, peak MiB) of one call."""
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        out = fn(*args)
+        sec = time.perf_counter() - t0
+    return out, sec, mem.mib
+
+
+# ---------------------------------------------------------------------------------------------
+# tool adapters: fn(problem, setting, seed) -> (estimate, n_hvps)
+# ---------------------------------------------------------------------------------------------
+def ours_eigsh(problem, tol, seed):
+    res = top_eigenvalues(HessianOperator(*problem), k=1, tol=tol, seed=seed)
     return float(res.eigenvalues[0]), res.n_hvps
 
 
-def ours_lanczos_early(model, loss_fn, x, y, tol, seed=0):
-    res = top_eigenvalues(HessianOperator(model, loss_fn, x, y), k=1, tol=tol, seed=seed, method="lanczos")
+def ours_lanczos(problem, tol, seed):
+    res = top_eigenvalues(HessianOperator(*problem), k=1, tol=tol, seed=seed, method="lanczos")
     return float(res.eigenvalues[0]), res.n_hvps
 
 
-def ours_ggn_trace(model, loss_fn, x, y, chunk_size, seed):
-    return ggn_trace(model, loss_fn, x, y, chunk_size=chunk_size).estimate, 0
-
-
-def ours_power(model, loss_fn, x, y, tol, seed=0):
-    res = power_iteration(HessianOperator(model, loss_fn, x, y), tol=tol, maxiter=2000, seed=seed)
-    return float(res.eigenvalues[0]), res.n_hvps
-
-
-def ours_hutchinson(model, loss_fn, x, y, m, seed):
-    r = hutchinson(HessianOperator(model, loss_fn, x, y), n_probes=m, seed=seed)
+def ours_hutchpp(problem, m, seed):
+    r = hutchpp(HessianOperator(*problem), n_hvps=m, seed=seed)
     return r.estimate, r.n_hvps
 
 
-def ours_hutchpp(model, loss_fn, x, y, m, seed):
-    r = hutchpp(HessianOperator(model, loss_fn, x, y), n_hvps=m, seed=seed)
-    return r.estimate, r.n_hvps
+def ours_ggn_trace(problem, chunk_size, seed):
+    return ggn_trace(*problem, chunk_size=chunk_size).estimate, 0
 
 
 def pyh_hessian(model, loss_fn, x, y):
@@ -132,7 +196,7 @@ def pyh_hessian(model, loss_fn, x, y):
     return pyhessian.hessian(work, loss_fn, data=(x, y), cuda=False)
 
 
-class _PyHessianCounter:
+class _PyHessianRecorder:
     """Count PyHessian's Hessian-vector products (it does not report them)."""
 
     def __enter__(self):
@@ -151,24 +215,34 @@ class _PyHessianCounter:
         self.module.hessian_vector_product = self.original
 
 
-def pyh_top(model, loss_fn, x, y, tol, seed=0, max_iter=1000):
+def pyh_power(problem, tol, seed, max_iter=1000):
     torch.manual_seed(seed)
-    with _PyHessianCounter() as counter:
-        vals, _ = pyh_hessian(model, loss_fn, x, y).eigenvalues(maxIter=max_iter, tol=tol)
-    return float(vals[0]), counter.count
+    with _PyHessianRecorder() as rec:
+        vals, _ = pyh_hessian(*problem).eigenvalues(maxIter=max_iter, tol=tol)
+    return float(vals[0]), rec.count
 
 
-def pyh_trace(model, loss_fn, x, y, tol, seed, max_iter=1000):
-    torch.manual_seed(seed)
-    samples = pyh_hessian(model, loss_fn, x, y).trace(maxIter=max_iter, tol=tol)
-    return float(np.mean(samples)), len(samples)
+def pyh_power_fixed(problem, iters, seed):
+    """PyHessian's power iteration with exactly ``iters`` products (tol=0 disables its stop)."""
+    return pyh_power(problem, 0.0, seed, max_iter=iters)
 
 
-def pyh_trace_fixed(model, loss_fn, x, y, m, seed):
+def pyh_trace_fixed(problem, m, seed):
     """PyHessian's Hutchinson with exactly m samples (tol=0 disables its early stop)."""
     torch.manual_seed(seed)
-    samples = pyh_hessian(model, loss_fn, x, y).trace(maxIter=m, tol=0.0)
+    samples = pyh_hessian(*problem).trace(maxIter=m, tol=0.0)
     return float(np.mean(samples)), len(samples)
+
+
+def pyh_trace_replay(samples, tol):
+    """PyHessian's trace stop (relative change of the running mean < tol) on recorded samples."""
+    trace = 0.0
+    for i in range(len(samples)):
+        mean = float(np.mean(samples[: i + 1]))
+        if abs(mean - trace) / (trace + 1e-6) < tol:
+            return mean, i + 1
+        trace = mean
+    return None
 
 
 def he_operator(model, loss_fn, x, y):
@@ -176,10 +250,9 @@ def he_operator(model, loss_fn, x, y):
     return he.HessianOperator(model, [(x, y)], he.supervised_loss(loss_fn))
 
 
-def he_lanczos(model, loss_fn, x, y, max_iter, seed=0, which="LA"):
+def he_lanczos(problem, max_iter, seed):
     he = importlib.import_module("hessian_eigenthings")
-    kw = {} if max_iter is None else {"max_iter": max_iter}
-    op = he_operator(model, loss_fn, x, y)
+    op = he_operator(*problem)
     count = [0]
     inner = op.matvec
 
@@ -188,17 +261,13 @@ def he_lanczos(model, loss_fn, x, y, max_iter, seed=0, which="LA"):
         return inner(v)
 
     op.matvec = counted  # instance attribute: the algorithms call operator.matvec
-    res = he.lanczos(op, k=1, which=which, seed=seed, **kw)
+    res = he.lanczos(op, k=1, which="LA", seed=seed, max_iter=max_iter)
     return float(res.eigenvalues[0]), count[0]
 
 
-def he_trace(model, loss_fn, x, y, m, seed, method):
+def he_hutchpp(problem, m, seed):
     he = importlib.import_module("hessian_eigenthings")
-    op = he_operator(model, loss_fn, x, y)
-    if method == "hutchinson":
-        r = he.hutchinson(op, num_samples=m, seed=seed)
-    else:
-        r = he.hutch_plus_plus(op, num_matvecs=m, seed=seed)
+    r = he.hutch_plus_plus(he_operator(*problem), num_matvecs=m, seed=seed)
     return float(r.estimate), m
 
 
@@ -207,78 +276,230 @@ def cl_operator(model, loss_fn, x, y):
     return cl.HessianLinearOperator(model, loss_fn, [p for p in model.parameters()], [(x, y)])
 
 
-def cl_top(model, loss_fn, x, y, tol, seed=0, which="LA"):
+def cl_eigsh(problem, tol, seed):
     from descentlab.curvature._linop import CountingOperator
 
-    op = CountingOperator(cl_operator(model, loss_fn, x, y).to_scipy())
+    op = CountingOperator(cl_operator(*problem).to_scipy())
     v0 = np.random.default_rng(seed).standard_normal(op.shape[0]).astype(op.dtype)
-    vals, _ = eigsh(op, k=1, which=which, tol=tol, v0=v0)
+    vals, _ = eigsh(op, k=1, which="LA", tol=tol, v0=v0)
     return float(vals.max()), op.count
 
 
-def cl_trace(model, loss_fn, x, y, m, seed, method):
+def cl_hutchpp(problem, m, seed):
     cl = importlib.import_module("curvlinops")
-    op = cl_operator(model, loss_fn, x, y)
     torch.manual_seed(seed)
-    fn = cl.hutchinson_trace if method == "hutchinson" else cl.hutchpp_trace
-    return float(fn(op, m)), m
+    return float(cl.hutchpp_trace(cl_operator(*problem), m)), m
 
 
 # ---------------------------------------------------------------------------------------------
-# ladders
+# step 1: settings at equal accuracy
 # ---------------------------------------------------------------------------------------------
 @dataclass
-class Outcome:
+class Tool:
     tool: str
     method: str
-    setting: str = "not reached"
-    seconds: float = math.nan
-    hvps: float = math.nan
-    error: float = math.nan  # relative error at the timed setting
-    trail: list = field(default_factory=list)  # (setting, rel error, seconds, HVPs)
+    fn: object  # fn(problem, setting, seed) -> (estimate, hvps)
+    ladder: list
+    setting: object = None  # first setting reaching the target on every seed (None: not reached)
+    trail: list = field(default_factory=list)  # (setting, seeds passed / tried, worst error, median HVPs)
+    seconds: list = field(default_factory=list)
+    mib: list = field(default_factory=list)
+    hvps: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def name(self):
+        return f"{self.tool} {self.method}"
 
 
-def timed(fn, *args, **kwargs):
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0
-
-
-def eig_ladder(tool, method, fn, settings, problem, exact, repeats):
-    out = Outcome(tool, method)
-    for s in settings:
-        (val, hvps), sec = timed(fn, *problem, s)
-        err = abs(val - exact) / abs(exact)
-        out.trail.append((s, err, sec, hvps))
-        print(f"  {tool:20s} {method:12s} setting={s!s:8s} rel.err={err:.2e} {sec:7.2f}s hvps={hvps}", flush=True)
-        if err <= EIG_TOL:
-            times = [sec] + [timed(fn, *problem, s)[1] for _ in range(repeats - 1)]
-            out.setting, out.seconds, out.error = str(s), statistics.median(times), err
-            out.hvps = hvps if hvps is not None else math.nan
-            break
-    return out
-
-
-def trace_ladder(tool, method, fn, settings, problem, exact, seeds):
-    out = Outcome(tool, method)
-    for s in settings:
-        errs, secs, hvps = [], [], []
+def ladder_search(t: Tool, problem, exact, target, seeds, results=None):
+    """First rung at which every seed is within target; ``results(setting, seed)`` overrides running fn."""
+    for s in t.ladder:
+        errs, hvps = [], []
         for seed in range(seeds):
-            (val, n), sec = timed(fn, *problem, s, seed)
-            errs.append(abs(val - exact) / abs(exact))
-            secs.append(sec)
-            hvps.append(n)
-            if errs[-1] > TRACE_TOL:
+            out = results(s, seed) if results is not None else t.fn(problem, s, seed)
+            if out is None:  # a replayed stop that did not fire within the recorded samples
+                errs.append(math.inf)
                 break
-        worst = max(errs)
-        out.trail.append((s, worst, float(np.mean(secs)), hvps[0]))
-        print(f"  {tool:20s} {method:12s} setting={s!s:8s} worst rel.err={worst:.2e} "
-              f"mean {np.mean(secs):7.2f}s hvps={hvps}", flush=True)
-        if worst <= TRACE_TOL and len(errs) == seeds:
-            out.setting, out.seconds, out.error = str(s), float(np.mean(secs)), worst
-            out.hvps = float(np.mean(hvps)) if None not in hvps else math.nan
+            val, n = out
+            errs.append(abs(val - exact) / abs(exact))
+            hvps.append(n)
+            if errs[-1] > target:
+                break
+        passed = sum(e <= target for e in errs)
+        t.trail.append((s, f"{passed}/{len(errs)}", max(errs), statistics.median(hvps) if hvps else math.nan))
+        print(f"  {t.name:32s} setting={s!s:8s} seeds ok {passed}/{len(errs)} worst {max(errs):.1e} "
+              f"HVPs {hvps}", flush=True)
+        if passed == seeds:
+            t.setting = s
+            return
+
+
+# ---------------------------------------------------------------------------------------------
+# step 2: interleaved timing at those settings
+# ---------------------------------------------------------------------------------------------
+def interleaved(tools: list[Tool], problem, exact, rounds):
+    ready = [t for t in tools if t.setting is not None]
+    for r in range(rounds):
+        order = ready[r % len(ready):] + ready[: r % len(ready)] if ready else []
+        for t in order:
+            (val, n), sec, mib = measured(t.fn, problem, t.setting, r)
+            t.seconds.append(sec)
+            t.mib.append(mib)
+            t.hvps.append(n)
+            t.errors.append(abs(val - exact) / abs(exact))
+        print(f"  round {r}: " + ", ".join(f"{t.name} {t.seconds[-1]:.2f}s" for t in order), flush=True)
+
+
+def med(xs):
+    return statistics.median(xs) if xs else math.nan
+
+
+# ---------------------------------------------------------------------------------------------
+# step 3: one HVP per operator
+# ---------------------------------------------------------------------------------------------
+def hvp_costs(problem, info, skipped, reps):
+    model, loss_fn, x, y = problem
+    v32 = np.random.default_rng(0).standard_normal(info["params"]).astype(np.float32)
+    vt = torch.from_numpy(v32)
+    ops = {}
+    ours = HessianOperator(*problem)
+    ops["descentlab (kept graph, scipy matvec)"] = lambda: ours.matvec(v32)
+    chunked = HessianOperator(*problem, chunk_size=500)
+    ops["descentlab (4 chunks of 500, graph rebuilt)"] = lambda: chunked.matvec(v32)
+    params, grads, _ = ours._graph()
+    leaves = list(params.values())
+    V4 = torch.randn(4, info["params"])
+
+    def batched4():  # several vectors per backward pass (torch vmap inside autograd), per vector below
+        parts = torch.split(V4, ours.snapshot.numels, dim=1)
+        outs = [t.reshape(4, *s) for t, s in zip(parts, ours.snapshot.shapes)]
+        return torch.autograd.grad(grads, leaves, grad_outputs=outs, retain_graph=True, is_grads_batched=True)
+
+    ops["descentlab graph, 4 vectors per pass (is_grads_batched), per vector"] = batched4
+    if "pyhessian" not in skipped:
+        ph = pyh_hessian(*problem)
+        hvp = importlib.import_module("pyhessian.utils").hessian_vector_product
+        sizes = [p.numel() for p in ph.params]
+
+        def ph_mv():
+            return hvp(ph.gradsH, ph.params, [t.view(p.shape) for t, p in zip(torch.split(vt, sizes), ph.params)])
+
+        ops["PyHessian (kept graph)"] = ph_mv
+    if "hessian_eigenthings" not in skipped:
+        heop = he_operator(*problem)
+        ops["hessian-eigenthings"] = lambda: heop.matvec(vt)
+    if "curvlinops" not in skipped:
+        clop = cl_operator(*problem)
+        ops["curvlinops (torch.func jvp of grad)"] = lambda: clop @ vt
+    per_vector = {k: (4 if "4 vectors" in k else 1) for k in ops}
+    times = {k: [] for k in ops}
+    mibs = {k: [] for k in ops}
+    for f in ops.values():
+        f()  # warm-up (builds kept graphs)
+    names = list(ops)
+    for r in range(reps):
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            _, sec, mib = measured(ops[k])
+            times[k].append(1e3 * sec / per_vector[k])
+            mibs[k].append(mib)
+    rows = []
+    for k in names:
+        q1, q2, q3 = np.percentile(times[k], [25, 50, 75])
+        rows.append((k, q2, q1, q3, med(mibs[k])))
+        print(f"HVP {k}: {q2:.1f} ms (IQR {q1:.1f}-{q3:.1f}), peak {med(mibs[k]):.1f} MiB", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# step 4: SLQ at equal steps
+# ---------------------------------------------------------------------------------------------
+def rademacher_like_pyhessian(params, seed):
+    """The start vector PyHessian's density draws for this seed (torch RNG), flattened and normalised."""
+    torch.manual_seed(seed)
+    v = [torch.randint_like(p, high=2) for p in params]
+    for vi in v:
+        vi[vi == 0] = -1
+    flat = torch.cat([t.reshape(-1) for t in v]).double().numpy()
+    return flat / np.linalg.norm(flat)
+
+
+def reference_lanczos(op64, steps, v0):
+    """float64 Lanczos, two full Gram-Schmidt passes every step (independent of the library's loop)."""
+    V = np.zeros((steps, len(v0)))
+    alpha, beta = [], []
+    v = v0 / np.linalg.norm(v0)
+    for j in range(steps):
+        V[j] = v
+        w = op64.matvec(v)
+        alpha.append(float(v @ w))
+        for _ in range(2):
+            w = w - V[: j + 1].T @ (V[: j + 1] @ w)
+        if j == steps - 1:
             break
-    return out
+        beta.append(float(np.linalg.norm(w)))
+        v = w / beta[-1]
+    theta, U = eigh_tridiagonal(np.array(alpha), np.array(beta))
+    return theta, U[0] ** 2
+
+
+def quadrature_distance(nodes, weights, ref_nodes, ref_weights):
+    """Wasserstein-1 distance between two discrete measures on the line."""
+    pts = np.concatenate([nodes, ref_nodes])
+    order = np.argsort(pts)
+    mass = np.concatenate([weights / weights.sum(), -ref_weights / ref_weights.sum()])[order]
+    cdf_gap = np.cumsum(mass)[:-1]
+    return float(np.sum(np.abs(cdf_gap) * np.diff(pts[order])))
+
+
+def slq_compare(problem, seeds, steps, skipped):
+    model = problem[0]
+    params = [p for p in model.parameters()]
+    op64 = HessianOperator(*problem, dtype=torch.float64)
+    rows = {"descentlab lanczos_tridiagonal": [], "PyHessian density": []}
+
+    def ours(v0):
+        alpha, beta = lanczos_tridiagonal(HessianOperator(*problem), steps, v0)
+        theta, U = eigh_tridiagonal(alpha, beta)
+        return theta, U[0] ** 2
+
+    def pyh(seed):
+        original = getattr(torch, "eig", None)  # a stub that raises in current torch
+
+        def eig(T, eigenvectors=True):  # torch.eig (removed from torch) for PyHessian's symmetric T
+            vals, vecs = torch.linalg.eigh(T)
+            return torch.stack([vals, torch.zeros_like(vals)], 1), vecs
+
+        torch.eig = eig
+        try:
+            torch.manual_seed(seed)
+            with _PyHessianRecorder() as rec:
+                nodes, weights = pyh_hessian(*problem).density(iter=steps, n_v=1)
+        finally:
+            if original is None:
+                del torch.eig
+            else:
+                torch.eig = original
+        assert rec.count == steps, rec.count
+        return np.array(nodes[0], dtype=float), np.array(weights[0], dtype=float)
+
+    for seed in range(seeds):
+        v0 = rademacher_like_pyhessian(params, seed)
+        ref_nodes, ref_weights = reference_lanczos(op64, steps, v0)
+        width = ref_nodes.max() - ref_nodes.min()
+        calls = [("descentlab lanczos_tridiagonal", ours, v0)]
+        if "pyhessian" not in skipped:
+            calls.append(("PyHessian density", pyh, seed))
+        for name, fn, arg in (calls if seed % 2 == 0 else calls[::-1]):
+            (nodes, weights), sec, mib = measured(fn, arg)
+            rows[name].append((sec, mib, quadrature_distance(nodes, weights, ref_nodes, ref_weights) / width,
+                               abs(nodes.max() - ref_nodes.max()) / ref_nodes.max(),
+                               abs(np.sum(nodes * weights) - np.sum(ref_nodes * ref_weights))
+                               / abs(np.sum(ref_nodes * ref_weights))))
+        print(f"  SLQ seed {seed}: " + ", ".join(f"{k} {v[-1][0]:.2f}s W1/width {v[-1][2]:.1e}"
+                                                 for k, v in rows.items() if v), flush=True)
+    return {k: v for k, v in rows.items() if v}
 
 
 def available(module: str) -> str | None:
@@ -296,21 +517,27 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "curvature.md"))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per trace budget")
-    parser.add_argument("--repeats", type=int, default=3, help="timing repeats at the winning eigenvalue setting")
+    parser.add_argument("--seeds", type=int, default=10, help="seeds that must all reach the accuracy target")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (eigenvalue)")
+    parser.add_argument("--trace-rounds", type=int, default=3, help="interleaved timing rounds (trace)")
+    parser.add_argument("--hvp-reps", type=int, default=15)
+    parser.add_argument("--slq-steps", type=int, default=50)
+    parser.add_argument("--trace-anchors", action="store_true",
+                        help="also hessian-eigenthings' and curvlinops' Hutch++ (about 4 more minutes)")
     parser.add_argument("--quick", action="store_true", help="a tiny run to check that the script works")
     args = parser.parse_args(argv)
+    started = time.perf_counter()
+    load_at_start = os.getloadavg()  # other jobs on the machine: the ratios are interleaved, the seconds are not
     torch.set_num_threads(args.threads)
-    # "n threads" for every tool: numpy/scipy BLAS too (ARPACK inside eigsh runs on it)
     from threadpoolctl import threadpool_limits
 
     blas_limit = threadpool_limits(limits=args.threads, user_api="blas")  # noqa: F841 (kept for the run)
+    mallopt = return_freed_memory_to_the_system()
 
     n = 300 if args.quick else 2000
     model, loss_fn, x, y, info = make_problem(n=n)
     problem = (model, loss_fn, x, y)
     print(f"problem: {info}", flush=True)
-
     skipped = {m: why for m in ("pyhessian", "hessian_eigenthings", "curvlinops", "backpack")
                if (why := available(m)) is not None}
     for m, why in skipped.items():
@@ -331,180 +558,182 @@ def main(argv=None):
         r = hutchpp(HessianOperator(model, loss_fn, x, y, dtype=torch.float64), n_hvps=600, seed=123)
         exact_trace = r.estimate
         checks["trace (no BackPACK: Hutch++ 600 HVPs, float64)"] = f"{r.estimate:.8g} +- {r.stderr:.2g}"
-    check = hutchpp(HessianOperator(model, loss_fn, x, y, dtype=torch.float64), n_hvps=300, seed=99)
-    checks["trace cross-check (our Hutch++ 300 HVPs, float64)"] = (
+    check = hutchpp(HessianOperator(model, loss_fn, x, y, dtype=torch.float64), n_hvps=150, seed=99)
+    checks["trace cross-check (our Hutch++ 150 HVPs, float64)"] = (
         f"{check.estimate:.8g} +- {check.stderr:.2g} (z = {(check.estimate - exact_trace) / check.stderr:+.2f})")
     for k, v in checks.items():
         print(f"{k}: {v}", flush=True)
 
-    # per-HVP cost of each operator (float32), median of 10 products
-    hvp_ms = {}
-    v = torch.randn(info["params"])
+    print("== one HVP", flush=True)
+    hvp_rows = hvp_costs(problem, info, skipped, 4 if args.quick else args.hvp_reps)
 
-    def per_hvp(name, matvec):
-        matvec(v)
-        ts = [timed(matvec, v)[1] for _ in range(10)]
-        hvp_ms[name] = 1e3 * statistics.median(ts)
-
-    ours = HessianOperator(model, loss_fn, x, y)
-    per_hvp("descentlab (graph reuse)", ours.matvec_torch)
-    per_hvp("descentlab (chunk 500, no reuse)", HessianOperator(model, loss_fn, x, y, chunk_size=500).matvec_torch)
-    if "pyhessian" not in skipped:
-        ph = pyh_hessian(*problem)
-        from pyhessian.utils import hessian_vector_product  # noqa: E402  (benchmark-only package)
-
-        def ph_mv(vec):
-            parts = list(torch.split(vec, [p.numel() for p in ph.params]))
-            return hessian_vector_product(ph.gradsH, ph.params, [t.view(p.shape) for t, p in zip(parts, ph.params)])
-
-        per_hvp("PyHessian (graph reuse)", ph_mv)
-    if "hessian_eigenthings" not in skipped:
-        per_hvp("hessian-eigenthings", he_operator(*problem).matvec)
-    if "curvlinops" not in skipped:
-        clop = cl_operator(*problem)
-        per_hvp("curvlinops (torch.func jvp of grad)", lambda vec: clop @ vec)
-    for k, ms in hvp_ms.items():
-        print(f"HVP {k}: {ms:.1f} ms", flush=True)
-
-    tols = [1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6]
-    eig_results = [
-        eig_ladder("descentlab", "eigsh", ours_lanczos, tols, problem, lam, args.repeats),
-        eig_ladder("descentlab", "lanczos", ours_lanczos_early, [1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4],
-                   problem, lam, args.repeats),
-        eig_ladder("descentlab", "power", ours_power, [1e-1, 3e-2, 1e-2, 3e-3, 1e-3], problem, lam, args.repeats),
+    seeds = 2 if args.quick else args.seeds
+    print("== top eigenvalue", flush=True)
+    eig_tools = [
+        Tool("descentlab", "lanczos (early stop)", ours_lanczos,
+             [3e-2, 2e-2, 1.5e-2, 1e-2, 7e-3, 5e-3, 3e-3, 2e-3, 1e-3, 1e-4]),
+        Tool("descentlab", "eigsh", ours_eigsh, [1e-1, 3e-2, 1e-2, 1e-3, 1e-4]),
     ]
     if "pyhessian" not in skipped:
-        eig_results.append(eig_ladder("PyHessian", "power", pyh_top, [1e-3, 1e-4, 1e-5, 1e-6, 1e-7],
-                                      problem, lam, args.repeats))
+        eig_tools.append(Tool("PyHessian", "power, its tol stop", pyh_power, [1e-3, 1e-4, 1e-5, 1e-6]))
+        # its relative-change stop can fire on a plateau far from lambda_1: the fixed count is the fair anchor
+        eig_tools.append(Tool("PyHessian", "power, tol=0 (fixed iterations)", pyh_power_fixed,
+                              [100, 140, 200, 280, 400, 560] if not args.quick else [20, 40, 80]))
     if "hessian_eigenthings" not in skipped:
-        eig_results.append(eig_ladder("hessian-eigenthings", "lanczos", he_lanczos, [2, 5, 10, 15, 20, 30, 40, 50],
-                                      problem, lam, args.repeats))
+        eig_tools.append(Tool("hessian-eigenthings", "lanczos", he_lanczos, [6, 8, 10, 11, 12, 13, 15, 20, 30]))
     if "curvlinops" not in skipped:
-        eig_results.append(eig_ladder("curvlinops", "eigsh", cl_top, tols, problem, lam, args.repeats))
+        eig_tools.append(Tool("curvlinops", "+ eigsh", cl_eigsh, [1e-1, 3e-2, 1e-2, 1e-3]))
+    for t in eig_tools:
+        ladder_search(t, problem, lam, EIG_TOL, seeds)
+    interleaved(eig_tools, problem, lam, 2 if args.quick else args.rounds)
 
-    budgets = [10, 20, 40, 80, 160, 320, 640] if not args.quick else [10, 40]
-    pp_budgets = [12, 21, 42, 81, 162, 321, 642] if not args.quick else [12, 42]
-    trace_results = [
-        # deterministic: one seed suffices; equals tr H for this ReLU MLP (see trace_exact.py)
-        trace_ladder("descentlab", "exact GGN", ours_ggn_trace, [256], problem, exact_trace, 1),
-        trace_ladder("descentlab", "hutchinson", ours_hutchinson, budgets, problem, exact_trace, args.seeds),
-        trace_ladder("descentlab", "hutch++", ours_hutchpp, pp_budgets, problem, exact_trace, args.seeds),
-    ]
+    print("== trace", flush=True)
+    pp_ladder = [30, 42, 60, 84, 120, 168, 240, 336, 480] if not args.quick else [30, 60, 120, 240, 480]
+    trace_tools = [Tool("descentlab", "hutch++", ours_hutchpp, pp_ladder)]
     if "pyhessian" not in skipped:
-        trace_results.append(trace_ladder("PyHessian", "hutchinson", pyh_trace, [1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5],
-                                          problem, exact_trace, args.seeds))
-        trace_results.append(trace_ladder("PyHessian", "hutchinson, tol=0", pyh_trace_fixed, budgets,
-                                          problem, exact_trace, args.seeds))
-    if "hessian_eigenthings" not in skipped:
-        for method, ladder in (("hutchinson", budgets), ("hutch++", pp_budgets)):
-            trace_results.append(trace_ladder("hessian-eigenthings", method,
-                                              lambda *a, _m=method: he_trace(*a, method=_m), ladder,
-                                              problem, exact_trace, args.seeds))
-    if "curvlinops" not in skipped:
-        for method, ladder in (("hutchinson", budgets), ("hutch++", pp_budgets)):
-            trace_results.append(trace_ladder("curvlinops", method, lambda *a, _m=method: cl_trace(*a, method=_m),
-                                              ladder, problem, exact_trace, args.seeds))
+        trace_tools.append(Tool("PyHessian", "hutchinson, tol=0 (fixed budget)", pyh_trace_fixed,
+                                [200, 280, 400, 560, 800, 1120, 1600] if not args.quick else [50, 100, 200, 400, 800]))
+    if args.trace_anchors and "hessian_eigenthings" not in skipped:
+        trace_tools.append(Tool("hessian-eigenthings", "hutch++", he_hutchpp, pp_ladder))
+    if args.trace_anchors and "curvlinops" not in skipped:
+        trace_tools.append(Tool("curvlinops", "hutch++", cl_hutchpp, pp_ladder))
+    pyh_tol_tool = None
+    for t in trace_tools:
+        if t.tool == "PyHessian":
+            # extend each seed's run probe block by probe block: the torch RNG continues where it stopped
+            state = {}
 
-    # accuracy with each tool's own defaults
-    defaults = []
+            def extend(m, seed, _state=state):
+                samples, rng = _state.get(seed, ([], None))
+                if len(samples) < m:
+                    if rng is None:
+                        torch.manual_seed(seed)
+                    else:
+                        torch.set_rng_state(rng)
+                    samples = samples + list(pyh_hessian(*problem).trace(maxIter=m - len(samples), tol=0.0))
+                    _state[seed] = (samples, torch.get_rng_state())
+                return float(np.mean(samples[:m])), m
 
-    def default_row(tool, what, call):
-        try:
-            (val, _), sec = timed(call)
-            exact = lam if what == "top eigenvalue" else exact_trace
-            defaults.append((tool, what, val, abs(val - exact) / abs(exact), sec))
-        except Exception as err:  # a default that raises is a finding too
-            defaults.append((tool, what, f"{type(err).__name__}: {err}", math.nan, math.nan))
+            ladder_search(t, problem, exact_trace, TRACE_TOL, seeds, results=extend)
+            # the extended run reproduces a direct run (same samples, same mean)
+            direct, replayed = pyh_trace_fixed(problem, t.ladder[0], 0)[0], extend(t.ladder[0], 0)[0]
+            assert abs(direct - replayed) <= 1e-9 * abs(direct), (direct, replayed)
+            # PyHessian's own tolerance stop, replayed on the same recorded samples
+            pyh_tol_tool = Tool("PyHessian", "hutchinson, its tol stop (maxIter 1000)", None,
+                                [1e-2, 1e-3, 1e-4, 1e-5, 1e-6])
+            recorded = {s: v[0] for s, v in state.items()}
+            ladder_search(pyh_tol_tool, problem, exact_trace, TRACE_TOL, seeds,
+                          results=lambda tol, seed: (pyh_trace_replay(recorded[seed], tol)
+                                                     if seed in recorded else None))
+            if pyh_tol_tool.setting is not None:
+                pyh_tol_tool.note = "replayed on the fixed-budget samples"
+        else:
+            ladder_search(t, problem, exact_trace, TRACE_TOL, seeds)
+    trace_tools_timed = list(trace_tools)
+    interleaved(trace_tools_timed, problem, exact_trace, 2 if args.quick else args.trace_rounds)
+    ggn = Tool("descentlab", "exact GGN trace (= tr H here: ReLU)", ours_ggn_trace, [256])
+    ladder_search(ggn, problem, exact_trace, TRACE_TOL, 1)
+    interleaved([ggn], problem, exact_trace, 3)
 
-    default_row("descentlab top_eigenvalues()", "top eigenvalue",
-                lambda: (float(top_eigenvalues(HessianOperator(*problem)).eigenvalues[0]), None))
-    default_row("descentlab top_eigenvalues(method='lanczos')", "top eigenvalue",
-                lambda: (float(top_eigenvalues(HessianOperator(*problem), method="lanczos").eigenvalues[0]), None))
-    default_row("descentlab ggn_trace()", "trace", lambda: (ggn_trace(*problem).estimate, None))
-    default_row("descentlab hutchpp()", "trace", lambda: (hutchpp(HessianOperator(*problem)).estimate, None))
-    default_row("descentlab hutchinson()", "trace", lambda: (hutchinson(HessianOperator(*problem)).estimate, None))
-    if "pyhessian" not in skipped:
-        default_row("PyHessian eigenvalues()", "top eigenvalue",
-                    lambda: (float(pyh_hessian(*problem).eigenvalues()[0][0]), None))
-        default_row("PyHessian trace()", "trace", lambda: (float(np.mean(pyh_hessian(*problem).trace())), None))
-    if "hessian_eigenthings" not in skipped:
-        he = importlib.import_module("hessian_eigenthings")
-        default_row("hessian-eigenthings lanczos(k=1)", "top eigenvalue",
-                    lambda: (float(he.lanczos(he_operator(*problem), k=1).eigenvalues[0]), None))
-        default_row("hessian-eigenthings trace()", "trace",
-                    lambda: (float(he.trace(he_operator(*problem)).estimate), None))
-    if "curvlinops" not in skipped:
-        default_row("curvlinops + eigsh(k=1)", "top eigenvalue",
-                    lambda: (float(eigsh(cl_operator(*problem).to_scipy(), k=1)[0][0]), None))
+    print("== SLQ", flush=True)
+    slq = slq_compare(problem, 2 if args.quick else args.seeds, 20 if args.quick else args.slq_steps, skipped)
 
-    write_report(args, info, checks, hvp_ms, eig_results, trace_results, defaults, skipped)
-
-
-def _ratio(num: Outcome | None, den: Outcome | None) -> str:
-    if num is None or den is None or math.isnan(num.seconds) or math.isnan(den.seconds):
-        return "n/a"
-    return f"{num.seconds / den.seconds:.2f}"
+    args.load = (load_at_start, os.getloadavg())
+    write_report(args, info, checks, hvp_rows, eig_tools, trace_tools + ([pyh_tol_tool] if pyh_tol_tool else []),
+                 ggn, slq, skipped, mallopt, seeds, time.perf_counter() - started)
 
 
-def write_report(args, info, checks, hvp_ms, eig_results, trace_results, defaults, skipped):
-    def best(results, tool, exclude=()):
-        pool = [o for o in results if o.tool == tool and o.method not in exclude and not math.isnan(o.seconds)]
-        return min(pool, key=lambda o: o.seconds) if pool else None
+# ---------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------
+def _f(x, fmt):
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
-    best_eig = best(eig_results, "descentlab")
-    best_trace = best(trace_results, "descentlab", exclude=("exact GGN",))
+
+def write_report(args, info, checks, hvp_rows, eig_tools, trace_tools, ggn, slq, skipped, mallopt, seeds, wall):
+    slq_steps = 20 if args.quick else args.slq_steps
     lines = ["# Curvature benchmark", "",
-             f"Generated by `benchmarks/curvature.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-             f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-             f"{args.threads} thread(s) for torch and BLAS, float32, {'QUICK RUN (n=300)' if args.quick else 'full problem'}.", "",
+             f"Generated by `benchmarks/curvature.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
+             f"in {wall / 60:.1f} min; torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+             f"{args.threads} thread(s) for torch and BLAS, float32, "
+             f"{'QUICK RUN (n=300)' if args.quick else 'full problem'}; load average (1, 5, 15 min) "
+             f"{'/'.join(f'{v:.1f}' for v in args.load[0])} at the start, "
+             f"{'/'.join(f'{v:.1f}' for v in args.load[1])} at the end, on {os.cpu_count()} cores.", "",
              f"Problem: MLP 64-300-256-10 ReLU, {info['params']:,} parameters, {info['examples']} "
              f"examples, train loss {info['loss']:.3f}, accuracy {info['accuracy']:.3f} after 40 SGD steps "
              "(REFERENCES.md 5.4).", "",
-             "Versions: " + ", ".join(f"`{v}`" for k, v in VERSIONS.items() if k not in skipped) + ".", ""]
+             "Versions: " + ", ".join(f"`{v}`" for k, v in VERSIONS.items() if k not in skipped) + ".", "",
+             "Protocol: see the script's docstring. In short: a setting counts only when all "
+             f"{seeds} seeds reach the target; the settings found are then timed side by side, "
+             "interleaved (tool order rotated each round), medians. Memory: peak RSS above the level "
+             "before the call" + ("" if mallopt else " (mallopt unavailable: freed memory may stay resident)")
+             + ".", ""]
     if skipped:
         lines += ["Skipped: " + "; ".join(f"{k} ({why})" for k, why in skipped.items()), ""]
     lines += ["## Oracles", ""] + [f"- {k}: {v}" for k, v in checks.items()] + [""]
-    lines += ["## Cost of one Hessian-vector product (median of 10)", "", "| operator | ms |", "|---|---|"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in hvp_ms.items()] + [""]
+    lines += [f"## Cost of one Hessian-vector product (median of {args.hvp_reps}, interleaved)", "",
+              "| operator | ms | IQR ms | peak MiB |", "|---|---|---|---|"]
+    lines += [f"| {k} | {q2:.1f} | {q1:.1f}-{q3:.1f} | {mib:.1f} |" for k, q2, q1, q3, mib in hvp_rows] + [""]
 
-    def table(title, results, ref, criterion):
-        pyh = best(results, "PyHessian")
-        out = [f"## {title}", "", criterion, "",
-               "| tool | method | first setting reaching it | HVPs | seconds | time / descentlab best "
-               "| PyHessian time / this time | PyHessian HVPs / these HVPs |",
-               "|---|---|---|---|---|---|---|---|"]
-        for o in results:
-            hv = "" if math.isnan(o.hvps) else f"{o.hvps:.0f}"
-            sec = "" if math.isnan(o.seconds) else f"{o.seconds:.2f}"
-            hv_ratio = (f"{pyh.hvps / o.hvps:.1f}" if pyh is not None and o.hvps > 0
-                        and not math.isnan(pyh.hvps) and not math.isnan(o.hvps) else "n/a")
-            out.append(f"| {o.tool} | {o.method} | {o.setting} | {hv} | {sec} | {_ratio(o, ref)} "
-                       f"| {_ratio(pyh, o)} | {hv_ratio} |")
-        out += ["", "Ladder (setting: relative error (worst seed for traces), seconds, HVPs):", ""]
-        for o in results:
-            trail = "; ".join(f"{s}: {e:.1e}, {t:.2f}s, {h}" for s, e, t, h in o.trail)
-            out.append(f"- {o.tool} {o.method}: {trail}")
+    def table(title, tools, target_text, rounds):
+        reached = [t for t in tools if t.tool == "PyHessian" and t.seconds]
+        pyh = min(reached, key=lambda t: med(t.seconds)) if reached else None  # its fastest row at the target
+        ours = [t for t in tools if t.tool == "descentlab" and t.seconds]
+        best = min(ours, key=lambda t: med(t.seconds)) if ours else None
+        out = [f"## {title}", "", target_text, "",
+               f"| tool | method | setting (all {seeds} seeds) | HVPs (median) | seconds (median of {rounds}) "
+               "| range s | peak MiB | worst error in timing rounds | PyHessian time / this time "
+               "| PyHessian HVPs / these |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for t in tools:
+            if not t.seconds:
+                out.append(f"| {t.tool} | {t.method} | {'not reached' if t.setting is None else t.setting} "
+                           f"| | | | | | | {t.note} |")
+                continue
+            ratio = _f(med(pyh.seconds) / med(t.seconds), ".2f") if pyh else "n/a"
+            hv = med(t.hvps)
+            hv_ratio = _f(med(pyh.hvps) / hv, ".1f") if pyh and hv else "n/a"
+            out.append(f"| {t.tool} | {t.method} | {t.setting} | {hv:.0f} | {med(t.seconds):.2f} "
+                       f"| {min(t.seconds):.2f}-{max(t.seconds):.2f} | {med(t.mib):.0f} | {max(t.errors):.1e} "
+                       f"| {ratio} | {hv_ratio} |")
+        out += ["", "Ladders (setting: seeds within target / seeds tried, worst error, median HVPs):", ""]
+        for t in tools:
+            trail = "; ".join(f"{s}: {ok}, {e:.1e}, {_f(h, '.0f')}" for s, ok, e, h in t.trail)
+            out.append(f"- {t.name}: {trail}")
+        if best is not None and pyh is not None:
+            out += ["", f"Best descentlab ({best.method}) vs PyHessian: {med(pyh.seconds) / med(best.seconds):.2f}x "
+                    f"faster (median times); per-round ratios "
+                    + ", ".join(f"{a / b:.2f}" for a, b in zip(pyh.seconds, best.seconds)) + "."]
         return out + [""]
 
-    lines += table("Top eigenvalue within 1e-3 relative error", eig_results, best_eig,
-                   "Settings: descentlab/curvlinops `eigsh` tol, descentlab power-iteration residual tol, "
-                   "PyHessian power-iteration tol (relative change, maxIter 1000), hessian-eigenthings "
-                   "Lanczos `max_iter` (which='LA'). Seconds: median of repeats at that setting, operator "
-                   "construction included. HVPs for descentlab include the residual check.")
-    lines += table("Trace within 1% of the exact value", trace_results, best_trace,
-                   f"A budget counts when all {args.seeds} seeds are within 1% (seconds: mean over seeds). "
-                   "Settings: number of HVPs, or PyHessian's relative-change tol (maxIter 1000); "
-                   "'hutchinson, tol=0' is PyHessian with its early stop disabled and maxIter as the budget. "
-                   "'descentlab best' is the best stochastic estimator; 'exact GGN' (`ggn_trace`, "
-                   "chunk size as setting) is deterministic and equals tr H only because this MLP is "
-                   "piecewise linear in each weight matrix (ReLU), so it is listed apart.")
-    lines += ["## Accuracy with each tool's defaults", "", "| call | quantity | value | relative error | seconds |",
-              "|---|---|---|---|---|"]
-    for tool, what, val, err, sec in defaults:
-        vs = f"{val:.6g}" if isinstance(val, float) else str(val)
-        es = "" if isinstance(err, float) and math.isnan(err) else f"{err:.2e}"
-        ss = "" if isinstance(sec, float) and math.isnan(sec) else f"{sec:.2f}"
-        lines.append(f"| {tool} | {what} | {vs} | {es} | {ss} |")
+    lines += table("Top eigenvalue within 1e-3 relative error", eig_tools,
+                   "Settings: descentlab/curvlinops `eigsh` tol, descentlab Lanczos residual tol, PyHessian "
+                   "power-iteration tol (relative change, maxIter 1000) or its iteration count with tol=0, "
+                   "hessian-eigenthings Lanczos `max_iter` (which='LA'). HVPs include any residual check. "
+                   "'PyHessian time / this time' uses the fastest PyHessian row that reached the target.",
+                   args.rounds)
+    lines += table("Trace within 1% of the exact value", trace_tools,
+                   "Settings: number of HVPs, or PyHessian's relative-change tol (replayed on the recorded "
+                   "fixed-budget samples; not timed). hessian-eigenthings' and curvlinops' Hutchinson are "
+                   "the same estimator as PyHessian's, and their Hutch++ the same algorithm as ours (their "
+                   "cost per HVP is in the table above); their Hutch++ rows run only with --trace-anchors, "
+                   "to keep the run near 10 minutes." , args.trace_rounds)
+    if ggn.seconds:
+        lines += [f"Deterministic, listed apart: `ggn_trace` (chunk 256) gives {med(ggn.errors):.1e} relative "
+                  f"error in {med(ggn.seconds):.2f} s (median of 3), {med(ggn.mib):.0f} MiB; it equals tr H only "
+                  "because this MLP is piecewise linear in each weight matrix (ReLU).", ""]
+    lines += [f"## Spectral density (SLQ), {slq_steps} Lanczos steps, same start vector, {seeds} seeds", "",
+              "Accuracy against a float64 Lanczos with two full reorthogonalisation passes from the same "
+              "start vector: W1 = Wasserstein-1 distance between the quadrature measures / spectral width; "
+              "lambda_max = relative error of the largest node; mean = relative error of sum(w theta).", "",
+              "| tool | seconds (median) | range s | peak MiB | W1/width (worst) | lambda_max err (worst) "
+              "| mean err (worst) | PyHessian time / this time |", "|---|---|---|---|---|---|---|---|"]
+    pyh_slq = slq.get("PyHessian density")
+    for name, rows in slq.items():
+        secs = [r[0] for r in rows]
+        ratio = (f"{med([r[0] for r in pyh_slq]) / med(secs):.2f}" if pyh_slq else "n/a")
+        lines.append(f"| {name} | {med(secs):.2f} | {min(secs):.2f}-{max(secs):.2f} | {med([r[1] for r in rows]):.0f} "
+                     f"| {max(r[2] for r in rows):.1e} | {max(r[3] for r in rows):.1e} | {max(r[4] for r in rows):.1e} "
+                     f"| {ratio} |")
     lines.append("")
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)

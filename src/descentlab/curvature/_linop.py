@@ -35,7 +35,32 @@ class CountingOperator(LinearOperator):
 
 
 def rademacher(rng: np.random.Generator, shape, dtype) -> np.ndarray:
-    return rng.choice(np.array([-1.0, 1.0]), size=shape).astype(dtype)
+    # random bits as int8 (2.4x faster than rng.choice of floats for a 99k x 80 block)
+    return (rng.integers(0, 2, size=shape, dtype=np.int8) * np.int8(2) - np.int8(1)).astype(dtype)
+
+
+def apply_rows(op, rows: np.ndarray) -> np.ndarray:
+    """``op`` applied to each row of a (k, n) block, one product per row.
+
+    Probes are kept as contiguous rows: a column of an (n, k) array is a strided
+    view that every product had to copy first.
+    """
+    out = np.empty_like(rows)
+    for i, r in enumerate(rows):
+        out[i] = np.asarray(op.matvec(r)).reshape(-1)
+    return out
+
+
+def orthonormal_rows(rows: np.ndarray) -> np.ndarray:
+    """An orthonormal basis (as rows) of the span of the rows (Householder QR in torch).
+
+    numpy's ``linalg.qr`` took 3.2 s for a 99k x 80 float32 block (one thread),
+    torch's 0.4 s.
+    """
+    import torch
+
+    q, _ = torch.linalg.qr(torch.from_numpy(np.ascontiguousarray(rows)).T)
+    return np.ascontiguousarray(q.T.numpy())
 
 
 def work_dtype(op) -> np.dtype:
@@ -55,3 +80,25 @@ def single_threaded_blas():
     except ImportError:  # optional: without it, BLAS keeps its default threads
         return contextlib.nullcontext()
     return threadpool_limits(limits=1, user_api="blas")
+
+
+def orthogonalise(basis: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Remove from ``w`` (in place) its components along the orthonormal rows of ``basis``.
+
+    One classical Gram-Schmidt pass, and a second only when the first removed
+    more than 1 - 1/sqrt(2) of the norm (the DGKS criterion: after that
+    test one more pass is enough for orthogonality to working precision,
+    Daniel, Gragg, Kaufman, Stewart 1976). Lanczos first subtracts the two local
+    recurrence terms, so the second pass is rarely needed; always making it
+    doubled the cost of the bookkeeping. Returns ``(w, coefficients removed)``.
+    """
+    if basis.shape[0] == 0:
+        return w, np.zeros(0, dtype=w.dtype)
+    before = np.linalg.norm(w)
+    coef = basis @ w
+    w -= basis.T @ coef
+    if np.linalg.norm(w) < before / np.sqrt(2.0):
+        again = basis @ w
+        w -= basis.T @ again
+        coef = coef + again
+    return w, coef

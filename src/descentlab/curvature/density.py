@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy.linalg import eigh_tridiagonal
 
-from ._linop import CountingOperator, single_threaded_blas, work_dtype
+from ._linop import CountingOperator, orthogonalise, single_threaded_blas, work_dtype
 
 __all__ = ["lanczos_tridiagonal", "SpectralDensity", "spectral_density"]
 
@@ -24,29 +24,35 @@ __all__ = ["lanczos_tridiagonal", "SpectralDensity", "spectral_density"]
 def lanczos_tridiagonal(op, n_iter: int, v0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Diagonal ``alpha`` and off-diagonal ``beta`` of the Lanczos tridiagonal matrix.
 
-    Full reorthogonalisation (twice, against every previous vector) keeps the
-    basis orthogonal, so no ghost copies of converged eigenvalues appear. Stops
+    Full reorthogonalisation keeps the basis orthogonal, so no ghost copies of
+    converged eigenvalues appear: after the three-term recurrence, one
+    Gram-Schmidt pass against every previous vector, and a second only when
+    the DGKS test asks for it (``_linop.orthogonalise``). The basis is kept in the
+    operator's dtype (float32 operator: float32 basis; the products carry that
+    rounding anyway), inner products and norms are accumulated in float64. Stops
     early on an invariant subspace (beta ~ 0).
     """
     n = op.shape[0]
     m = min(int(n_iter), n)
-    dtype = np.float64  # the recurrence is cheap next to the products; keep it in float64
-    V = np.zeros((m, n), dtype=dtype)
+    dtype = work_dtype(op)
+    V = np.empty((m, n), dtype=dtype)
     alpha, beta = [], []
-    v = np.asarray(v0, dtype=dtype).reshape(-1)
-    v = v / np.linalg.norm(v)
+    v = np.asarray(v0, dtype=np.float64).reshape(-1)
+    v = (v / np.linalg.norm(v)).astype(dtype)
     for j in range(m):
         V[j] = v
-        w = np.asarray(op.matvec(v.astype(work_dtype(op))), dtype=dtype).reshape(-1)
-        a = float(v @ w)
+        w = np.asarray(op.matvec(v), dtype=dtype).reshape(-1)
+        a = float(np.dot(v.astype(np.float64), w.astype(np.float64)))
         alpha.append(a)
-        for _ in range(2):
-            w -= V[: j + 1].T @ (V[: j + 1] @ w)
-        b = float(np.linalg.norm(w))
+        w -= dtype.type(a) * v
+        if j > 0:
+            w -= dtype.type(beta[-1]) * V[j - 1]
+        w, _ = orthogonalise(V[: j + 1], w)
+        b = float(np.linalg.norm(w.astype(np.float64)))
         if j == m - 1 or b <= 1e-10 * max(1.0, abs(a)):
             break
         beta.append(b)
-        v = w / b
+        v = (w / b).astype(dtype)
     return np.array(alpha), np.array(beta)
 
 

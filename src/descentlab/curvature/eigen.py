@@ -22,7 +22,7 @@ import numpy as np
 from scipy.linalg import eigh_tridiagonal
 from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
-from ._linop import CountingOperator, single_threaded_blas, work_dtype
+from ._linop import CountingOperator, orthogonalise, single_threaded_blas, work_dtype
 
 __all__ = ["EigenResult", "top_eigenvalues", "bottom_eigenvalues", "power_iteration"]
 
@@ -171,7 +171,13 @@ def _lanczos(op, k, which, tol, maxiter, v0, ncv, seed) -> EigenResult:
 def _lanczos_early_stop(op, k, which, tol, maxiter, v0, seed) -> EigenResult:
     """Lanczos with full reorthogonalisation, stopping when every wanted Ritz pair has
     estimated residual beta_m |s_{m,i}| <= tol * |theta_i| (the test ARPACK applies at the
-    end of each restart cycle, here after every product)."""
+    end of each restart cycle, here after every product).
+
+    The basis is kept in the operator's dtype (a float32 operator's products carry
+    float32 rounding anyway; it halves the memory traffic of reorthogonalisation).
+    Every coefficient removed from H v_j is recorded, so H V_m = V_m C + w e_m^T
+    holds up to rounding and the residuals of the returned pairs are evaluated from
+    it without another product."""
     n = op.shape[0]
     if not 1 <= int(k) <= n:
         raise ValueError(f"k must be in [1, {n}], got {k!r}")
@@ -183,19 +189,29 @@ def _lanczos_early_stop(op, k, which, tol, maxiter, v0, seed) -> EigenResult:
     if m_max < int(k):
         raise ValueError(f"maxiter must be >= k, got maxiter={maxiter!r}, k={k!r}")
     v = np.random.default_rng(seed).standard_normal(n) if v0 is None else np.asarray(v0, dtype=np.float64).reshape(-1)
-    v = v / np.linalg.norm(v)
-    basis = np.empty((min(m_max, 32), n))  # grown by doubling: memory follows the steps taken
+    v = (v / np.linalg.norm(v)).astype(dtype)
+    size = min(m_max, 32)  # grown by doubling: memory follows the steps taken
+    basis = np.empty((size, n), dtype=dtype)
+    coef = np.zeros((size + 1, size + 1))  # H v_j = sum_i coef[i, j] v_i (+ w for the last j)
     alpha, beta = [], []
     converged = False
     for j in range(m_max):
         if j == basis.shape[0]:
-            basis = np.concatenate([basis, np.empty((min(m_max, 2 * j) - j, n))])
+            grow = min(m_max, 2 * j) - j
+            basis = np.concatenate([basis, np.empty((grow, n), dtype=dtype)])
+            coef = np.pad(coef, ((0, grow), (0, grow)))
         basis[j] = v
-        w = np.asarray(counted.matvec(v.astype(dtype)), dtype=np.float64).reshape(-1)
-        alpha.append(float(v @ w))
-        for _ in range(2):  # full reorthogonalisation, twice ("twice is enough")
-            w -= basis[: j + 1].T @ (basis[: j + 1] @ w)
-        b = float(np.linalg.norm(w))
+        w = np.asarray(counted.matvec(v), dtype=dtype).reshape(-1)
+        a = float(np.dot(v.astype(np.float64), w.astype(np.float64)))
+        alpha.append(a)
+        w -= dtype.type(a) * v  # local three-term recurrence first, then one global pass
+        coef[j, j] = a
+        if j > 0:
+            w -= dtype.type(beta[-1]) * basis[j - 1]
+            coef[j - 1, j] = beta[-1]
+        w, removed = orthogonalise(basis[: j + 1], w)
+        coef[: j + 1, j] += removed
+        b = float(np.linalg.norm(w.astype(np.float64)))
         m = j + 1
         invariant = b <= 1e-12 * max(1.0, max(abs(a) for a in alpha))
         if m >= k:
@@ -211,11 +227,16 @@ def _lanczos_early_stop(op, k, which, tol, maxiter, v0, seed) -> EigenResult:
         if m == m_max:
             break
         beta.append(b)
-        v = w / b
-    vecs = basis[:m].T @ S[:, idx]
+        coef[j + 1, j] = b
+        v = (w / b).astype(dtype)
     vals = theta[idx]
-    vecs = vecs.astype(dtype)
-    res = _residuals(counted, vals, vecs)
+    s = S[:, idx]
+    V = basis[:m]
+    vecs = (V.T @ s.astype(dtype)).astype(dtype)
+    # H y - theta y = V (C s - theta s) + w s_m for y = V s: no further product needed
+    inside = (coef[:m, :m] @ s - s * vals[None, :]).astype(dtype)
+    res_vecs = V.T @ inside + w[:, None] * s[-1][None, :].astype(dtype)
+    res = np.linalg.norm(res_vecs.astype(np.float64), axis=0)
     return EigenResult(vals, vecs, res, counted.count, converged, f"lanczos-early-stop-{which}")
 
 

@@ -123,6 +123,20 @@ class CurvatureOperator(LinearOperator):
             i += k
         return out
 
+    def _cache_valid(self) -> bool:
+        """Whether the kept graph was built from the snapshot as it is now.
+
+        The graph's leaves share storage (and version counters) with the snapshot,
+        so an in-place change of a snapshot tensor would make the old graph stale:
+        it is rebuilt instead. The model's own parameters are not the snapshot, so
+        training the model further leaves the operator (and its graph) unchanged.
+        """
+        versions = tuple((id(t), t._version) for t in self.snapshot.tensors.values())
+        if self._cache is not None and getattr(self, "_cache_versions", None) == versions:
+            return True
+        self._cache, self._cache_versions = None, versions
+        return False
+
     def _weight(self, a: int, b: int) -> float:
         return (b - a) / self.num_examples
 
@@ -139,8 +153,8 @@ class CurvatureOperator(LinearOperator):
         return self._matvec(v)  # symmetric
 
     def _matmat(self, V):
-        V = np.asarray(V)
-        return np.stack([self._matvec(V[:, j]) for j in range(V.shape[1])], axis=1)
+        rows = np.ascontiguousarray(np.asarray(V).T)  # one copy, then contiguous columns
+        return np.stack([self._matvec(r) for r in rows], axis=1)
 
     def _adjoint(self):
         return self
@@ -166,7 +180,7 @@ class HessianOperator(CurvatureOperator):
         return loss, grads
 
     def _graph(self):
-        if self._cache is None:
+        if not self._cache_valid():
             params = self.snapshot.leaves()
             total_loss, total = 0.0, None
             for a, b in self.ranges:
@@ -225,7 +239,7 @@ class _OutputSpaceOperator(CurvatureOperator):
         return params, out, u, jtu, state
 
     def _graphs(self):
-        if self._cache is None:
+        if not self._cache_valid():
             self._cache = [self._chunk_graph(a, b) for a, b in self.ranges]
         return self._cache
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._linop import CountingOperator, rademacher, single_threaded_blas, work_dtype
+from ._linop import CountingOperator, apply_rows, orthonormal_rows, rademacher, single_threaded_blas, work_dtype
 
 __all__ = ["TraceResult", "hutchinson", "hutchpp"]
 
@@ -32,10 +32,11 @@ class TraceResult:
 
 
 def _probes(rng, n, m, dtype, distribution):
+    """m probes of length n as the rows of an (m, n) array."""
     if distribution == "rademacher":
-        return rademacher(rng, (n, m), dtype)
+        return rademacher(rng, (m, n), dtype)
     if distribution == "gaussian":
-        return rng.standard_normal((n, m)).astype(dtype)
+        return rng.standard_normal((m, n)).astype(dtype)
     raise ValueError(f"distribution must be 'rademacher' or 'gaussian', got {distribution!r}")
 
 
@@ -53,8 +54,8 @@ def hutchinson(op, n_probes: int = 100, distribution: str = "rademacher", seed: 
     samples = np.empty(int(n_probes))
     with single_threaded_blas():
         for i in range(int(n_probes)):  # one probe at a time: memory stays O(P)
-            z = _probes(rng, n, 1, work_dtype(op), distribution)[:, 0]
-            samples[i] = float(z @ counted.matvec(z).reshape(-1))
+            z = _probes(rng, n, 1, work_dtype(op), distribution)[0]
+            samples[i] = float(z @ np.asarray(counted.matvec(z)).reshape(-1))
     return TraceResult(float(samples.mean()), _stderr(samples), counted.count, samples, "hutchinson")
 
 
@@ -68,11 +69,11 @@ def hutchpp(op, n_hvps: int = 102, distribution: str = "rademacher", seed: int =
     n, dtype = op.shape[0], work_dtype(op)
     k = min(int(n_hvps) // 3, n)
     n_probes = int(n_hvps) - 2 * k
-    with single_threaded_blas():
+    with single_threaded_blas():  # blocks are (columns, P) rows: each probe contiguous
         S = _probes(rng, n, k, dtype, distribution)
-        Q, _ = np.linalg.qr(counted.matmat(S))
-        exact_part = float(np.trace(Q.T @ counted.matmat(Q)))
+        Q = orthonormal_rows(apply_rows(counted, S))
+        exact_part = float(np.einsum("ij,ij->", Q, apply_rows(counted, Q), dtype=np.float64))
         G = _probes(rng, n, n_probes, dtype, distribution)
-        G = G - Q @ (Q.T @ G)
-        samples = np.einsum("ij,ij->j", G, counted.matmat(G))
+        G -= (G @ Q.T) @ Q
+        samples = np.einsum("ij,ij->i", G, apply_rows(counted, G), dtype=np.float64)
     return TraceResult(exact_part + float(samples.mean()), _stderr(samples), counted.count, samples, "hutch++")
