@@ -260,8 +260,9 @@ def top_eigenvalues(op, k: int = 1, tol: float = 1e-6, maxiter: int | None = Non
     so a converged theta is within about tol * |theta| of an eigenvalue (relative
     error <= tol, not tol^2; exactly: within its returned residual; float32
     products cannot bring the residual below ~1e-7 ||H||, whatever tol). The returned
-    ``residuals`` are the true norms, recomputed with one product each, and are
-    the error bars to report. The error is often much smaller (<= residual^2 / gap
+    ``residuals`` are the true norms ||H y - theta y|| (``method="eigsh"``:
+    recomputed with one product each; ``method="lanczos"``: from the recorded
+    recurrence, at no extra product), and are the error bars to report. The error is often much smaller (<= residual^2 / gap
     when the rest of the spectrum is at least ``gap`` away), but near-degenerate
     top eigenvalues (the C - 1 class outliers) leave only the residual bound, so
     ask for tol = the relative accuracy you need. That the nearest eigenvalue is
