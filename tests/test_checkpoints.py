@@ -169,3 +169,17 @@ def test_finished_record_without_its_files_trains_again(data, tmp_path):
     assert load_state(state_path(tmp_path, 20))["step"] == 20
     after = load_weights(tmp_path / "final.pt")
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_published_file_damaged_in_place_trains_again(data, tmp_path):
+    """final.pt is a hard link to .resume/final.pt: truncating it in place damages
+    both, so the run must train again rather than republish the damage."""
+    train_run(SPEC, data, tmp_path)
+    before = load_weights(tmp_path / "final.pt")
+    final = tmp_path / "final.pt"
+    with open(final, "r+b") as fh:  # in place: the same inode as the .resume copy
+        fh.truncate(100)
+    result = train_run(SPEC, data, tmp_path)
+    assert result.train_seconds > 0 and result.resumed_from == 0
+    after = load_weights(final)
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -105,10 +105,10 @@ def train_run(
 
     saved = resume.read_resume_state(out / STATE_FILE, identity)
     if saved is not None and saved["finished"]:
-        if outputs.finished_sources_present(out, spec):
+        if outputs.finished_sources_intact(out, spec, saved.get("sizes")):
             outputs.write_outputs(out, spec, rid, saved)
             return RunResult(rid, saved["status"], saved["step"], out, saved["step"], 0.0)
-        resume.log.warning("%s: finished record without its files in .resume/; training again", out / STATE_FILE)
+        resume.log.warning("%s: finished record without its files in .resume/ (missing or damaged); training again", out / STATE_FILE)
         saved = None
     if saved is None:
         outputs.clear_resume_checkpoints(out)
@@ -199,6 +199,7 @@ def _finish(out: Path, spec: dict[str, Any], rid: str, identity: dict[str, str],
     unreached = [s for s in spec["checkpoints"] if s > run.step]
     outputs.write_markers(out, unreached, lambda k: f"run {rid} diverged at step {run.diverged_at}; no weights at step {k}")
     record = resume.finished_record(identity, run.status, run.step, run.diverged_at, run.reason, run.rows, train_seconds)
+    record["sizes"] = outputs.source_sizes(out, spec)
     resume.save(record, out / STATE_FILE)
     outputs.write_outputs(out, spec, rid, record)
 
@@ -209,6 +210,7 @@ def _finish_untrained(out: Path, spec: dict[str, Any], rid: str, identity: dict[
     save_atomic(diverged_marker(message), out / outputs.RESUME_FINAL)
     outputs.write_markers(out, list(spec["checkpoints"]), lambda k: f"run {rid} did not train ({reason}); no weights at step {k}")
     record = resume.finished_record(identity, "diverged", start, start, reason, [], 0.0)
+    record["sizes"] = outputs.source_sizes(out, spec)
     resume.save(record, out / STATE_FILE)
     outputs.write_outputs(out, spec, rid, record)
     return RunResult(rid, "diverged", start, out, start, 0.0)

@@ -99,8 +99,26 @@ def write_markers(out: Path, steps: list[int], message_for: Any) -> None:
             save_atomic(marker, resume_copy(out, relative))
 
 
-def finished_sources_present(out: Path, spec: dict[str, Any]) -> bool:
-    return (out / RESUME_FINAL).is_file() and all(resume_copy(out, p).is_file() for p in checkpoint_files(spec))
+def _sources(out: Path, spec: dict[str, Any]) -> list[Path]:
+    return [out / RESUME_FINAL] + [resume_copy(out, p) for p in checkpoint_files(spec)]
+
+
+def source_sizes(out: Path, spec: dict[str, Any]) -> dict[str, int]:
+    """Byte sizes of the files a finished record republishes, kept in the record."""
+    return {p.relative_to(out).as_posix(): p.stat().st_size for p in _sources(out, spec)}
+
+
+def finished_sources_intact(out: Path, spec: dict[str, Any], sizes: dict[str, int] | None) -> bool:
+    """Whether the files a finished record republishes are there, at the sizes
+    it recorded: the published files are hard links to them, so a file damaged
+    in place is damaged in both places, and must be trained again, not copied."""
+    for path in _sources(out, spec):
+        if not path.is_file():
+            return False
+        want = (sizes or {}).get(path.relative_to(out).as_posix())
+        if want is not None and path.stat().st_size != want:
+            return False
+    return True
 
 
 def write_outputs(out: Path, spec: dict[str, Any], rid: str, record: dict[str, Any]) -> None:
