@@ -119,7 +119,7 @@ def batch_size_curvature(
             raise ValueError(f"batch_size_curvature: base_lrs has no entry for {unknown}")
         table[lr] = table[lr] * table[optimizer].astype(str).map(base_lrs)
     table[lr] = table[lr].map(lambda v: float(f"{v:.10g}"))  # 0.01 * 30 is 0.3, not 0.30000000000000004
-    names = sorted(table[optimizer].unique(), key=str)
+    names = list(dict.fromkeys(table[optimizer]))  # the study's order
     seeds = int(table["seed"].nunique())
 
     # -- sharpness along training -----------------------------------------------------
@@ -147,6 +147,8 @@ def batch_size_curvature(
     all_seeds = largest_stable_lr(table, lr, [optimizer, batch_size])
 
     batches = sorted(table[batch_size].unique())
+    # batch size is an ordered quantity: a sequential palette, small to large
+    batch_colors = {b: plt.cm.viridis(0.9 * i / max(len(batches) - 1, 1)) for i, b in enumerate(batches)}
     n_top = len(shown)
     n_bottom = len(names) + 1
     cols = max(n_top, n_bottom)
@@ -162,7 +164,7 @@ def batch_size_curvature(
             runs_b = part[part[batch_size] == b]
             if runs_b.empty:
                 continue
-            color = color_for(f"batch {b}")
+            color = batch_colors[b]
             curve = runs_b.groupby("step")["value"].agg(["mean", "min", "max"])
             failed = (runs_b.drop_duplicates("run_id")["outcome"] != "trains").sum()
             style = "-" if failed == 0 else ":"
@@ -179,7 +181,7 @@ def batch_size_curvature(
         else:  # 2/lr far above the curves: keep them readable, say where it is
             ax.set_ylim(0, 1.3 * top)
             ax.text(0.98, 0.97, f"2 / lr = {2.0 / value:g} (above)", transform=ax.transAxes, ha="right", va="top", fontsize=7)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
         ax.grid(alpha=0.3)
 
     markers = {"trains": dict(marker="o"), "some": dict(marker="o", markerfacecolor="none"),
@@ -208,9 +210,7 @@ def batch_size_curvature(
 
     key = [Line2D([], [], ls="none", color="black", **markers["trains"]), Line2D([], [], ls="none", color="black", **markers["some"]),
            Line2D([], [], ls="none", **markers["stuck"]), Line2D([], [], ls="none", **markers["diverged"]),
-           Line2D([], [], color="black")]
-    axes[1][0].legend(key, [f"trains in all {seeds} seeds", "trains in some seeds", f"stuck (final loss > {max_loss_ratio:g} x initial)",
-                            "diverged in some seed", "largest lr training in all seeds"], fontsize=7, loc="lower right")
+           Line2D([], [], color="black"), Line2D([], [], ls="none", color="black", marker="v", markerfacecolor="none")]
 
     ax = axes[1][len(names)]
     for name in names:
@@ -221,16 +221,23 @@ def batch_size_curvature(
             values = cell["largest_stable_lr"].to_numpy(dtype=float)
             finite = values[np.isfinite(values)]
             mean = float(np.exp(np.log(finite).mean())) if len(finite) else math.nan
-            rows.append((b, mean, finite.min() if len(finite) else math.nan, finite.max() if len(finite) else math.nan, bool(cell["on_edge"].any())))
-        rows = pd.DataFrame(rows, columns=["b", "mean", "min", "max", "edge"])
+            rows.append((b, mean, finite.min() if len(finite) else math.nan, finite.max() if len(finite) else math.nan,
+                         bool(cell["on_edge"].any()), float(cell["lr_min"].min())))
+        rows = pd.DataFrame(rows, columns=["b", "mean", "min", "max", "edge", "lr_min"])
         ax.plot(rows["b"], rows["mean"], "-", color=color, label=name)
         ax.vlines(rows["b"], rows["min"], rows["max"], color=color, lw=1)
         for r in rows.itertuples():
-            ax.plot([r.b], [r.mean], ls="none", ms=7, color=color, **edge_marker(r.edge))
+            if math.isnan(r.mean):  # no seed trains at any lr: the threshold is below the grid
+                ax.plot([r.b], [r.lr_min], ls="none", ms=8, color=color, marker="v", markerfacecolor="none")
+            else:
+                ax.plot([r.b], [r.mean], ls="none", ms=7, color=color, **edge_marker(r.edge))
     ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="largest lr that trains")
     ax.set_title(f"largest lr that trains vs batch size\n(geometric mean of n = {seeds} seeds, bars min-max; open: grid edge)", fontsize=9)
     plain_log_ticks(ax)
-    ax.legend(fontsize=7)
+    ax.add_artist(ax.legend(fontsize=7, loc="upper left"))
+    ax.legend(key, [f"trains in all {seeds} seeds", "trains in some seeds", f"stuck (final loss > {max_loss_ratio:g} x initial)",
+                    "diverged in some seed", "largest lr training in all seeds", "no lr of the grid trains"],
+              fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="grid cells", title_fontsize=7)
     ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
