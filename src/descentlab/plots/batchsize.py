@@ -245,5 +245,5 @@ def batch_size_curvature(
 
     columns = ["quantity", optimizer, batch_size, lr, "seed"]
     summary = pd.concat([late_rows.drop(columns=["run_id", "lr_label"]), per_seed], ignore_index=True)
-    summary = summary[columns + [c for c in summary.columns if c not in columns]]
+    summary = summary[columns + [c for c in summary.columns if c not in columns]].sort_values(columns, ignore_index=True)
     return fig, table, summary
