@@ -104,3 +104,138 @@ def test_performance_profile_by_hand():
     assert s.loc[("P2", "A"), "ratio"] == 4 and s.loc[("P2", "B"), "ratio"] == 1
     rho = profile.set_index(["optimizer", "tau"])["rho"]
     assert rho[("A", 1.0)] == 0.5 and rho[("B", 1.0)] == 0.5 and rho[("A", 4.0)] == 1.0 and rho[("B", 2.0)] == 1.0
+
+
+# -- intrinsic dimension ----------------------------------------------------------------
+
+
+def subspace_runs(curves, baselines, diverged=()):
+    """Runs of an intrinsic-dimension study: ``curves[width][seed]`` = {d: accuracy},
+    ``baselines[width][seed]`` = the full model's accuracy."""
+    rows, metrics = [], []
+    for width, by_seed in curves.items():
+        for seed, curve in by_seed.items():
+            for dim, acc in [("full", baselines[width][seed])] + list(curve.items()):
+                rid = f"{width}-{dim}-{seed}"
+                status = "diverged" if (width, dim, seed) in diverged else "ok"
+                rows.append({"run_id": rid, "width": width, "dim": str(dim), "seed": seed, "status": status})
+                metrics += [(rid, 0, "test", "accuracy", 0.1), (rid, 100, "test", "accuracy", acc)]
+    return pd.DataFrame(metrics, columns=["run_id", "step", "split", "metric", "value"]), pd.DataFrame(rows)
+
+
+def test_intrinsic_dimension_by_hand_with_censoring_and_diverged_runs():
+    # baseline 1.0 in every seed: threshold 0.9. Width 200's mean curve first
+    # reaches it at d = 20 (seeds: 20, 20, 40), width 400's at 40; width 800
+    # never (censored high), width 100 at the smallest d (censored low).
+    curves = {
+        200: {0: {10: 0.5, 20: 0.95, 40: 0.99}, 1: {10: 0.5, 20: 0.92, 40: 0.99}, 2: {10: 0.5, 20: 0.85, 40: 0.99}},
+        400: {0: {10: 0.5, 20: 0.85, 40: 0.95}, 1: {10: 0.5, 20: 0.85, 40: 0.95}, 2: {10: 0.5, 20: 1.0, 40: 0.95}},
+        800: {s: {10: 0.5, 20: 0.6, 40: 0.7} for s in range(3)},
+        100: {s: {10: 0.95, 20: 0.97, 40: 0.99} for s in range(3)},
+    }
+    baselines = {w: {s: 1.0 for s in range(3)} for w in curves}
+    # seed 2 of width 400 diverges at d = 20: its last recorded 1.0 would lift the mean to the
+    # threshold (0.9); left out, the mean is 0.85 and the seed's own d_int90 is 40
+    metrics, runs = subspace_runs(curves, baselines, diverged={(400, 20, 2)})
+    params = {100: 1000, 200: 2000, 400: 4000, 800: 8000}
+    fig, _, summary = FIGURES.get("intrinsic_dimension")(metrics, runs, {}, num_params=params, chance=0.1)
+    s = summary.set_index(["width", "seed"])
+    assert list(summary.width.unique()) == [100, 200, 400, 800] and len(summary) == 12
+    assert (s.loc[200, "d_int_mean_curve"] == 20).all() and (s.loc[200, "censoring_mean_curve"] == "interior").all()
+    assert list(s.loc[200, "d_int"]) == [20, 20, 40] and not s.loc[200, "censored"].any()
+    assert (s.loc[400, "d_int_mean_curve"] == 40).all() and list(s.loc[400, "d_int"]) == [40, 40, 40]
+    assert list(s.loc[400, "diverged"]) == [0, 0, 1]
+    assert s.loc[800, "d_int"].isna().all() and (s.loc[800, "censoring"] == "high").all() and s.loc[800, "censored"].all()
+    assert (s.loc[100, "d_int"] == 10).all() and (s.loc[100, "censoring"] == "low").all() and s.loc[100, "censored"].all()
+    assert s.loc[(400, 0), "d_int_fraction_of_params"] == pytest.approx(40 / 4000)
+    assert list(s.loc[200, "d_int_ratio"]) == [2, 2, 4]  # to the first width's (100: 10), seed by seed
+    assert s.loc[(200, 0), "threshold"] == pytest.approx(0.9) and (summary.seeds == 3).all()
+    with pytest.raises(ValueError, match="num_params has no entry"):
+        FIGURES.get("intrinsic_dimension")(metrics, runs, {}, num_params={200: 1})
+    with pytest.raises(ValueError, match="full-model baseline"):
+        FIGURES.get("intrinsic_dimension")(metrics, runs[runs.dim != "full"], {})
+
+
+def test_intrinsic_dimension_study_states_the_models_parameter_counts():
+    from descentlab.data import build_dataset
+    from descentlab.models import build_model
+    from descentlab.studies import load_study
+
+    study = load_study("config/studies/intrinsic-dimension.yaml")
+    (figure,) = study["figures"]
+    data = build_dataset(study["base"]["dataset"])
+    for width, stated in figure["options"]["num_params"].items():
+        model = build_model({**study["base"]["model"], "width": int(width)}, data.input_shape, data.num_outputs)
+        assert sum(p.numel() for p in model.parameters()) == stated
+
+
+# -- batch size and curvature ------------------------------------------------------------
+
+
+def batch_runs():
+    """SGD and Adam at batch 8 and 32, lr labels 1, 10, 100 (multiples of the
+    base lr), seeds 0 and 1. SGD trains up to label 10 at batch 8 and up to 100
+    at batch 32 except seed 1 (stuck at label 100); label 100 diverges at batch
+    8. Adam trains everywhere. SGD's sharpness: 4 + seed until step 50, then
+    batch / 4 + lr label / 10."""
+    rows, metrics = [], []
+    for opt in ("SGD", "Adam"):
+        for b in (8, 32):
+            for lr in (1, 10, 100):
+                for seed in (0, 1):
+                    rid = f"{opt}-{b}-{lr}-{seed}"
+                    status, final = "ok", 0.5
+                    if opt == "SGD" and b == 8 and lr == 100:
+                        status, final = "diverged", None
+                    elif opt == "SGD" and b == 32 and lr == 100 and seed == 1:
+                        final = 2.2  # 2.2 / 2.3 > 0.9: stuck
+                    rows.append({"run_id": rid, "optimizer": opt, "batch_size": str(b), "lr": str(lr), "seed": seed, "status": status})
+                    metrics.append((rid, 0, "train", "full_loss", 2.3))
+                    if final is not None:
+                        metrics.append((rid, 100, "train", "full_loss", final))
+                    if opt == "SGD":
+                        for step in (0, 25, 50, 75, 100):
+                            value = 4 + seed if step < 50 else b / 4 + lr / 10
+                            metrics.append((rid, step, "train", "sharpness", value))
+    return pd.DataFrame(metrics, columns=["run_id", "step", "split", "metric", "value"]), pd.DataFrame(rows)
+
+
+def test_batch_size_curvature_by_hand():
+    metrics, runs = batch_runs()
+    fig, table, summary = FIGURES.get("batch_size_curvature")(
+        metrics, runs, {}, base_lrs={"SGD": 0.01, "Adam": 0.001}, sharpness_lrs=[1, 10])
+    outcome = table.set_index("run_id")["outcome"]
+    assert outcome["SGD-8-100-0"] == "diverged" and outcome["SGD-32-100-1"] == "stuck" and outcome["SGD-32-100-0"] == "trains"
+    late = summary[summary.quantity == "late_sharpness"].set_index(["batch_size", "lr", "seed"])
+    # the last quarter of 100 steps: steps 75 and 100
+    assert late.loc[(32, 0.1, 1), "late_sharpness"] == pytest.approx(32 / 4 + 10 / 10)
+    assert late.loc[(8, 0.01, 0), "threshold"] == pytest.approx(200)
+    assert np.isnan(late.loc[(32, 1.0, 1), "late_sharpness"]) and np.isnan(late.loc[(8, 1.0, 0), "late_sharpness"])
+    stable = summary[summary.quantity == "largest_stable_lr"].set_index(["optimizer", "batch_size", "seed"])
+    assert stable.loc[("SGD", 8, 0), "largest_stable_lr"] == pytest.approx(0.1) and not stable.loc[("SGD", 8, 0), "on_edge"]
+    assert stable.loc[("SGD", 32, 0), "largest_stable_lr"] == pytest.approx(1.0) and stable.loc[("SGD", 32, 0), "on_edge"]
+    assert stable.loc[("SGD", 32, 1), "largest_stable_lr"] == pytest.approx(0.1)
+    assert stable.loc[("SGD", 32, 0), "ratio_to_previous_batch"] == pytest.approx(10)
+    assert stable.loc[("SGD", 32, 1), "ratio_to_smallest_batch"] == pytest.approx(1)
+    assert stable.loc[("SGD", 8, 0), "first_step_growth"] == pytest.approx(10)
+    assert stable.loc[("Adam", 8, 0), "largest_stable_lr"] == pytest.approx(0.1) and stable.loc[("Adam", 8, 0), "on_edge"]
+    with pytest.raises(ValueError, match="base_lrs has no entry"):
+        FIGURES.get("batch_size_curvature")(metrics, runs, {}, base_lrs={"SGD": 0.01})
+    with pytest.raises(ValueError, match="sharpness_lrs"):
+        FIGURES.get("batch_size_curvature")(metrics, runs, {}, sharpness_lrs=[3])
+    with pytest.raises(ValueError, match="full_loss"):
+        FIGURES.get("batch_size_curvature")(metrics[metrics.metric != "full_loss"], runs, {})
+
+
+def test_largest_stable_lr_needs_every_seed_and_flags_the_grid_edges():
+    from descentlab.plots.batchsize import largest_stable_lr
+
+    outcomes = pd.DataFrame({
+        "cell": ["a"] * 4 + ["b"] * 2 + ["c"] * 2,
+        "lr": [0.1, 0.1, 1.0, 1.0, 0.1, 1.0, 0.1, 1.0],
+        "outcome": ["trains", "trains", "trains", "stuck", "trains", "trains", "diverged", "stuck"],
+    })
+    table = largest_stable_lr(outcomes, "lr", ["cell"]).set_index("cell")
+    assert table.loc["a", "largest_stable_lr"] == 0.1 and not table.loc["a", "on_edge"]  # one seed stuck at 1.0
+    assert table.loc["b", "largest_stable_lr"] == 1.0 and table.loc["b", "on_edge"]  # the grid's top trains
+    assert np.isnan(table.loc["c", "largest_stable_lr"]) and table.loc["c", "on_edge"]  # nothing trains

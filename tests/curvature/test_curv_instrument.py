@@ -69,3 +69,20 @@ def test_instrument_methods_agree(method):
     x, y = torch.randn(30, 5, dtype=torch.float64), torch.randint(0, 3, (30,))
     out = TopEigenvalue(every=1, tol=1e-10, method=method)(0, model, CrossEntropy(), x, y)
     assert out["sharpness"] == pytest.approx(_dense_top(model, x, y), rel=1e-8)
+
+
+def test_top_eigenvalue_instrument_skips_a_diverging_run():
+    # SGD at a too-large lr blows the weights up between two log steps; the
+    # instrument used to crash the whole training job (NaN tolerance in the
+    # determinism check) instead of letting the loop mark the run diverged
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    x, y = torch.randn(50, 5), torch.randint(0, 3, (50,))
+    inst = TopEigenvalue(every=1)
+    assert "sharpness" in inst(1, model, CrossEntropy(), x, y)
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    assert inst(2, model, CrossEntropy(), x, y) == {}
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("inf")
+    assert inst(3, model, CrossEntropy(), x, y) == {}

@@ -36,7 +36,8 @@ class TopEigenvalue:
     Each measurement is warm-started from the previous top eigenvector. The
     model is evaluated with dropout off (all modules in eval mode, BatchNorm as
     ``batchnorm`` says); its modes and parameters are restored. Returns
-    ``{"sharpness", "sharpness_residual", "sharpness_hvps"}`` or ``{}``.
+    ``{"sharpness", "sharpness_residual", "sharpness_hvps"}``, or ``{}`` off
+    its steps and when the weights are not finite (a diverging run).
     """
 
     def __init__(self, every: int = 1, n_examples: int | None = None, tol: float = 1e-3,
@@ -67,6 +68,8 @@ class TopEigenvalue:
     def __call__(self, step: int, model: nn.Module, loss_fn, x_train, y_train) -> dict[str, float]:
         if step % self.every != 0:
             return {}
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            return {}  # a run blowing up: no curvature to measure; the loop marks it diverged at its next log
         idx = self._subset(len(x_train))
         x, y = (x_train, y_train) if idx is None else (x_train[idx.to(x_train.device)], y_train[idx.to(y_train.device)])
         with module_modes(model):
