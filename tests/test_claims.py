@@ -107,3 +107,13 @@ def test_bad_claims_fail_at_parse_time(tmp_path, mutate, message):
     path.write_text(yaml.safe_dump(study))
     with pytest.raises(StudyError, match=message):
         load_study(path)
+
+
+def test_caption_counts_seeds_as_whole_numbers():
+    summary = pd.DataFrame({"seed": [0, 1, 2], "v": [1.0, 2.0, 3.0]})
+    one = [{"id": "a", "text": "positive", "check": "all_rows", "options": {"holds_if": "v > 0"}}]
+    none = [{"id": "b", "text": "no seed column", "check": "all_rows", "options": {"holds_if": "x > 0"}}]
+    table = pd.concat([evaluate_claims(one, summary, {}, study="s", figure="f", scale="cpu"),
+                       evaluate_claims(none, pd.DataFrame({"x": [1]}), {}, study="s", figure="f", scale="cpu")])
+    text = caption_text(table)
+    assert "HOLDS (n = 3 seeds): positive." in text and "HOLDS: no seed column." in text

@@ -176,7 +176,7 @@ def caption_text(claims_table, width: int = 110) -> str:
     lines = []
     for row in claims_table.itertuples():
         verdict = "HOLDS" if row.holds == "yes" else "DOES NOT HOLD"
-        seeds = f" (n = {row.seeds} seeds)" if isinstance(row.seeds, (int, float)) and not math.isnan(row.seeds) else ""
+        seeds = f" (n = {int(row.seeds)} seeds)" if isinstance(row.seeds, (int, float)) and not math.isnan(row.seeds) else ""
         body = f"{verdict}{seeds}: {row.text}."
         if row.holds != "yes" and row.note:
             body += f" {row.note}"
