@@ -154,3 +154,6 @@ def test_learning_curves_value_at_steps_and_best_of_a_sweep_on_its_edge():
     assert legend == ["A, lr 0.3", "B, lr 0.3 (grid edge)"]
     with pytest.raises(ValueError, match="best_of"):
         FIGURES.get("learning_curves")(tuned, sweep, {}, hue="method", best_of="lr")
+    _, plotted, summary = FIGURES.get("learning_curves")(tuned, sweep, {"t": tuned}, table="t", hue="method",
+                                                         panels=panels, where="seed == 2")
+    assert set(summary.run_id) == {"A-2", "B-2"} and set(plotted.run_id) == {"A-2", "B-2"}

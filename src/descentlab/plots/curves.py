@@ -60,6 +60,7 @@ def learning_curves(
     title: str | None = None,
     at_steps: list[int] | None = None,
     best_of: str | None = None,
+    where: str | None = None,
 ):
     """One panel per (split, metric), and one row of panels per ``facet`` value;
     one line per ``hue`` value (default: the study's first axis), mean over
@@ -75,12 +76,14 @@ def learning_curves(
     ``best_of`` (an axis, e.g. ``lr``, with ``table``): the curves are the best
     setting of that axis out of the study's sweep (``runs``); the summary gets
     ``<axis>_on_edge`` (the chosen value is the smallest or largest the sweep
-    tried for that ``hue``) and the legend says the chosen value."""
+    tried for that ``hue``) and the legend says the chosen value.
+    ``where``: a pandas query on the runs (e.g. ``role == 'rerun'``, to leave
+    out the run that won the tuning on its own seed)."""
     import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns
 
-    from .style import colors_for
+    from .style import colors_for, plain_log_ticks
 
     panels = panels or DEFAULT_PANELS
     sweep = runs
@@ -91,6 +94,14 @@ def learning_curves(
         source = one_table(tables, table, "learning_curves", required=("run_id", "step", "split", "metric", "value"))
         runs = source.drop(columns=["step", "split", "metric", "value"]).drop_duplicates("run_id")
         metrics = source[["run_id", "step", "split", "metric", "value"]]
+    if where is not None:
+        try:
+            runs = runs.query(where, engine="python")
+        except Exception as err:
+            raise ValueError(f"learning_curves: where {where!r}: {err}; columns: {list(runs.columns)}") from None
+        if runs.empty:
+            raise ValueError(f"learning_curves: where {where!r} keeps no run")
+        metrics = metrics[metrics["run_id"].isin(runs["run_id"])]
     labels = label_columns(runs)
     hue = hue or (labels[0] if labels else None)
     for axis in (hue, facet):
@@ -123,6 +134,7 @@ def learning_curves(
                 ax.set_title(str(value))
             if p.get("log"):
                 ax.set_yscale("log")
+                plain_log_ticks(ax, "y")
             ax.grid(alpha=0.3)
     edges = _on_grid_edge(runs, sweep, best_of, hue) if best_of is not None else None
     if edges is not None and hue is not None and axes[0][0].get_legend():
