@@ -239,3 +239,56 @@ def test_largest_stable_lr_needs_every_seed_and_flags_the_grid_edges():
     assert table.loc["a", "largest_stable_lr"] == 0.1 and not table.loc["a", "on_edge"]  # one seed stuck at 1.0
     assert table.loc["b", "largest_stable_lr"] == 1.0 and table.loc["b", "on_edge"]  # the grid's top trains
     assert np.isnan(table.loc["c", "largest_stable_lr"]) and table.loc["c", "on_edge"]  # nothing trains
+
+
+def test_heatmap_row_best_is_chosen_on_its_own_split_per_seed():
+    # val accuracy peaks at lr = 0.1 for every wd under A, and at lr = 0.1 (wd 0.1) / 1 (wd 1) under B;
+    # test accuracy peaks elsewhere (lr = 0.01), so a best read off test would differ
+    best_lr = {("A", 0.1): 0.1, ("A", 1.0): 0.1, ("B", 0.1): 0.1, ("B", 1.0): 1.0}
+    rows, metrics = [], []
+    for method in ("A", "B"):
+        for lr in (0.01, 0.1, 1.0):
+            for wd in (0.1, 1.0):
+                for seed in (0, 1, 2):
+                    rid = f"{method}-{lr}-{wd}-{seed}"
+                    rows.append({"run_id": rid, "method": method, "lr": lr, "wd": wd, "seed": seed, "status": "ok"})
+                    val = 0.9 - 0.1 * abs(np.log10(lr / best_lr[method, wd])) - 0.01 * seed
+                    metrics += [(rid, 10, "val", "accuracy", val), (rid, 10, "test", "accuracy", 0.9 if lr == 0.01 else 0.5)]
+    runs = pd.DataFrame(rows)
+    metrics = pd.DataFrame(metrics, columns=["run_id", "step", "split", "metric", "value"])
+    fig, plotted, summary = FIGURES.get("heatmap")(metrics, runs, {}, x="lr", y="wd", facet="method", row_best="val")
+    assert len(summary) == 6 and set(summary.seed) == {0, 1, 2}
+    a, b = summary[summary.method == "A"], summary[summary.method == "B"]
+    assert (a["best lr at wd=0.1"] == 0.1).all() and (a["best lr at wd=1"] == 0.1).all()
+    assert (b["best lr at wd=1"] == 1.0).all()
+    assert np.allclose(a.best_lr_spread, 0.0) and np.allclose(b.best_lr_spread, 1.0)  # decades
+    assert (~a.best_on_edge).all() and (a.edge_bests == 0).all()
+    assert b.best_on_edge.all() and (b.edge_bests == 1).all()  # lr = 1 is the grid's top
+    # a cell with a diverged seed is not eligible as a row's best
+    runs.loc[runs.run_id == "A-0.1-0.1-2", "status"] = "diverged"
+    _, _, summary = FIGURES.get("heatmap")(metrics, runs, {}, x="lr", y="wd", facet="method", row_best="val")
+    assert (summary[summary.method == "A"]["best lr at wd=0.1"].tolist()) == [0.1, 0.1, 0.01]
+
+
+def test_learning_curves_value_at_steps_and_best_of_a_sweep_on_its_edge():
+    # the sweep tried lr 0.1, 0.3, 1 for A and 0.1, 0.3 for B; the reruns of the best: A at 0.3, B at 0.3
+    sweep = pd.DataFrame([{"run_id": f"{m}{lr}", "method": m, "lr": lr, "seed": 0, "status": "ok"}
+                          for m, lrs in (("A", (0.1, 0.3, 1.0)), ("B", (0.1, 0.3))) for lr in lrs])
+    tuned = pd.DataFrame([(f"{m}-{s}", m, 0.3, s, "ok", step, "train", "loss", 1.0 / (step + 1) + s)
+                          for m in ("A", "B") for s in (1, 2) for step in (0, 5, 10, 20)],
+                         columns=["run_id", "method", "lr", "seed", "status", "step", "split", "metric", "value"])
+    panels = [{"split": "train", "metric": "loss", "log": True}]
+    fig, _, summary = FIGURES.get("learning_curves")(pd.DataFrame(columns=["run_id", "step", "split", "metric", "value"]),
+                                                     sweep, {"t": tuned}, table="t", hue="method", panels=panels,
+                                                     at_steps=[7, 20], best_of="lr")
+    row = summary[summary.run_id == "A-2"].iloc[0]
+    assert row["train loss at step 7"] == pytest.approx(1 / 6 + 2) and row["train loss at step 20"] == pytest.approx(1 / 21 + 2)
+    assert row["final train loss"] == pytest.approx(1 / 21 + 2)
+    assert not summary.set_index("run_id").loc["A-1", "lr_on_edge"] and summary.set_index("run_id").loc["B-1", "lr_on_edge"]
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["A, lr 0.3", "B, lr 0.3 (grid edge)"]
+    with pytest.raises(ValueError, match="best_of"):
+        FIGURES.get("learning_curves")(tuned, sweep, {}, hue="method", best_of="lr")
+    _, plotted, summary = FIGURES.get("learning_curves")(tuned, sweep, {"t": tuned}, table="t", hue="method",
+                                                         panels=panels, where="seed == 2")
+    assert set(summary.run_id) == {"A-2", "B-2"} and set(plotted.run_id) == {"A-2", "B-2"}

@@ -42,3 +42,17 @@ def test_adam_drifts_to_the_worst_point_and_amsgrad_does_not():
     assert last.loc["AMSGrad", "average_regret"] < last.loc["Adam", "average_regret"] / 2
     amsgrad = table[table.method == "AMSGrad"].sort_values("step")
     assert amsgrad.average_regret.iloc[-1] < amsgrad.average_regret.iloc[len(amsgrad) // 2]
+
+
+def test_regret_floor_is_the_average_regret_of_sitting_at_the_worst_point():
+    from descentlab.analyses.online import regret_floor
+
+    steps = 101 * 1000
+    g = counterexample_gradients(steps, 1010.0, 10.0, 101)
+    brute = float(np.sum(g * (1.0 - (-1.0)))) / steps  # x_t = +1 forever, x* = -1
+    assert regret_floor(1010.0, 10.0, 101) == pytest.approx(brute, rel=1e-12)
+    assert regret_floor(1010.0, 10.0, 101) == pytest.approx(20 / 101)
+    table = ANALYSES.get("adam_counterexample")([], steps=200_000, records=50)
+    assert np.allclose(table.regret_floor, 20 / 101, rtol=1e-12)
+    last = table.sort_values("step").groupby("method").last()
+    assert last.loc["Adam", "average_regret"] > last.loc["Adam", "regret_floor"]

@@ -61,6 +61,12 @@ def adam_scalar(
     return out
 
 
+def regret_floor(big: float, small: float, period: int) -> float:
+    """Average regret, per step over whole periods, of staying at the worst
+    point -x* of the counterexample: 2 |big - (period - 1) small| / period."""
+    return 2.0 * abs(big - (period - 1) * small) / period
+
+
 @ANALYSES.register("adam_counterexample")
 def adam_counterexample(
     runs,
@@ -81,12 +87,21 @@ def adam_counterexample(
     torch's AMSGrad divides the running max of v by sqrt(1 - beta2^t); the paper
     states AMSGrad without bias correction. The conclusion (Adam drifts to +1,
     AMSGrad converges to -1) holds for both. ``records`` log-spaced steps are kept.
+
+    ``regret_floor`` (a column, the same on every row): the average regret of
+    an iterate that sits at the worst point -x*. f_t is linear, so its regret
+    at step t is g_t (x_t - x*) = 2 |g_t| sign-matched, and a period of
+    ``period`` steps sums to 2 |big - (period - 1) small|: the floor is
+    2 |big - (period - 1) small| / period = 2 * 10 / 101 = 0.198 here. Adam,
+    which drifts to -x*, stays above it (its iterate dips below +1 after each
+    large gradient, where the small ones then cost a little more).
     """
     import pandas as pd
 
     del runs, device  # a standalone experiment
     grads = counterexample_gradients(steps, big, small, period)
     x_star = -1.0 if big - (period - 1) * small > 0 else 1.0
+    floor = regret_floor(big, small, period)
     lrs = lr / np.sqrt(np.arange(1, steps + 1))
     keep = np.unique(np.geomspace(1, steps, records).astype(int)) - 1
     frames = []
@@ -99,5 +114,6 @@ def adam_counterexample(
             "step": keep + 1,
             "x": xs[keep],
             "average_regret": regret[keep] / (keep + 1),
+            "regret_floor": floor,
         }))
     return pd.concat(frames, ignore_index=True)

@@ -55,6 +55,7 @@ from .adagrad_norm import AdaGradNorm  # noqa: E402
 from .adahessian import AdaHessian  # noqa: E402
 from .adamp import SGDP, AdamP  # noqa: E402
 from .ademamix import AdEMAMix  # noqa: E402
+from .adamw_decoupled import AdamWDecoupled  # noqa: E402
 from .diffgrad import DiffGrad  # noqa: E402
 from .exadam import EXAdam  # noqa: E402
 from .grams import Grams  # noqa: E402
@@ -69,7 +70,7 @@ from .shampoo import Shampoo  # noqa: E402
 
 __all__ = [
     "OPTIMIZERS", "build_optimizer",
-    "AdaGradNorm", "AdaHessian", "AdamP", "SGDP", "AdEMAMix", "DiffGrad", "EXAdam", "Grams",
+    "AdaGradNorm", "AdaHessian", "AdamP", "AdamWDecoupled", "SGDP", "AdEMAMix", "DiffGrad", "EXAdam", "Grams",
     "Lion", "MARS", "Momo", "MomoAdam", "MuonAdamW", "NAGGS", "SAM", "ASAM",
     "ScheduleFreeAdamW", "ScheduleFreeSGD", "Shampoo",
 ]

@@ -58,22 +58,50 @@ def learning_curves(
     facet: str | None = None,
     table: str | None = None,
     title: str | None = None,
+    at_steps: list[int] | None = None,
+    best_of: str | None = None,
+    where: str | None = None,
 ):
     """One panel per (split, metric), and one row of panels per ``facet`` value;
     one line per ``hue`` value (default: the study's first axis), mean over
     seeds with a ``band`` (``sd`` or ``ci``; on log panels the geometric mean
     with a geometric-sd band). With ``table``, the curves come
     from that analysis table (tidy metrics with label columns, e.g. the reruns
-    of an optimizer benchmark) instead of the study's runs."""
+    of an optimizer benchmark) instead of the study's runs. Lines are
+    coloured by name (``style.color_for``).
+
+    The summary has one row per run: its labels, status and each panel's final
+    value; with ``at_steps``, also each panel's value at the last record at or
+    before each step K (``<split> <metric> at step K``), for claims about speed.
+    ``best_of`` (an axis, e.g. ``lr``, with ``table``): the curves are the best
+    setting of that axis out of the study's sweep (``runs``); the summary gets
+    ``<axis>_on_edge`` (the chosen value is the smallest or largest the sweep
+    tried for that ``hue``) and the legend says the chosen value.
+    ``where``: a pandas query on the runs (e.g. ``role == 'rerun'``, to leave
+    out the run that won the tuning on its own seed)."""
     import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns
 
+    from .style import colors_for, plain_log_ticks
+
     panels = panels or DEFAULT_PANELS
+    sweep = runs
+    if best_of is not None and (table is None or best_of not in sweep.columns):
+        raise ValueError(f"learning_curves: best_of={best_of!r} needs `table` (the reruns of the best) and "
+                         f"an axis of the study; axes: {label_columns(sweep)}")
     if table is not None:
         source = one_table(tables, table, "learning_curves", required=("run_id", "step", "split", "metric", "value"))
         runs = source.drop(columns=["step", "split", "metric", "value"]).drop_duplicates("run_id")
         metrics = source[["run_id", "step", "split", "metric", "value"]]
+    if where is not None:
+        try:
+            runs = runs.query(where, engine="python")
+        except Exception as err:
+            raise ValueError(f"learning_curves: where {where!r}: {err}; columns: {list(runs.columns)}") from None
+        if runs.empty:
+            raise ValueError(f"learning_curves: where {where!r} keeps no run")
+        metrics = metrics[metrics["run_id"].isin(runs["run_id"])]
     labels = label_columns(runs)
     hue = hue or (labels[0] if labels else None)
     for axis in (hue, facet):
@@ -98,14 +126,25 @@ def learning_curves(
         rows = plotted if value is None else plotted[plotted[facet] == value]
         for ax, p in zip(row, panels):
             data = rows[(rows["split"] == p["split"]) & (rows["metric"] == p["metric"])]
-            sns.lineplot(data=data, x="step", y="value", hue=hue, ax=ax, legend=ax is axes[0][0],
+            palette = colors_for(dict.fromkeys(plotted[hue])) if hue is not None else None
+            sns.lineplot(data=data, x="step", y="value", hue=hue, ax=ax, legend=ax is axes[0][0], palette=palette,
                          **central_and_band(band, log=bool(p.get("log"))))
             ax.set_ylabel(p.get("ylabel", f"{p['split']} {p['metric']}"))
             if value is not None:
                 ax.set_title(str(value))
             if p.get("log"):
                 ax.set_yscale("log")
+                plain_log_ticks(ax, "y")
             ax.grid(alpha=0.3)
+    edges = _on_grid_edge(runs, sweep, best_of, hue) if best_of is not None else None
+    if edges is not None and hue is not None and axes[0][0].get_legend():
+        chosen = {}
+        for row in runs.merge(edges, on="run_id").itertuples(index=False):
+            mark = " (grid edge)" if getattr(row, f"{best_of}_on_edge") else ""
+            chosen.setdefault(str(getattr(row, hue)), set()).add(f"{getattr(row, best_of)}{mark}")
+        for text in axes[0][0].get_legend().get_texts():
+            if text.get_text() in chosen:
+                text.set_text(f"{text.get_text()}, {best_of} {', '.join(sorted(chosen[text.get_text()]))}")
     if many and axes[0][0].get_legend():  # many lines: one legend beside the figure
         legend = axes[0][0].get_legend()
         handles, labels = axes[0][0].get_legend_handles_labels()
@@ -122,4 +161,27 @@ def learning_curves(
     last["quantity"] = "final " + last["split"] + " " + last["metric"]
     summary = last.pivot_table(index="run_id", columns="quantity", values="value").reset_index()
     summary = runs.merge(summary, on="run_id", how="left")
+    for k in at_steps or ():
+        upto = plotted[plotted["step"] <= k].sort_values("step").groupby(["run_id", "split", "metric"], as_index=False).last()
+        upto["quantity"] = upto["split"] + " " + upto["metric"] + f" at step {k}"
+        summary = summary.merge(upto.pivot_table(index="run_id", columns="quantity", values="value").reset_index(),
+                                on="run_id", how="left")
+    if edges is not None:
+        summary = summary.merge(edges, on="run_id", how="left")
     return fig, plotted, summary
+
+
+def _on_grid_edge(chosen: pd.DataFrame, sweep: pd.DataFrame, axis: str, hue: str | None) -> pd.DataFrame:
+    """Per chosen run: whether its ``axis`` value is the smallest or largest
+    the sweep tried (for the same ``hue`` value, when there is one)."""
+    import pandas as pd
+
+    rows = []
+    for row in chosen.itertuples(index=False):
+        tried = sweep if hue is None else sweep[sweep[hue].astype(str) == str(getattr(row, hue))]
+        values = sorted(pd.to_numeric(tried[axis]).unique())
+        if not values:
+            raise ValueError(f"learning_curves: the sweep has no {axis} for {hue}={getattr(row, hue)!r}")
+        value = float(getattr(row, axis))
+        rows.append({"run_id": row.run_id, f"{axis}_on_edge": value in (values[0], values[-1])})
+    return pd.DataFrame(rows)

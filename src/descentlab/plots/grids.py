@@ -35,12 +35,31 @@ def heatmap(
     as_error: bool = True,
     percent: bool = True,
     title: str | None = None,
+    row_best: str | None = None,
+    chance: float | None = None,
+    log_x: bool = True,
 ):
     """Mean over seeds of a final metric on the (x, y) grid; with ``as_error``
-    the accuracy is shown as an error, 1 - accuracy. Diverged runs show blank.
-    One panel per value of ``facet``, sharing the colour scale."""
+    the accuracy is shown as an error, 1 - accuracy. Diverged runs show blank
+    and are labelled "div" (with their count when some seeds survived).
+    One panel per value of ``facet``, sharing the colour scale.
+
+    ``chance``: the metric's value at chance (0.1 accuracy for ten classes);
+    cells whose mean lies within 0.05 of it are labelled "chance".
+
+    ``row_best``: a split (e.g. ``val``) on which each row's best x is chosen,
+    so that choosing and reporting use different data. The figure marks, per
+    row, the best x of the mean over seeds (open on the x grid's edge), and the
+    summary becomes one row per (facet, seed) with that seed's best x per row
+    (``best <x> at <y>=<value>``), ``best_on_edge`` (a row's best on the edge
+    of the x grid, or no finite value), ``edge_bests`` (how many) and
+    ``best_<x>_spread``: max - min over rows of log10(best x) with ``log_x``
+    (the x grid in decades), else of best x itself.
+    Without ``row_best`` the summary is each facet's best cell."""
     import matplotlib.pyplot as plt
     import seaborn as sns
+
+    from .style import edge_marker
 
     for axis in (x, y) + ((facet,) if facet else ()):
         if axis not in runs.columns:
@@ -55,6 +74,15 @@ def heatmap(
     plotted = table.groupby(group_cols, as_index=False, sort=True).agg(
         value=("value", "mean"), std=("value", "std"), seeds=("value", "size"), diverged=("status", lambda s: int((s != "ok").sum()))
     )
+    if row_best is not None:  # each row's best x, chosen on another split than the one drawn
+        table_choice = final_values(metrics, runs, row_best, metric)
+        if as_error:
+            table_choice["value"] = 1.0 - table_choice["value"]
+        if table_choice["value"].isna().all():
+            raise ValueError(f"heatmap: row_best={row_best!r}: no run recorded ({row_best}, {metric})")
+        # a cell where any seed diverged cannot be a row's best
+        mean_choice = table_choice.groupby(group_cols, as_index=False, sort=True).agg(value=("value", lambda v: float(np.mean(v))))
+        choice = row_bests(mean_choice, x, y, [facet] if facet else [])
     facets = list(dict.fromkeys(table[facet])) if facet else [None]
     vmin, vmax = np.nanmin(plotted["value"]), np.nanmax(plotted["value"])
     fig, axes = plt.subplots(1, len(facets), figsize=(4.6 * len(facets), 3.9), squeeze=False)
@@ -63,11 +91,83 @@ def heatmap(
         grid = part.pivot(index=y, columns=x, values="value").sort_index(ascending=False)
         sns.heatmap(grid, ax=ax, annot=True, fmt=".1f", cmap="viridis_r", vmin=vmin, vmax=vmax,
                     cbar=ax is axes[0][-1], cbar_kws={"label": quantity}, annot_kws={"fontsize": 7})
+        _label_bad_cells(ax, part, grid, x, y, chance, as_error, percent)
+        if row_best is not None:
+            _mark_row_bests(ax, choice[choice[facet] == value] if facet else choice, grid, x, y, edge_marker)
         ax.set_title(str(value) if value is not None else "")
         ax.set_xlabel(x)
         ax.set_ylabel(y)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    if row_best is not None:
+        return fig, plotted, per_seed_row_bests(table_choice, x, y, facet, log_x)
     best = plotted.sort_values("value").groupby(facet if facet else (lambda _: 0), as_index=False).first() if facet else plotted.nsmallest(1, "value")
     return fig, plotted, best
+
+
+def _cell_position(grid, x_value, y_value) -> tuple[float, float]:
+    """The centre of a (x, y) cell of a seaborn heatmap drawn from ``grid``."""
+    return list(grid.columns).index(x_value) + 0.5, list(grid.index).index(y_value) + 0.5
+
+
+def _label_bad_cells(ax, part, grid, x, y, chance, as_error, percent) -> None:
+    """Diverged runs and cells at chance, written into their cells (never blank without a word)."""
+    scale = 100.0 if percent else 1.0
+    for row in part.itertuples(index=False):
+        cx, cy = _cell_position(grid, getattr(row, x), getattr(row, y))
+        mean = row.value / scale
+        if as_error:
+            mean = 1.0 - mean
+        if row.diverged and row.diverged == row.seeds:
+            ax.text(cx, cy, "div", ha="center", va="center", fontsize=7, color="red")
+        elif row.diverged:
+            ax.text(cx, cy + 0.35, f"{row.diverged} div", ha="center", va="center", fontsize=5, color="red")
+        elif chance is not None and np.isfinite(mean) and abs(mean - chance) <= 0.05:
+            ax.text(cx, cy + 0.35, "chance", ha="center", va="center", fontsize=5, color="red")
+
+
+def row_bests(table: pd.DataFrame, x: str, y: str, keys: list[str]) -> pd.DataFrame:
+    """Per (keys..., y): the x with the lowest value (NaN values skipped), and
+    whether it lies on the edge of the x grid (or no x has a value)."""
+    import pandas as pd
+
+    grid = sorted(table[x].unique())
+    rows = []
+    for key, group in table.groupby(keys + [y], sort=True):
+        finite = group[np.isfinite(group["value"])]
+        best = finite.loc[finite["value"].idxmin(), x] if len(finite) else np.nan
+        on_edge = bool(not len(finite) or best in (grid[0], grid[-1]))
+        rows.append(dict(zip(keys + [y], key if isinstance(key, tuple) else (key,)), best=best, on_edge=on_edge))
+    return pd.DataFrame(rows)
+
+
+def per_seed_row_bests(table: pd.DataFrame, x: str, y: str, facet: str | None, log_x: bool) -> pd.DataFrame:
+    """One row per (facet, seed): each y-row's best x, the edge flags, and the spread of the best x."""
+    import pandas as pd
+
+    keys = ([facet] if facet else []) + ["seed"]
+    bests = row_bests(table, x, y, keys)
+    out = []
+    for key, group in bests.groupby(keys, sort=True):
+        record = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        for row in group.itertuples(index=False):
+            record[f"best {x} at {y}={getattr(row, y):g}"] = row.best
+        values = group["best"].astype(float)
+        values = np.log10(values) if log_x else values
+        record[f"best_{x}_spread"] = float(values.max() - values.min()) if values.notna().all() else np.nan
+        record["edge_bests"] = int(group["on_edge"].sum())
+        record["best_on_edge"] = bool(group["on_edge"].any())
+        out.append(record)
+    return pd.DataFrame(out)
+
+
+def _mark_row_bests(ax, choice, grid, x, y, edge_marker) -> None:
+    """A circle on each row's best x (mean over seeds on the choosing split); open on the grid's edge."""
+    for row in choice.itertuples(index=False):
+        if not np.isfinite(row.best):
+            continue
+        cx, cy = _cell_position(grid, row.best, getattr(row, y))
+        # in the cell's corner, clear of its number
+        ax.plot([cx - 0.33], [cy - 0.3], color="white", markeredgecolor="white", markersize=5, markeredgewidth=1.2,
+                linestyle="none", **edge_marker(row.on_edge))
