@@ -180,3 +180,18 @@ def test_loss_landscape_summary_has_one_row_per_finished_run_for_paired_claims()
 def test_loss_landscape_still_draws_a_table_without_summaries():
     fig, data, summary = FIGURES.get("loss_landscape")(None, None, {"landscape": landscape_table(False)}, by="batch_size")
     assert len(summary) == 6 and {"min_loss", "edge_loss", "center_loss"} <= set(summary.columns)
+
+
+def test_curvature_summary_counts_the_flipped_labels_the_model_reproduces():
+    run = FakeRun()  # the model predicts class 1 exactly when x[:, 0] > 0, as the clean labels say
+    data = run.data
+    y = data.y["train"].clone()
+    noisy = [0, 1, 2, 3]
+    y[noisy] = 1 - y[noisy]  # flipped: the model now disagrees with all four ...
+    y[[0, 1]] = data.y["train"][[0, 1]]  # ... except two, restored to what it predicts
+    run.data = SplitData(x=data.x, y=dict(data.y, train=y), task=data.task, num_outputs=2, input_shape=(4,),
+                         info={"noisy_indices": noisy})
+    row = ANALYSES.get("curvature_summary")([run], n_examples=32, trace_probes=2)
+    assert row["noisy_label_fit"].iloc[0] == pytest.approx(0.5)
+    run.data = data  # no label noise: no column
+    assert "noisy_label_fit" not in ANALYSES.get("curvature_summary")([run], n_examples=32, trace_probes=2).columns
