@@ -37,8 +37,8 @@ def summary_points(
                       capsize=0.1, ax=ax, legend=ax is axes[0][0], palette=palette)
         ax.set_ylabel(ylabels.get(column, column))
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
+    seeds = f"n = {data['seed'].nunique()} seeds, " if "seed" in data.columns else ""
+    fig.suptitle(f"{title + chr(10) if title else ''}(points: mean over seeds, {seeds}bars: one sd)", fontsize=10)
     fig.tight_layout()
     keys = [k for k in (x, hue) if k]
     summary = data.groupby(keys, as_index=False)[columns].agg(["mean", "std", "count"])
