@@ -67,7 +67,7 @@ def slice_curvature(alphas: Sequence[float], losses: Sequence[float]) -> float:
 
 def weights_at_train_loss(run: Run, loss_of, target: float, device: str = "cpu"):
     """The first of the run's saved weights (its ``checkpoints`` in step
-    order, then ``final.pt``) whose loss, ``loss_of(model)``, is at most
+    order, then ``final.pt``) whose loss, ``loss_of(model, data)``, is at most
     ``target``: (model, data, step, loss, reached). When none reaches it, the
     final weights with ``reached = False``."""
     from ..checkpoints import weights_path
