@@ -45,8 +45,10 @@ def curvature_summary(
 ) -> pd.DataFrame:
     """Per run: top Hessian eigenvalue (with its residual), Hutchinson trace
     (with its standard error), both of the training loss on ``n_examples``
-    training examples, the accuracy on ``split``, and, with ``adaptive_rho``,
-    the adaptive sharpness of ASAM (Kwon et al. 2021)."""
+    training examples, the accuracy on ``split``, with ``adaptive_rho`` the
+    adaptive sharpness of ASAM (Kwon et al. 2021), and, for data with label
+    noise, ``noisy_label_fit``: the fraction of the flipped training labels
+    the model predicts (1: the noise is memorised)."""
     import pandas as pd
 
     from ..curvature import adaptive_sharpness, hutchinson, top_eigenvalues
@@ -67,6 +69,12 @@ def curvature_summary(
                 train_loss=op.loss(),
                 **{f"{split}_{k}": v for k, v in evaluate(model, loss_fn, data.x[split].to(device), data.y[split].to(device), data.task).items()},
             )
+            noisy = data.info.get("noisy_indices")
+            if noisy:  # how many of the flipped training labels the weights reproduce (memorisation)
+                idx = torch.as_tensor(noisy)
+                with torch.no_grad():
+                    fitted = model(data.x["train"][idx].to(device)).argmax(dim=1).cpu() == data.y["train"][idx]
+                row["noisy_label_fit"] = float(fitted.float().mean())
             if adaptive_rho is not None:
                 x, y = _subset(run, data, n_examples, device)
                 row["adaptive_sharpness"] = float(adaptive_sharpness(model, loss_fn, x, y, rho=adaptive_rho)["sharpness"])
