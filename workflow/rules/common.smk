@@ -89,6 +89,7 @@ def manifests_of(runs):
 
 
 def train_inputs(wc):
+    forget_damaged_job(wc.group)
     members = group_members(wc.group)
     reads = sorted({ref for r in members for ref in run_references(r.spec)})
     inputs = {
@@ -101,21 +102,25 @@ def train_inputs(wc):
     return inputs
 
 
-_HEALTH = {}
+_CHECKED = set()
 
 
-def group_health(wc):
-    """'ok', or what is wrong with the finished job's run files: a changed
-    value reruns the job (Snakemake's params trigger), and names the damage."""
-    if wc.group not in _HEALTH:
-        problems = []
-        if Path(job_manifest(wc.group)).exists():
-            for run in group_members(wc.group):
-                problems += run_damage(run.dir, output_files(run.dir, run.spec))
-        if problems:
-            LOG.warning("training job %s reruns: %s", wc.group, "; ".join(problems[:5]))
-        _HEALTH[wc.group] = "damaged: " + "; ".join(problems[:5]) if problems else "ok"
-    return _HEALTH[wc.group]
+def forget_damaged_job(group):
+    """If a finished job's run files are missing or truncated (their sizes
+    differ from what status.json recorded), name them and drop the job's
+    manifest, so the job counts as not done and reruns. The manifest is
+    bookkeeping, not data: dropping it loses nothing. (A params value would
+    not do: Snakemake records the value it had before the rerun.)"""
+    manifest = Path(job_manifest(group))
+    if group in _CHECKED or not manifest.exists():
+        return
+    _CHECKED.add(group)
+    problems = []
+    for run in group_members(group):
+        problems += run_damage(run.dir, output_files(run.dir, run.spec))
+    if problems:
+        LOG.warning("training job %s reruns: %s", group, "; ".join(problems[:5]))
+        manifest.unlink()
 
 
 def index_inputs(wc):

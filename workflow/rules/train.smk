@@ -3,7 +3,7 @@
 # files into runs/<run id>/ and, last, its manifest train/<job>.json, which is
 # what later stages wait for. State needed to resume lives in each run's
 # .resume/ folder, so a killed or re-queued job continues instead of starting
-# over; a damaged run file (see group_health) reruns its job.
+# over; a damaged run file reruns its job (see forget_damaged_job).
 
 
 rule train:
@@ -15,7 +15,6 @@ rule train:
         runs=lambda wc: [r.to_dict() for r in group_members(wc.group)],
         device=config["device"],
         code=CODE_VERSION,
-        health=group_health,
     threads: config["threads_per_job"]
     resources:
         **config["resources"],
