@@ -90,10 +90,18 @@ class Training:
 
     def take_step(self) -> None:
         """One optimizer step on the next minibatch, then the instruments."""
+        self.next_batch()
+        self.record_step(self.optimizer.step(self._closure))
+
+    def next_batch(self) -> torch.Tensor | None:
+        """Draw the next minibatch (indices into the training set; None: the whole set)."""
         idx = self.sampler.next()
         if idx is not None:
             self._xb, self._yb = self.x["train"][idx], self.y["train"][idx]
-        loss = self.optimizer.step(self._closure)
+        return idx
+
+    def record_step(self, loss: torch.Tensor) -> None:
+        """Count the step just taken (its minibatch loss into the window), then the instruments."""
         self.window_loss += loss.detach()
         self.window_n += 1
         self.step += 1
