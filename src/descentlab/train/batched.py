@@ -145,7 +145,7 @@ def _train_opened(
     runs = [o.run for o in opened]
     loss_specs = {repr(canonical(run.spec)["loss"]) for run in runs}
     stack = ModelStack(runs, runs[0].loss_fn if len(loss_specs) == 1 else None)
-    updates = _update_groups(runs, stacked_updates)
+    updates = _update_groups(runs, stack, stacked_updates)
     for update in updates:
         update.attach()
     trackers = []
@@ -218,7 +218,7 @@ class PerRunUpdate:
                     self.runs[r].optimizer.step(lambda: loss)
 
 
-def _update_groups(runs: list, stacked_updates: bool) -> list:
+def _update_groups(runs: list, stack: ModelStack, stacked_updates: bool) -> list:
     """Runs whose optimizers can update as one stack (same class, same hyperparameters
     other than lr and weight decay, same step count) share a ``StackedUpdate``; the rest
     step their own optimizers."""
@@ -230,7 +230,7 @@ def _update_groups(runs: list, stacked_updates: bool) -> list:
             alone.append(r)
         else:
             groups.setdefault(key, []).append(r)
-    updates: list = [StackedUpdate(rows, runs) for rows in groups.values()]
+    updates: list = [StackedUpdate(rows, runs, stack) for rows in groups.values()]
     if alone:
         updates.append(PerRunUpdate(alone, runs))
     return updates
