@@ -4,6 +4,7 @@ after 100 steps, for every optimizer and for a BatchNorm CNN; each run keeps
 its own files, divergence and resume point."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,6 +13,7 @@ import torch
 from descentlab.data import DATASETS, SplitData
 from descentlab.train import train_run
 from descentlab.train.batched import train_batched, train_job, why_not_batched
+from descentlab.spec import validate
 from descentlab.train.loop import Interrupted
 
 MLP = {
@@ -223,3 +225,29 @@ def test_closure_optimizers_are_refused_by_train_batched(name, mlp_data, tmp_pat
     spec = dict(MLP, optimizer=dict(ALONE[name], name=name))
     with pytest.raises(ValueError, match="needs its own closure"):
         train_batched([spec, spec], mlp_data, [tmp_path / "a", tmp_path / "b"])
+
+
+def test_config_switch_is_documented_and_on_by_default():
+    import jsonschema
+    import yaml
+
+    from descentlab.studies import SCHEMA_DIR
+
+    schema = yaml.safe_load((SCHEMA_DIR / "config.schema.yaml").read_text())
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
+    jsonschema.validate(config, schema)
+    assert config["batched_training"] is True and schema["properties"]["batched_training"]["default"] is True
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(dict(config, batched_training="yes"), schema)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "amsgrad", "nadam", "radam", "adagrad", "lion"])
+def test_elementwise_optimizers_take_the_stacked_update(name, mlp_data, f64):
+    """So the float64 tests above check the stacked update for these, not the per-run path."""
+    from descentlab.train.stacked_update import stacked_update_key
+    from descentlab.train.training import Training
+
+    run = Training(validate(dict(MLP, optimizer=dict(OPTIMIZERS[name], name=name))), mlp_data, torch.device("cpu"))
+    assert stacked_update_key(run) is not None
+    run = Training(validate(dict(MLP, optimizer={"name": "adamp", "lr": 1e-3})), mlp_data, torch.device("cpu"))
+    assert stacked_update_key(run) is None
