@@ -143,9 +143,6 @@ class StackedUpdate:
 
     # -- a step --------------------------------------------------------------------------
 
-    def _per_row(self, values: list[float], like: torch.Tensor) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.float64).to(dtype=like.dtype, device=like.device).view(-1, *[1] * (like.dim() - 1))
-
     def step(self, active: list[int], losses: torch.Tensor, rngs: list[torch.Tensor]) -> None:
         wanted = set(active)
         on = [r in wanted for r in self.rows]
@@ -154,31 +151,38 @@ class StackedUpdate:
         groups = [self.runs[r].optimizer.param_groups[0] for r in self.rows]
         lrs, wds = [g["lr"] for g in groups], [g["weight_decay"] for g in groups]
         like = self.stacked[0]
-        mask = torch.tensor(on, device=like.device)
+        # per-row factors, computed in float64 as the runs' own optimizers do, then cast
+        column = lambda values: torch.tensor(values, dtype=torch.float64).to(dtype=like.dtype, device=like.device)  # noqa: E731
+        lr = column(lrs)
+        decay = column([1 - a * w for a, w in zip(lrs, wds)]) if self.decoupled and any(wds) else None
+        l2 = column(wds) if not self.decoupled and any(wds) else None
+        mask = None if all(on) else torch.tensor(on, device=like.device)
         rows_p = []
         for P, u in zip(self.stacked, self.scratch):
             p = P.detach() if self.whole else P.detach()[self.index]
             g = P.grad if self.whole else P.grad[self.index]
-            if not self.decoupled and any(wds):
-                g = g + self._per_row(wds, p) * p
+            if l2 is not None:
+                g = g + _rows(l2, p) * p
             u.zero_()
             u.grad = g
             rows_p.append(p)
         self.optimizer.step()
         with torch.no_grad():
             for P, u, p in zip(self.stacked, self.scratch, rows_p):
-                lr = self._per_row(lrs, p)
-                if self.decoupled and any(wds):
-                    new = p * self._per_row([1 - a * w for a, w in zip(lrs, wds)], p) + lr * u
-                else:
-                    new = p + lr * u
-                new = torch.where(mask.view(-1, *[1] * (p.dim() - 1)), new, p)
+                new = p * _rows(decay, p) + _rows(lr, p) * u if decay is not None else p + _rows(lr, p) * u
+                if mask is not None:
+                    new = torch.where(_rows(mask, p), new, p)
                 if self.whole:
                     P.detach().copy_(new)
                 else:
                     P.detach()[self.index] = new
             for u in self.scratch:
                 u.grad = None
+
+
+def _rows(column: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-row value broadcast against a stacked tensor (R, ...)."""
+    return column.view(-1, *[1] * (like.dim() - 1))
 
 
 def _copy(value: Any) -> Any:
