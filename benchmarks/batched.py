@@ -93,7 +93,7 @@ def child(name: str, mode: str, steps: int, slice_steps: int) -> None:
     data = build_dataset(specs[0]["dataset"])
     with tempfile.TemporaryDirectory() as tmp:
         # Warm-up (imports, the code fingerprint), not timed: the per-run cost is what is compared.
-        warm = [dict(s, steps=2, log_every=1, eval_every=1) for s in specs[:2]]
+        warm = [dict(s, steps=2, log_every=1, eval_every=1, schedule={"name": "constant"}) for s in specs[:2]]
         train_job(warm, [data] * 2, [Path(tmp) / "warm0", Path(tmp) / "warm1"], batched=(mode == "batched"), progress=False)
         dirs = [Path(tmp) / f"run{k}" for k in range(len(specs))]
         start = time.perf_counter()

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from descentlab.data import DATASETS, SplitData
+from descentlab.data import DATASETS, SplitData, build_dataset
 from descentlab.train import train_run
 from descentlab.train.batched import train_batched, train_job, why_not_batched
 from descentlab.spec import validate
@@ -251,3 +251,37 @@ def test_elementwise_optimizers_take_the_stacked_update(name, mlp_data, f64):
     assert stacked_update_key(run) is not None
     run = Training(validate(dict(MLP, optimizer={"name": "adamp", "lr": 1e-3})), mlp_data, torch.device("cpu"))
     assert stacked_update_key(run) is None
+
+
+def test_children_of_a_parent_match_one_by_one(mlp_data, tmp_path, f64):
+    """Runs started from another run's checkpoint (init), each restore mode, at their own start steps."""
+    from descentlab.spec import run_id
+
+    parent = dict(MLP, seed=0, optimizer={"name": "adam", "lr": 0.003}, checkpoints=[40], steps=60)
+    runs = tmp_path / "runs"
+    train_run(parent, mlp_data, runs / run_id(parent))
+    children = [
+        dict(MLP, seed=1, optimizer={"name": "adam", "lr": 0.001}, init={"run": run_id(parent), "step": 40, "restore": "weights"}),
+        dict(MLP, seed=2, optimizer={"name": "adam", "lr": 0.01}, init={"run": run_id(parent), "step": 40, "restore": "optimizer"}),
+        dict(MLP, seed=0, optimizer={"name": "adam", "lr": 0.003}, init={"run": run_id(parent), "step": 40, "restore": "all"}),
+        dict(MLP, seed=3, optimizer={"name": "adam", "lr": 0.003}, init={"run": run_id(parent), "step": 40, "restore": "all"}),
+    ]
+    for k, spec in enumerate(children):
+        train_run(spec, mlp_data, runs / f"alone{k}")
+    results = train_batched(children, mlp_data, [runs / f"batched{k}" for k in range(4)])
+    assert [r.resumed_from for r in results] == [0, 40, 40, 40]
+    assert_same_runs([runs / f"alone{k}" for k in range(4)], [runs / f"batched{k}" for k in range(4)], 1e-10)
+
+
+def test_mixed_losses_instruments_and_label_noise_match_one_by_one(tmp_path, f64):
+    """Different losses per run (each run's loss on its slice of the batched outputs), the
+    grad_norm instrument (reads each run's gradient rows) and a label-noise dataset."""
+    dataset = dict(MLP["dataset"], label_noise=0.2)
+    data = float64(build_dataset(dataset))
+    base = dict(MLP, dataset=dataset, instruments=[{"name": "grad_norm", "every": 5}])
+    specs = [dict(base, seed=0, optimizer={"name": "sgd", "lr": 0.05}, loss={"name": "label_smoothing", "smoothing": 0.1}),
+             dict(base, seed=1, optimizer={"name": "adam", "lr": 0.003}),
+             dict(base, seed=2, optimizer={"name": "adamp", "lr": 0.003}, loss={"name": "mse"})]
+    check_equivalent(specs, data, tmp_path)
+    m = pd.read_parquet(tmp_path / "batched1" / "metrics.parquet")
+    assert (m.metric == "grad_norm").sum() == 20
