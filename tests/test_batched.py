@@ -55,7 +55,8 @@ OPTIMIZERS = {
     "shampoo": {"lr": 0.001},
     "muon": {"lr": 0.02},
 }
-ALONE = {"sam": {"lr": 0.05, "momentum": 0.9}, "asam": {"lr": 0.05, "rho": 0.5}, "adahessian": {"lr": 0.15}}
+SHARPNESS_AWARE = {"sam": {"lr": 0.05, "momentum": 0.9, "rho": 0.05}, "asam": {"lr": 0.05, "momentum": 0.9, "rho": 0.5, "eta": 0.01}}
+ALONE = {"adahessian": {"lr": 0.15}}
 
 
 def float64(data: SplitData) -> SplitData:
@@ -201,7 +202,7 @@ def test_batched_state_files_are_the_runs_own(mlp_data, tmp_path, f64):
 
 def test_train_job_batches_compatible_runs_and_trains_the_rest_alone(mlp_data, cnn_data, tmp_path, f64):
     mlp = sweep(MLP, "adam", OPTIMIZERS["adam"])
-    specs = mlp[:2] + [dict(MLP, seed=5, optimizer=dict(ALONE["sam"], name="sam"))] + sweep(CNN, "sgd", OPTIMIZERS["sgd"])[:2]
+    specs = mlp[:2] + [dict(MLP, seed=5, optimizer=dict(ALONE["adahessian"], name="adahessian"))] + sweep(CNN, "sgd", OPTIMIZERS["sgd"])[:2]
     datas = [mlp_data] * 3 + [cnn_data] * 2
     assert why_not_batched(specs[2]) is not None and why_not_batched(specs[0]) is None
     seen = []
@@ -218,6 +219,20 @@ def test_train_job_without_batching_is_train_run(mlp_data, tmp_path, f64):
     for k, spec in enumerate(specs):
         train_run(spec, mlp_data, tmp_path / f"a{k}")
         assert all(torch.equal(final(tmp_path / f"a{k}")[n], v) for n, v in final(tmp_path / f"j{k}").items())
+
+
+@pytest.mark.parametrize("name", sorted(SHARPNESS_AWARE))
+def test_sam_and_asam_batched_closure_matches_one_by_one(name, mlp_data, cnn_data, tmp_path, f64):
+    """Two batched passes a step, each run perturbed by its own gradient's norm; the
+    BatchNorm CNN sees both forward passes in its running statistics, as alone."""
+    check_equivalent(sweep(MLP, name, SHARPNESS_AWARE[name]), mlp_data, tmp_path / "mlp")
+    check_equivalent(sweep(CNN, name, SHARPNESS_AWARE[name])[:2], cnn_data, tmp_path / "cnn")
+
+
+def test_sam_runs_batch_only_with_sam_runs(mlp_data, tmp_path):
+    specs = [dict(MLP, optimizer=dict(SHARPNESS_AWARE["sam"], name="sam")), dict(MLP, optimizer={"name": "adam", "lr": 1e-3})]
+    with pytest.raises(ValueError, match="SAM/ASAM runs batch only with SAM/ASAM runs"):
+        train_batched(specs, mlp_data, [tmp_path / "a", tmp_path / "b"])
 
 
 @pytest.mark.parametrize("name", sorted(ALONE))

@@ -23,9 +23,11 @@ A run whose loss stops being finite is recorded diverged at the step
 and BatchNorm statistics no longer change); a finished run likewise. A run's
 ``train_seconds`` is its share (1/R) of the batch's wall time.
 
-Not batched (trained alone, see ``why_not_batched``): optimizers that call the
-closure more than once or need the gradient graph (SAM, ASAM, AdaHessian),
-losses that read the model's parameters (``norm_loss``), subspace runs.
+SAM and ASAM, whose step needs a second gradient at a perturbed point, get a
+batched closure: a second batched pass (``sam_update``); their runs batch
+only with each other. Not batched (trained alone, see ``why_not_batched``):
+AdaHessian (it backpropagates through the gradient), losses that read the
+model's parameters (``norm_loss``), subspace runs.
 """
 
 from __future__ import annotations
@@ -43,14 +45,16 @@ from ..optim import OPTIMIZERS
 from ..spec import canonical, validate
 from .loop import Interrupted, OpenRun, RunProgress, RunResult, open_run, train_run
 from .stack import ModelStack
+from .sam_update import SharpnessAwareUpdate, is_sharpness_aware
 from .stacked_update import StackedUpdate, stacked_update_key
 
 __all__ = ["batch_key", "train_batched", "train_job", "why_not_batched"]
 
-# Optimizers whose step calls the closure more than once (a second forward and
-# backward at a perturbed point) or backpropagates through the gradient: a
-# closure that hands back the batched loss cannot serve them.
-OWN_CLOSURE_OPTIMIZERS = frozenset({"sam", "asam", "adahessian"})
+# Optimizers that backpropagate through the gradient (Hessian-vector products):
+# the batched backward builds no graph a run's own parameters can be
+# differentiated against.
+OWN_CLOSURE_OPTIMIZERS = frozenset({"adahessian"})
+SHARPNESS_AWARE = frozenset({"sam", "asam"})  # two batched passes a step (``sam_update``)
 MODEL_LOSSES = frozenset({"norm_loss"})  # losses that read the model's parameters
 
 
@@ -60,7 +64,7 @@ def why_not_batched(spec: dict[str, Any]) -> str | None:
     name = spec["optimizer"]["name"]
     builder = OPTIMIZERS.get(name)
     if name in OWN_CLOSURE_OPTIMIZERS or getattr(builder, "create_graph", False):
-        return f"optimizer {name!r} needs its own closure (a second forward/backward or the gradient graph)"
+        return f"optimizer {name!r} needs its own closure (it backpropagates through the gradient)"
     if _loss_names(spec["loss"]) & MODEL_LOSSES:
         return f"loss {spec['loss']['name']!r} reads the model's parameters"
     if spec["subspace"] is not None:
@@ -82,7 +86,8 @@ def _loss_names(loss: Any) -> set[str]:
 def batch_key(spec: dict[str, Any], data_key: Any, device: Any) -> tuple:
     """Runs with equal keys can share one ``ModelStack``."""
     spec = canonical(spec)
-    return (data_key, repr(spec["model"]), spec["batch_size"], str(device))
+    sharpness_aware = spec["optimizer"]["name"] in SHARPNESS_AWARE  # their second pass is the whole stack's
+    return (data_key, repr(spec["model"]), spec["batch_size"], str(device), sharpness_aware)
 
 
 @contextlib.contextmanager
@@ -119,6 +124,8 @@ def train_batched(
         reason = why_not_batched(validate(spec))
         if reason is not None:
             raise ValueError(f"train_batched: run {spec} cannot be batched: {reason}")
+    if len({validate(spec)["optimizer"]["name"] in SHARPNESS_AWARE for spec in specs}) > 1:
+        raise ValueError("train_batched: SAM/ASAM runs batch only with SAM/ASAM runs (their second pass is the whole stack's)")
     results: dict[int, RunResult] = {}
     opened: list[tuple[int, OpenRun]] = []
     rngs: list[torch.Tensor] = []
@@ -160,20 +167,27 @@ def _train_opened(
             if not active:
                 break
             inactive = [r for r in range(len(runs)) if r not in set(active)]
+            # Each run draws its own minibatch from its own sampler (the indices
+            # only: the batch is gathered for all runs at once).
             if full_batch:
                 for r in active:
-                    runs[r].next_batch()
+                    runs[r].sampler.next()
                 xb, yb = x, y
             else:
                 rows = []
                 for r, run in enumerate(runs):
-                    idx = run.next_batch() if r in active else None
+                    idx = run.sampler.next() if r in active else None
                     rows.append(idx if idx is not None else rows_placeholder(run))
                 idx = torch.stack(rows)
                 xb, yb = x[idx], y[idx]
             losses = stack.loss_and_grads(xb, yb, batched_x=not full_batch, inactive=inactive)
+
+            def second_pass(stepping: list[int]) -> torch.Tensor:
+                others = [r for r in range(len(runs)) if r not in set(stepping)]
+                return stack.loss_and_grads(xb, yb, batched_x=not full_batch, inactive=others)
+
             for update in updates:
-                update.step(active, losses, rngs)
+                update.step(active, losses, rngs, second_pass)
             stopped = None
             for r in active:
                 with _rng_of(rngs, r):
@@ -209,7 +223,7 @@ class PerRunUpdate:
     def detach(self) -> None:
         pass
 
-    def step(self, active: list[int], losses: torch.Tensor, rngs: list[torch.Tensor]) -> None:
+    def step(self, active: list[int], losses: torch.Tensor, rngs: list[torch.Tensor], second_pass=None) -> None:
         wanted = set(active)
         for r in self.rows:
             if r in wanted:
@@ -223,8 +237,11 @@ def _update_groups(runs: list, stack: ModelStack, stacked_updates: bool) -> list
     other than lr and weight decay, same step count) share a ``StackedUpdate``; the rest
     step their own optimizers."""
     groups: dict[Any, list[int]] = {}
-    alone = []
+    alone, sharpness_aware = [], []
     for r, run in enumerate(runs):
+        if is_sharpness_aware(run):
+            sharpness_aware.append(r)
+            continue
         key = stacked_update_key(run) if stacked_updates else None
         if key is None:
             alone.append(r)
@@ -233,6 +250,8 @@ def _update_groups(runs: list, stack: ModelStack, stacked_updates: bool) -> list
     updates: list = [StackedUpdate(rows, runs, stack) for rows in groups.values()]
     if alone:
         updates.append(PerRunUpdate(alone, runs))
+    if sharpness_aware:
+        updates.append(SharpnessAwareUpdate(sharpness_aware, runs))
     return updates
 
 

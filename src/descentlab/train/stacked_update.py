@@ -91,12 +91,12 @@ class StackedUpdate:
 
     def __init__(self, rows: list[int], runs: list, stack):
         self.rows, self.runs = rows, runs
-        # the stacked tensors whose rows the runs' parameters are, in parameters() order
-        self.stacked = list(stack.params.values())
+        self.stack = stack
+        self.stacked = [stack.flat]  # (R, D): row r holds run r's parameters, in parameters() order
         opt = runs[rows[0]].optimizer
         self.decoupled = _decoupled(opt)
         self.cls = type(opt)
-        self.n_params = len(opt.param_groups[0]["params"])
+        self.names = list(dict(runs[rows[0]].model.named_parameters()))
 
     # -- the stack -----------------------------------------------------------------------
 
@@ -109,30 +109,32 @@ class StackedUpdate:
         hyper = {k: v for k, v in _shared_hyperparameters(self.runs[self.rows[0]].optimizer.param_groups[0]).items() if k in accepted}
         self.optimizer = self.cls(self.scratch, **hyper, lr=1.0, weight_decay=0.0)
         own = [self.runs[r].optimizer for r in self.rows]
-        for j, u in enumerate(self.scratch):
-            states = [o.state.get(o.param_groups[0]["params"][j], {}) for o in own]
-            if not states[0]:
-                continue
-            param = own[0].param_groups[0]["params"][j]
-            self.optimizer.state[u] = {
-                k: torch.stack([s[k] for s in states]) if _is_per_run(k, v, param) else _copy(v)
-                for k, v in states[0].items()
-            }
+        firsts = [o.state.get(o.param_groups[0]["params"][0], {}) for o in own]
+        if firsts[0]:  # resumed or restored: the runs' own states, flattened into rows
+            state = {}
+            for key, value in firsts[0].items():
+                if _is_per_run(key, value, own[0].param_groups[0]["params"][0]):
+                    state[key] = torch.stack([
+                        torch.cat([o.state[p][key].reshape(-1) for p in o.param_groups[0]["params"]]) for o in own
+                    ])
+                else:
+                    state[key] = _copy(value)
+            self.optimizer.state[self.scratch[0]] = state
         for i, r in enumerate(self.rows):
             run = self.runs[r]
             run.optimizer.state.clear()  # its state lives in the stack until synced back
             run.optimizer_state_dict = _synced_state_dict(self, i, run.optimizer)
 
     def sync(self, i: int) -> None:
-        """Copy the stacked state's row ``i`` into run ``rows[i]``'s own optimizer."""
+        """Copy the stacked state's row ``i`` into run ``rows[i]``'s own optimizer, per parameter."""
         opt = self.runs[self.rows[i]].optimizer
-        params = opt.param_groups[0]["params"]
-        for j, u in enumerate(self.scratch):
-            state = self.optimizer.state.get(u)
-            if not state:
-                continue
-            opt.state[params[j]] = {
-                k: v[i].clone() if isinstance(v, torch.Tensor) and k != "step" and v.shape == u.shape else _copy(v)
+        state = self.optimizer.state.get(self.scratch[0])
+        if not state:
+            return
+        u = self.scratch[0]
+        for name, p in zip(self.names, opt.param_groups[0]["params"]):
+            opt.state[p] = {
+                k: self.stack.row(v, i, name).clone() if isinstance(v, torch.Tensor) and k != "step" and v.shape == u.shape else _copy(v)
                 for k, v in state.items()
             }
 
@@ -143,7 +145,7 @@ class StackedUpdate:
 
     # -- a step --------------------------------------------------------------------------
 
-    def step(self, active: list[int], losses: torch.Tensor, rngs: list[torch.Tensor]) -> None:
+    def step(self, active: list[int], losses: torch.Tensor, rngs: list[torch.Tensor], second_pass=None) -> None:
         wanted = set(active)
         on = [r in wanted for r in self.rows]
         if not any(on):
