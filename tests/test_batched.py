@@ -300,3 +300,13 @@ def test_mixed_losses_instruments_and_label_noise_match_one_by_one(tmp_path, f64
     check_equivalent(specs, data, tmp_path)
     m = pd.read_parquet(tmp_path / "batched1" / "metrics.parquet")
     assert (m.metric == "grad_norm").sum() == 20
+
+
+def test_curvature_instrument_matches_one_by_one(mlp_data, tmp_path, f64):
+    """top_eigenvalue differentiates each run's own model (its rows) and must leave
+    the gradient rows in place for the step's update."""
+    base = dict(MLP, steps=40, instruments=[{"name": "top_eigenvalue", "every": 10, "n_examples": 64}])
+    specs = [dict(base, seed=s, optimizer={"name": n, "lr": lr}) for s, (n, lr) in enumerate([("sgd", 0.05), ("adam", 0.003), ("adamp", 0.003)])]
+    check_equivalent(specs, mlp_data, tmp_path, tol=1e-8)
+    m = pd.read_parquet(tmp_path / "batched0" / "metrics.parquet")
+    assert (m.metric == "sharpness").sum() == 4
