@@ -7,8 +7,8 @@ compatible runs as one computation) and ``batched=False`` (``train_run`` after
 - ``mlp-adam``: 32 MNIST-1D MLP runs with Adam, 8 learning rates x 4 seeds;
 - ``optimizer-slice``: the MNIST-1D slice of the optimizer benchmark study
   (config/studies/optimizer-benchmark.yaml): every optimizer x its lr grid
-  (1, 3, 10, 30 x its default). SAM, ASAM and AdaHessian are not batched:
-  they train one after another in both modes;
+  (1, 3, 10, 30 x its default). AdaHessian is not batched: it trains one
+  after another in both modes;
 - ``cnn-bn``: the digits CNN with BatchNorm (the study's problem), Adam, 4
   learning rates x 4 seeds.
 
@@ -150,10 +150,12 @@ def main() -> None:
         med = {m: statistics.median(r["seconds"] for r in results[m]) for m in results}
         rss = {m: max(r["rss_mb"] for r in results[m]) for m in results}
         a, b = results["alone"][-1]["finals"], results["batched"][-1]["finals"]
-        diff = max((abs(x - y) for x, y in zip(a, b) if x == x and y == y), default=float("nan"))
+        diffs = [(abs(x - y), k) for k, (x, y) in enumerate(zip(a, b)) if x == x and y == y]
+        diff, worst = max(diffs) if diffs else (float("nan"), 0)
+        where = f"{specs[worst]['optimizer']['name']} lr {specs[worst]['optimizer']['lr']:g}"
         n = len(specs)
         rows.append((name, n, specs[0]["steps"], 3600 * n / med["alone"], 3600 * n / med["batched"], med["alone"] / med["batched"],
-                     rss["alone"], rss["batched"], diff, seed_spread(specs, a)))
+                     rss["alone"], rss["batched"], diff, where, seed_spread(specs, a)))
     write(rows, args)
 
 
@@ -163,20 +165,21 @@ def write(rows, args) -> None:
         "",
         f"`python benchmarks/batched.py --repeats {args.repeats} --steps {args.steps} --slice-steps {args.slice_steps}`"
         f" on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, one torch thread per job, CPU only"
-        " (no GPU was available). Medians of interleaved repeats; wall time of the whole job (building, evaluation,"
+        " (no GPU was available), a shared machine under load. Medians of interleaved repeats; after an untimed"
+        " warm-up job of two runs, wall time of the whole job (building, evaluation,"
         " every run's files). Peak memory: the max RSS of the measuring process, torch included.",
         "",
         "| workload | runs | steps | runs/hour one by one | runs/hour batched | speed-up | peak MB one by one | peak MB batched"
-        " | max abs diff of final val loss (float32) | seed spread of final val loss |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        " | max abs diff of final val loss (float32) | its run | seed spread of final val loss |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, n, steps, rh_a, rh_b, speedup, m_a, m_b, diff, spread in rows:
-        lines.append(f"| {name} | {n} | {steps} | {rh_a:,.0f} | {rh_b:,.0f} | {speedup:.2f}x | {m_a:,.0f} | {m_b:,.0f} | {diff:.2e} | {spread:.2e} |")
+    for name, n, steps, rh_a, rh_b, speedup, m_a, m_b, diff, where, spread in rows:
+        lines.append(f"| {name} | {n} | {steps} | {rh_a:,.0f} | {rh_b:,.0f} | {speedup:.2f}x | {m_a:,.0f} | {m_b:,.0f} | {diff:.2e} | {where} | {spread:.2e} |")
     lines += [
         "",
         "Workloads: mlp-adam: MNIST-1D MLP (64x2), Adam, 8 learning rates x 4 seeds; optimizer-slice: the MNIST-1D"
         " problem of config/studies/optimizer-benchmark.yaml, every optimizer x lr multipliers 1, 3, 10, 30"
-        " (SAM, ASAM, AdaHessian train one after another in both modes); cnn-bn: the digits CNN (16 channels, 2"
+        " (AdaHessian trains one after another in both modes; one seed, so no seed spread); cnn-bn: the digits CNN (16 channels, 2"
         " blocks, BatchNorm), Adam, 4 learning rates x 4 seeds. The study's schedule (cosine, 30 warmup steps),"
         " batch 64, evaluation every 25 steps.",
         "",
