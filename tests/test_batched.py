@@ -310,3 +310,29 @@ def test_curvature_instrument_matches_one_by_one(mlp_data, tmp_path, f64):
     check_equivalent(specs, mlp_data, tmp_path, tol=1e-8)
     m = pd.read_parquet(tmp_path / "batched0" / "metrics.parquet")
     assert (m.metric == "sharpness").sum() == 4
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_the_training_job_script(batched, tmp_path):
+    """scripts/train.py as Snakemake runs it (a stand-in ``snakemake`` object): the
+    switch decides, every run is written, the manifest lists them, the log says which."""
+    import runpy
+    from types import SimpleNamespace
+
+    from descentlab.runs import Run
+    from descentlab.spec import run_id
+
+    data = DATASETS.build(MLP["dataset"])
+    data.save(tmp_path / "data.pt")
+    specs = [dict(MLP, steps=20, seed=s, optimizer={"name": "adam", "lr": 0.003 * (s + 1)}) for s in range(3)]
+    runs = [Run(run_id(s), validate(s), dir=tmp_path / "runs" / run_id(s), data=tmp_path / "data.pt").to_dict() for s in specs]
+    smk = SimpleNamespace(
+        log=[str(tmp_path / "train.log")], output=[str(tmp_path / "manifest.json")], threads=1,
+        params=SimpleNamespace(runs=runs, device="cpu"), wildcards=SimpleNamespace(group="g0"),
+        config={"batched_training": batched},
+    )
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "train.py"), init_globals={"snakemake": smk})
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert [r["run_id"] for r in manifest["runs"]] == [run_id(s) for s in specs]
+    assert all((tmp_path / "runs" / run_id(s) / "status.json").is_file() for s in specs)
+    assert f"batched training {'on' if batched else 'off'}" in (tmp_path / "train.log").read_text()
