@@ -50,7 +50,7 @@ from .training import Training, build_run_model
 
 __all__ = [
     "METRIC_COLUMNS", "STATE_FILE", "Interrupted", "RunResult", "build_run_model", "checkpoint_path",
-    "evaluate", "output_files", "train_run", "train_runs",
+    "OpenRun", "RunProgress", "evaluate", "open_run", "output_files", "train_run", "train_runs",
 ]
 
 RESUME_SECONDS = 60.0  # resume-point interval when the spec gives no step interval
@@ -94,13 +94,50 @@ def train_run(
     are not part of the run's hash). ``runs_dir``: where the runs that ``init``
     and run references name live (default: ``out_dir``'s parent).
     """
+    if threads:
+        torch.set_num_threads(threads)
+    opened = open_run(spec, data, out_dir, device=device, extra_instruments=extra_instruments, runs_dir=runs_dir)
+    if isinstance(opened, RunResult):
+        return opened
+    started = time.perf_counter()
+    _train(opened, progress, stop_at)
+    return opened.finish(opened.start_seconds + time.perf_counter() - started)
+
+
+@dataclass
+class OpenRun:
+    """A run ready to train: its live ``Training`` at its first step to take
+    (fresh, resumed or started from a parent), where it writes, and its identity."""
+
+    run: Training
+    out: Path
+    rid: str
+    identity: dict[str, str]
+    resumed_from: int
+    start_seconds: float  # wall time of the first step's evaluation and checkpoint
+
+    def finish(self, train_seconds: float) -> RunResult:
+        _finish(self.out, self.run.spec, self.rid, self.identity, self.run, train_seconds)
+        return RunResult(self.rid, self.run.status, self.run.step, self.out, self.resumed_from, train_seconds)
+
+
+def open_run(
+    spec: dict[str, Any],
+    data: SplitData,
+    out_dir: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    extra_instruments: Sequence[Callable[..., dict[str, float]]] = (),
+    runs_dir: str | os.PathLike | None = None,
+) -> OpenRun | RunResult:
+    """Everything ``train_run`` does before its first step: a finished run's
+    outputs rewritten (a ``RunResult``), or the run built, resumed or started
+    from its parent, and its first step's evaluation and checkpoint done."""
     spec = validate(spec)
     rid = make_run_id(spec)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs_dir = out.parent if runs_dir is None else Path(runs_dir)
-    if threads:
-        torch.set_num_threads(threads)
     identity = {"spec_hash": spec_hash(spec, 64), "code": training_code_fingerprint()}
 
     saved = resume.read_resume_state(out / STATE_FILE, identity)
@@ -123,14 +160,10 @@ def train_run(
         except ParentDiverged as err:
             start = 0 if spec["init"]["restore"] == "weights" else spec["init"]["step"]
             return _finish_untrained(out, spec, rid, identity, start, str(err))
-    resumed_from = run.step
     started = time.perf_counter()
     if saved is None:
         _start(run, out, rid)
-    _train(run, out, rid, identity, progress, stop_at)
-    train_seconds = time.perf_counter() - started
-    _finish(out, spec, rid, identity, run, train_seconds)
-    return RunResult(rid, run.status, run.step, out, resumed_from, train_seconds)
+    return OpenRun(run, out, rid, identity, run.step, time.perf_counter() - started)
 
 
 def _save_checkpoint(run: Training, out: Path, rid: str, eval_weights: bool = True, state: bool = True) -> None:
@@ -152,44 +185,68 @@ def _start(run: Training, out: Path, rid: str) -> None:
         _save_checkpoint(run, out, rid, eval_weights=False)
 
 
-def _train(run: Training, out: Path, rid: str, identity: dict[str, str], progress: bool | None, stop_at: int | None) -> None:
-    """Steps until the last one or a divergence, with logs, evaluations,
-    checkpoints and resume points on their schedules."""
-    spec = run.spec
-    steps, log_every, eval_every, resume_every = spec["steps"], spec["log_every"], spec["eval_every"], spec["resume_every"]
-    checkpoint_steps = set(spec["checkpoints"])
-    last_resume = (run.step, time.perf_counter())
+class RunProgress:
+    """What a run does around its steps, on its spec's schedules: log lines,
+    learning rates, evaluations, checkpoints and resume points. ``after_step``
+    follows every ``take_step`` (one run here, or many at once in ``batched``)."""
 
-    def resume_due() -> bool:  # resume_every 0: every RESUME_SECONDS of training
-        if resume_every:
-            return run.step - last_resume[0] >= resume_every
-        return time.perf_counter() - last_resume[1] >= RESUME_SECONDS
+    def __init__(self, opened: OpenRun, progress: bool | None, stop_at: int | None):
+        self.opened, self.stop_at = opened, stop_at
+        run = opened.run
+        self.checkpoint_steps = set(run.spec["checkpoints"])
+        self.last_resume = (run.step, time.perf_counter())
+        run.model.train()
+        self.bar = tqdm(total=run.spec["steps"], initial=run.step, desc=opened.rid,
+                        disable=not _progress_enabled(progress), mininterval=1.0, leave=False)
+        self.shown = run.step
+        run.set_lr(run.step)
 
-    run.model.train()
-    bar = tqdm(total=steps, initial=run.step, desc=rid, disable=not _progress_enabled(progress), mininterval=1.0, leave=False)
-    shown = run.step
-    run.set_lr(run.step)
-    while run.step < steps and run.status == "ok":
-        run.take_step()
+    @property
+    def active(self) -> bool:
+        run = self.opened.run
+        return run.step < run.spec["steps"] and run.status == "ok"
+
+    def _resume_due(self) -> bool:  # resume_every 0: every RESUME_SECONDS of training
+        every = self.opened.run.spec["resume_every"]
+        if every:
+            return self.opened.run.step - self.last_resume[0] >= every
+        return time.perf_counter() - self.last_resume[1] >= RESUME_SECONDS
+
+    def after_step(self) -> None:
+        run, out, rid = self.opened.run, self.opened.out, self.opened.rid
+        spec = run.spec
+        steps, log_every, eval_every = spec["steps"], spec["log_every"], spec["eval_every"]
         log_now = run.step % log_every == 0 or run.step == steps
         if log_now:
             run.log_window()
-            bar.update(run.step - shown)
-            shown = run.step
+            self.bar.update(run.step - self.shown)
+            self.shown = run.step
         run.set_lr(run.step)
         if run.status == "ok" and ((eval_every and run.step % eval_every == 0) or run.step == steps):
             run.evaluate()
-        if run.step in checkpoint_steps:
+        if run.step in self.checkpoint_steps:
             _save_checkpoint(run, out, rid)
         # Resume points only at log steps, where the loss window is empty, so
         # where they fall never changes the numbers.
-        if log_now and run.step < steps and run.status == "ok" and resume_due():
-            resume.save(resume.resume_point(identity, run), out / STATE_FILE)
-            last_resume = (run.step, time.perf_counter())
-            if stop_at is not None and run.step >= stop_at:
-                bar.close()
-                raise Interrupted(f"{rid}: stopped at step {run.step} (stop_at={stop_at})")
-    bar.close()
+        if log_now and run.step < steps and run.status == "ok" and self._resume_due():
+            resume.save(resume.resume_point(self.opened.identity, run), out / STATE_FILE)
+            self.last_resume = (run.step, time.perf_counter())
+            if self.stop_at is not None and run.step >= self.stop_at:
+                self.bar.close()
+                raise Interrupted(f"{rid}: stopped at step {run.step} (stop_at={self.stop_at})")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _train(opened: OpenRun, progress: bool | None, stop_at: int | None) -> None:
+    """Steps until the last one or a divergence, with logs, evaluations,
+    checkpoints and resume points on their schedules."""
+    tracker = RunProgress(opened, progress, stop_at)
+    while tracker.active:
+        opened.run.take_step()
+        tracker.after_step()
+    tracker.close()
 
 
 def _finish(out: Path, spec: dict[str, Any], rid: str, identity: dict[str, str], run: Training, train_seconds: float) -> None:

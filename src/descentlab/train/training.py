@@ -90,10 +90,18 @@ class Training:
 
     def take_step(self) -> None:
         """One optimizer step on the next minibatch, then the instruments."""
+        self.next_batch()
+        self.record_step(self.optimizer.step(self._closure))
+
+    def next_batch(self) -> torch.Tensor | None:
+        """Draw the next minibatch (indices into the training set; None: the whole set)."""
         idx = self.sampler.next()
         if idx is not None:
             self._xb, self._yb = self.x["train"][idx], self.y["train"][idx]
-        loss = self.optimizer.step(self._closure)
+        return idx
+
+    def record_step(self, loss: torch.Tensor) -> None:
+        """Count the step just taken (its minibatch loss into the window), then the instruments."""
         self.window_loss += loss.detach()
         self.window_n += 1
         self.step += 1
@@ -163,7 +171,7 @@ class Training:
             "format": STATE_FORMAT,
             "step": self.step,
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optimizer_state_dict(),
             "sampler": self.sampler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "instruments": [inst.state_dict() if hasattr(inst, "state_dict") else None for inst in self.instruments],
@@ -171,6 +179,11 @@ class Training:
             "window_loss": self.window_loss.detach().cpu().clone(),
             "window_n": self.window_n,
         }
+
+    def optimizer_state_dict(self) -> dict[str, Any]:
+        """The optimizer's state (batched training replaces this on the instance: the
+        state of a stacked update lives in the stack until read)."""
+        return self.optimizer.state_dict()
 
     def load_sampler_rng_instruments(self, state: dict[str, Any]) -> None:
         """The stochastic parts of a state: data position, torch RNG, instruments, loss window."""

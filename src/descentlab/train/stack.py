@@ -1,0 +1,120 @@
+"""``ModelStack``: the models of R runs as one batched computation.
+
+The parameters of the runs' models (one architecture) are stacked into one
+(R, D) leaf tensor, a run's parameters one row, and its buffers likewise along
+a leading run dimension; each run's own model keeps its ``nn.Parameter``
+objects (its optimizer holds them) but their storage becomes its part of its
+row (``p.data = flat[r, a:b].view(shape)``), and its ``p.grad`` the same
+part of the stacked gradient. So the forward and backward
+of all runs are one ``torch.vmap`` of ``torch.func.functional_call``, while
+everything else about a run (its optimizer, evaluation, checkpoints, state)
+still goes through its own objects and sees exactly its own numbers.
+
+BatchNorm's running statistics are buffers, stacked like the parameters: each
+run keeps its own. Each run draws its own minibatch, so inputs are (R, B, ...).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Sequence
+
+import torch
+from torch.func import functional_call, vmap
+
+from .training import Training
+
+
+class ModelStack:
+    """The parameters and buffers of ``runs``' models, stacked; see the module docstring.
+
+    ``shared_loss``: the loss module when all runs use the same loss spec (it
+    is then batched too); None computes each run's loss from its own slice of
+    the batched outputs (same numbers, one call per run).
+    """
+
+    def __init__(self, runs: Sequence[Training], shared_loss: Callable | None):
+        if len(runs) < 1:
+            raise ValueError("ModelStack needs at least one run")
+        self.runs = list(runs)
+        # A parameter-free copy of the architecture to call functionally.
+        self.template = copy.deepcopy(runs[0].model).to("meta").train()
+        self.shared_loss = shared_loss
+        models = [run.model for run in runs]
+        per_run = [dict(m.named_parameters()) for m in models]
+        self._check_same([{n: t for n, t in d.items()} for d in per_run])
+        # All parameters of a run are one row of a (R, D) leaf tensor, so an
+        # elementwise update of every run is one tensor operation.
+        self.shapes = {n: t.shape for n, t in per_run[0].items()}
+        self.offsets, total = {}, 0
+        for n, shape in self.shapes.items():
+            self.offsets[n] = (total, total + shape.numel())
+            total += shape.numel()
+        self.flat = torch.cat([torch.stack([d[n].detach().reshape(-1) for d in per_run]) for n in self.shapes], dim=1)
+        self.flat = self.flat.contiguous().requires_grad_(True)
+        self.flat.grad = torch.zeros_like(self.flat)
+        per_run_buffers = [dict(m.named_buffers()) for m in models]
+        self._check_same(per_run_buffers)
+        self.buffers = {n: torch.stack([d[n].detach() for d in per_run_buffers]).contiguous() for n in per_run_buffers[0]}
+        for r, model in enumerate(models):
+            for name, p in model.named_parameters():
+                p.data = self.row(self.flat.detach(), r, name)
+                # its row of the stacked gradient, set once: the stacked .grad is
+                # zeroed and accumulated into in place every step
+                p.grad = self.row(self.flat.grad, r, name)
+            for name, b in model.named_buffers():
+                b.data = self.buffers[name][r]
+
+    def row(self, flat: torch.Tensor, r: int, name: str) -> torch.Tensor:
+        """Run ``r``'s tensor ``name`` inside a (R, D) tensor laid out like the parameters."""
+        start, end = self.offsets[name]
+        return flat[r, start:end].view(self.shapes[name])
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """The stacked parameters, (R, *shape) views of the flat leaf (made per pass)."""
+        R = self.flat.shape[0]
+        return {n: self.flat[:, a:b].view(R, *self.shapes[n]) for n, (a, b) in self.offsets.items()}
+
+    @staticmethod
+    def _check_same(per_run: list[dict[str, torch.Tensor]]) -> None:
+        names = list(per_run[0])
+        for d in per_run[1:]:
+            if list(d) != names or any(d[n].shape != per_run[0][n].shape for n in names):
+                raise ValueError("ModelStack: the runs' models differ in their tensors; only one architecture can be stacked")
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def _outputs(self, xb: torch.Tensor, batched_x: bool):
+        def forward(params, buffers, x):
+            return functional_call(self.template, (params, buffers), (x,))
+
+        return vmap(forward, in_dims=(0, 0, 0 if batched_x else None))(self.params(), self.buffers, xb)
+
+    def loss_and_grads(self, xb: torch.Tensor, yb: torch.Tensor, batched_x: bool, inactive: Sequence[int] = ()) -> torch.Tensor:
+        """Per-run minibatch losses, shape (R,), detached; the stacked ``.grad`` holds
+        each run's gradient of its own loss. ``xb``/``yb`` are (R, B, ...) when
+        ``batched_x``, else one batch for all runs (full-batch training).
+        Runs in ``inactive`` (finished or diverged) keep their buffers unchanged."""
+        kept = {n: b[list(inactive)].clone() for n, b in self.buffers.items()} if inactive else {}
+        self.flat.grad.zero_()
+        if self.shared_loss is not None:
+            loss_fn = self.shared_loss
+
+            def one(params, buffers, x, y):
+                return loss_fn(functional_call(self.template, (params, buffers), (x,)), y)
+
+            dims = 0 if batched_x else None
+            losses = vmap(one, in_dims=(0, 0, dims, dims))(self.params(), self.buffers, xb, yb)
+        else:
+            outs = self._outputs(xb, batched_x)
+            losses = torch.stack([
+                run.loss_fn(outs[r], yb[r] if batched_x else yb) for r, run in enumerate(self.runs)
+            ])
+        # Rows are independent, so d(sum)/d(row r) is run r's own gradient.
+        losses.sum().backward()
+        if kept:
+            with torch.no_grad():
+                for n, b in self.buffers.items():
+                    b[list(inactive)] = kept[n]
+        return losses.detach()

@@ -1,0 +1,199 @@
+"""``StackedUpdate``: one optimizer step for many runs, for optimizers whose
+update is elementwise and linear in the learning rate.
+
+For SGD (with momentum, Nesterov, dampening), Adam, AdamW, AMSGrad, NAdam,
+RAdam, Adagrad (``lr_decay`` 0) and Lion the step is ``p <- p + lr * d`` (after
+a decoupled decay ``p <- p * (1 - lr * wd)`` for AdamW, Lion and the
+``decoupled_weight_decay`` variants), where the direction ``d`` depends on the
+gradient and the optimizer's state but not on ``lr`` or ``p``; coupled (L2)
+weight decay is the gradient ``g + wd * p``. So the runs of a group share one
+instance of their optimizer class, with every hyperparameter but ``lr`` and
+``weight_decay`` equal, stepped on a zero "scratch" tensor stacked like the
+parameters with ``lr = 1`` and no weight decay: what it leaves there is ``d``
+for every run at once. Each run's own ``lr`` (its schedule's value this step)
+and ``weight_decay`` are then applied per row. The numbers are the run's own
+optimizer's up to rounding (the products are grouped differently).
+
+Each run's own optimizer still holds its hyperparameters (its schedule sets
+its lr) and, whenever its state is read (resume points, ``state_<k>.pt``), its
+state: its rows of the stacked state, copied into it (``sync``), in its own
+format, so a batched run's state files load into a run trained alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from ..optim import Lion
+
+# class -> how its weight decay acts: "coupled" (added to the gradient),
+# "decoupled" (p * (1 - lr * wd)), or "flag" (the group's decoupled_weight_decay).
+ELEMENTWISE = {
+    torch.optim.SGD: "coupled",
+    torch.optim.Adagrad: "coupled",
+    torch.optim.Adam: "flag",
+    torch.optim.AdamW: "decoupled",
+    torch.optim.NAdam: "flag",
+    torch.optim.RAdam: "flag",
+    Lion: "decoupled",
+}
+PER_RUN_HYPERPARAMETERS = ("lr", "weight_decay")
+_NOT_HYPERPARAMETERS = ("params", "lr", "weight_decay", "initial_lr", "decoupled_weight_decay")
+
+
+def _shared_hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in group.items() if k not in _NOT_HYPERPARAMETERS}
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, torch.Tensor):
+        return ("tensor", value.tolist())
+    return value
+
+
+def _decoupled(optimizer: torch.optim.Optimizer) -> bool:
+    kind = ELEMENTWISE[type(optimizer)]
+    return kind == "decoupled" or (kind == "flag" and bool(optimizer.param_groups[0].get("decoupled_weight_decay", False)))
+
+
+def stacked_update_key(run) -> Any:
+    """Runs with equal keys can share a ``StackedUpdate``; None: this run's optimizer
+    steps on its own (not elementwise-linear in lr, or options that make it not so)."""
+    opt = run.optimizer
+    if type(opt) not in ELEMENTWISE or len(opt.param_groups) != 1:
+        return None
+    group = opt.param_groups[0]
+    if group.get("maximize") or group.get("differentiable") or group.get("fused") or group.get("capturable"):
+        return None
+    if isinstance(group["lr"], torch.Tensor) or group.get("lr_decay", 0) != 0:
+        return None
+    if list(group["params"]) != list(run.model.parameters()):
+        return None
+    first = opt.state.get(group["params"][0], {})
+    step = first.get("step", 0)
+    shared = tuple(sorted((k, _freeze(v)) for k, v in _shared_hyperparameters(group).items()))
+    return (type(opt), _decoupled(opt), shared, float(step), tuple(sorted(first)))
+
+
+def _is_per_run(key: str, value: Any, param: torch.Tensor) -> bool:
+    """A state entry with one value per parameter element (else one scalar for all runs)."""
+    return isinstance(value, torch.Tensor) and key != "step" and value.shape == param.shape
+
+
+class StackedUpdate:
+    """One optimizer step for the runs ``rows`` of ``runs`` (rows of the same
+    ``stack``, equal ``stacked_update_key``s); see the module docstring."""
+
+    def __init__(self, rows: list[int], runs: list, stack):
+        self.rows, self.runs = rows, runs
+        self.stack = stack
+        self.stacked = [stack.flat]  # (R, D): row r holds run r's parameters, in parameters() order
+        opt = runs[rows[0]].optimizer
+        self.decoupled = _decoupled(opt)
+        self.cls = type(opt)
+        self.names = list(dict(runs[rows[0]].model.named_parameters()))
+
+    # -- the stack -----------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Build the shared optimizer on scratch tensors, with the runs' state (if any)."""
+        self.index = torch.tensor(self.rows, device=self.stacked[0].device)
+        self.whole = self.rows == list(range(self.stacked[0].shape[0]))
+        self.scratch = [torch.zeros((len(self.rows), *p.shape[1:]), dtype=p.dtype, device=p.device) for p in self.stacked]
+        accepted = inspect.signature(self.cls).parameters
+        hyper = {k: v for k, v in _shared_hyperparameters(self.runs[self.rows[0]].optimizer.param_groups[0]).items() if k in accepted}
+        self.optimizer = self.cls(self.scratch, **hyper, lr=1.0, weight_decay=0.0)
+        own = [self.runs[r].optimizer for r in self.rows]
+        firsts = [o.state.get(o.param_groups[0]["params"][0], {}) for o in own]
+        if firsts[0]:  # resumed or restored: the runs' own states, flattened into rows
+            state = {}
+            for key, value in firsts[0].items():
+                if _is_per_run(key, value, own[0].param_groups[0]["params"][0]):
+                    state[key] = torch.stack([
+                        torch.cat([o.state[p][key].reshape(-1) for p in o.param_groups[0]["params"]]) for o in own
+                    ])
+                else:
+                    state[key] = _copy(value)
+            self.optimizer.state[self.scratch[0]] = state
+        for i, r in enumerate(self.rows):
+            run = self.runs[r]
+            run.optimizer.state.clear()  # its state lives in the stack until synced back
+            run.optimizer_state_dict = _synced_state_dict(self, i, run.optimizer)
+
+    def sync(self, i: int) -> None:
+        """Copy the stacked state's row ``i`` into run ``rows[i]``'s own optimizer, per parameter."""
+        opt = self.runs[self.rows[i]].optimizer
+        state = self.optimizer.state.get(self.scratch[0])
+        if not state:
+            return
+        u = self.scratch[0]
+        for name, p in zip(self.names, opt.param_groups[0]["params"]):
+            opt.state[p] = {
+                k: self.stack.row(v, i, name).clone() if isinstance(v, torch.Tensor) and k != "step" and v.shape == u.shape else _copy(v)
+                for k, v in state.items()
+            }
+
+    def detach(self) -> None:
+        for i, r in enumerate(self.rows):
+            self.sync(i)
+            self.runs[r].__dict__.pop("optimizer_state_dict", None)
+
+    # -- a step --------------------------------------------------------------------------
+
+    def step(self, active: list[int], losses: torch.Tensor, rngs: list[torch.Tensor], second_pass=None) -> None:
+        wanted = set(active)
+        on = [r in wanted for r in self.rows]
+        if not any(on):
+            return
+        groups = [self.runs[r].optimizer.param_groups[0] for r in self.rows]
+        lrs, wds = [g["lr"] for g in groups], [g["weight_decay"] for g in groups]
+        like = self.stacked[0]
+        # per-row factors, computed in float64 as the runs' own optimizers do, then cast
+        column = lambda values: torch.tensor(values, dtype=torch.float64).to(dtype=like.dtype, device=like.device)  # noqa: E731
+        lr = column(lrs)
+        decay = column([1 - a * w for a, w in zip(lrs, wds)]) if self.decoupled and any(wds) else None
+        l2 = column(wds) if not self.decoupled and any(wds) else None
+        mask = None if all(on) else torch.tensor(on, device=like.device)
+        rows_p = []
+        for P, u in zip(self.stacked, self.scratch):
+            p = P.detach() if self.whole else P.detach()[self.index]
+            g = P.grad if self.whole else P.grad[self.index]
+            if l2 is not None:
+                g = g + _rows(l2, p) * p
+            u.zero_()
+            u.grad = g
+            rows_p.append(p)
+        self.optimizer.step()
+        with torch.no_grad():
+            for P, u, p in zip(self.stacked, self.scratch, rows_p):
+                new = p * _rows(decay, p) + _rows(lr, p) * u if decay is not None else p + _rows(lr, p) * u
+                if mask is not None:
+                    new = torch.where(_rows(mask, p), new, p)
+                if self.whole:
+                    P.detach().copy_(new)
+                else:
+                    P.detach()[self.index] = new
+            for u in self.scratch:
+                u.grad = None
+
+
+def _rows(column: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-row value broadcast against a stacked tensor (R, ...)."""
+    return column.view(-1, *[1] * (like.dim() - 1))
+
+
+def _copy(value: Any) -> Any:
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+def _synced_state_dict(update: StackedUpdate, i: int, optimizer: torch.optim.Optimizer):
+    def state_dict() -> dict[str, Any]:
+        update.sync(i)
+        return optimizer.state_dict()
+
+    return state_dict

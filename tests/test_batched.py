@@ -1,0 +1,338 @@
+"""Batched training (descentlab.train.batched) against training one run at a
+time (train_run), the independent answer: in float64 the two agree to 1e-10
+after 100 steps, for every optimizer and for a BatchNorm CNN; each run keeps
+its own files, divergence and resume point."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from descentlab.data import DATASETS, SplitData, build_dataset
+from descentlab.train import train_run
+from descentlab.train.batched import train_batched, train_job, why_not_batched
+from descentlab.spec import validate
+from descentlab.train.loop import Interrupted
+
+MLP = {
+    "dataset": {"name": "gaussian_mixture", "n_samples": 400, "dim": 8, "n_classes": 4},
+    "model": {"name": "mlp", "width": 12, "depth": 2},
+    "batch_size": 16,
+    "steps": 100,
+    "log_every": 10,
+    "eval_every": 50,
+    "eval_splits": ["train", "val"],
+}
+CNN = dict(MLP, dataset={"name": "digits"}, model={"name": "cnn", "channels": 4, "depth": 2, "batchnorm": True})
+
+# Every optimizer of the registry with a working lr (the optimizer benchmark's
+# settings); the lr is multiplied per run.
+OPTIMIZERS = {
+    "sgd": {"lr": 0.05, "momentum": 0.9},
+    "adam": {"lr": 0.001},
+    "adamw": {"lr": 0.001, "weight_decay": 0.01},
+    "amsgrad": {"lr": 0.001},
+    "nadam": {"lr": 0.002},
+    "radam": {"lr": 0.001},
+    "adagrad": {"lr": 0.01},
+    "adafactor": {"lr": 0.01},
+    "adagrad_norm": {"lr": 0.5},
+    "adamp": {"lr": 0.001},
+    "sgdp": {"lr": 0.05, "momentum": 0.9},
+    "diffgrad": {"lr": 0.001},
+    "grams": {"lr": 0.001},
+    "exadam": {"lr": 0.001},
+    "mars": {"lr": 0.003},
+    "ademamix": {"lr": 0.001, "betas": [0.9, 0.999, 0.999], "alpha_warmup": 100, "beta3_warmup": 100},
+    "lion": {"lr": 0.0003},
+    "momo": {"lr": 1.0},
+    "momo_adam": {"lr": 0.01},
+    "nag_gs": {"lr": 0.05},
+    "sfadamw": {"lr": 0.0025, "warmup_steps": 30},
+    "sfsgd": {"lr": 1.0, "warmup_steps": 30},
+    "shampoo": {"lr": 0.001},
+    "muon": {"lr": 0.02},
+}
+SHARPNESS_AWARE = {"sam": {"lr": 0.05, "momentum": 0.9, "rho": 0.05}, "asam": {"lr": 0.05, "momentum": 0.9, "rho": 0.5, "eta": 0.01}}
+ALONE = {"adahessian": {"lr": 0.15}}
+
+
+def float64(data: SplitData) -> SplitData:
+    return SplitData({k: v.double() for k, v in data.x.items()}, dict(data.y), data.task, data.num_outputs, data.input_shape, data.info)
+
+
+@pytest.fixture(scope="module")
+def mlp_data():
+    return float64(DATASETS.build(MLP["dataset"]))
+
+
+@pytest.fixture(scope="module")
+def cnn_data():
+    return float64(DATASETS.build(CNN["dataset"]))
+
+
+@pytest.fixture
+def f64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def sweep(base, name, hyper, wd_key=None):
+    """Three runs: different seeds, learning rates, schedules (and weight decays)."""
+    schedules = [{"name": "constant"}, {"name": "cosine", "warmup_steps": 10}, {"name": "linear"}]
+    specs = []
+    for k, (seed, mult) in enumerate([(0, 1.0), (1, 3.0), (2, 0.3)]):
+        opt = dict(hyper, name=name, lr=hyper["lr"] * mult)
+        if wd_key:
+            opt[wd_key] = [0.0, 0.01, 0.1][k]
+        specs.append(dict(base, seed=seed, optimizer=opt, schedule=schedules[k]))
+    return specs
+
+
+def final(path):
+    return torch.load(path / "final.pt", weights_only=True)
+
+
+def assert_same_runs(dirs_a, dirs_b, tol):
+    for a, b in zip(dirs_a, dirs_b):
+        wa, wb = final(a), final(b)
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            assert torch.allclose(wa[k].double(), wb[k].double(), rtol=tol, atol=tol, equal_nan=True), (a.name, k, (wa[k] - wb[k]).abs().max())
+        ma, mb = pd.read_parquet(a / "metrics.parquet"), pd.read_parquet(b / "metrics.parquet")
+        assert ma[["step", "split", "metric"]].equals(mb[["step", "split", "metric"]])
+        close = (ma.value - mb.value).abs() <= tol * (1 + ma.value.abs())
+        assert (close | (ma.value.isna() & mb.value.isna())).all(), a.name
+        sa, sb = json.loads((a / "status.json").read_text()), json.loads((b / "status.json").read_text())
+        for key in ("run_id", "status", "steps_completed", "diverged_at"):
+            assert sa[key] == sb[key], key
+        assert sa["files"].keys() == sb["files"].keys()
+
+
+def check_equivalent(specs, data, tmp_path, tol=1e-10, **kwargs):
+    alone = [tmp_path / f"alone{k}" for k in range(len(specs))]
+    together = [tmp_path / f"batched{k}" for k in range(len(specs))]
+    for spec, out in zip(specs, alone):
+        train_run(spec, data, out)
+    train_batched(specs, data, together, **kwargs)
+    assert_same_runs(alone, together, tol)
+
+
+WD_KEY = {"sgd": "weight_decay", "adam": "weight_decay", "adamw": "weight_decay", "lion": "weight_decay",
+          "radam": "weight_decay", "nadam": "weight_decay", "adagrad": "weight_decay", "amsgrad": "weight_decay"}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_every_optimizer_matches_one_by_one_in_float64(name, mlp_data, tmp_path, f64):
+    check_equivalent(sweep(MLP, name, OPTIMIZERS[name], WD_KEY.get(name)), mlp_data, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_per_run_optimizer_path_matches_too(name, mlp_data, tmp_path, f64):
+    """The exact path every optimizer can take, also for the ones with a stacked update."""
+    check_equivalent(sweep(MLP, name, OPTIMIZERS[name], WD_KEY[name]), mlp_data, tmp_path, stacked_updates=False)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw", "adamp"])
+def test_batchnorm_cnn_matches_one_by_one_in_float64(name, cnn_data, tmp_path, f64):
+    check_equivalent(sweep(CNN, name, OPTIMIZERS[name], WD_KEY.get(name)), cnn_data, tmp_path)
+
+
+def test_float32_differs_far_less_than_seeds(tmp_path):
+    data = DATASETS.build(MLP["dataset"])
+    specs = [dict(MLP, seed=s, optimizer={"name": "adam", "lr": 0.003}) for s in range(3)]
+    alone = [train_run(s, data, tmp_path / f"a{k}") for k, s in enumerate(specs)]
+    train_batched(specs, data, [tmp_path / f"b{k}" for k in range(3)])
+    val = lambda d: pd.read_parquet(d).query("split == 'val' and metric == 'loss'").value.iloc[-1]  # noqa: E731
+    a = [val(r.out_dir / "metrics.parquet") for r in alone]
+    b = [val(tmp_path / f"b{k}" / "metrics.parquet") for k in range(3)]
+    spread = max(a) - min(a)
+    assert spread > 1e-3
+    assert max(abs(x - y) for x, y in zip(a, b)) < spread / 100
+
+
+def test_a_diverging_run_is_masked_without_touching_the_others(mlp_data, tmp_path, f64):
+    specs = [dict(MLP, seed=0, optimizer={"name": "sgd", "lr": 0.05}), dict(MLP, seed=1, optimizer={"name": "sgd", "lr": 1e200}),
+             dict(MLP, seed=2, optimizer={"name": "adam", "lr": 0.01})]
+    check_equivalent(specs, mlp_data, tmp_path)
+    status = json.loads((tmp_path / "batched1" / "status.json").read_text())
+    assert status["status"] == "diverged" and status["diverged_at"] < 100
+    assert json.loads((tmp_path / "batched0" / "status.json").read_text())["status"] == "ok"
+
+
+def test_runs_of_different_lengths_and_log_schedules(mlp_data, tmp_path, f64):
+    specs = [dict(MLP, seed=0, optimizer={"name": "adam", "lr": 0.01}, steps=60, log_every=7, checkpoints=[0, 30, 60]),
+             dict(MLP, seed=1, optimizer={"name": "adam", "lr": 0.01}, eval_every=25)]
+    check_equivalent(specs, mlp_data, tmp_path)
+    assert (tmp_path / "batched0" / "checkpoints").is_dir()
+
+
+@pytest.mark.parametrize("name", ["adamw", "adamp"])
+def test_a_killed_batch_resumes_every_run_exactly(name, cnn_data, tmp_path, f64):
+    specs = [dict(s, resume_every=20, checkpoints=[50]) for s in sweep(CNN, name, OPTIMIZERS[name], WD_KEY.get(name))]
+    dirs = [tmp_path / f"b{k}" for k in range(3)]
+    train_batched(specs, cnn_data, [tmp_path / f"ref{k}" for k in range(3)])
+    with pytest.raises(Interrupted):
+        train_batched(specs, cnn_data, dirs, stop_at=40)
+    results = train_batched(specs, cnn_data, dirs)
+    assert [r.resumed_from for r in results] == [40, 40, 40]
+    for k in range(3):
+        ref, got = final(tmp_path / f"ref{k}"), final(dirs[k])
+        assert all(torch.equal(ref[n], got[n]) for n in ref)
+        a = pd.read_parquet(tmp_path / f"ref{k}" / "metrics.parquet")
+        assert a.equals(pd.read_parquet(dirs[k] / "metrics.parquet"))
+
+
+def test_batched_state_files_are_the_runs_own(mlp_data, tmp_path, f64):
+    """state_<k>.pt of a batched run continues alone exactly as the run alone's does."""
+    specs = [dict(s, checkpoints=[40]) for s in sweep(MLP, "adamw", OPTIMIZERS["adamw"], "weight_decay")]
+    train_batched(specs, mlp_data, [tmp_path / f"b{k}" for k in range(3)])
+    train_run(specs[1], mlp_data, tmp_path / "a1")
+    a = torch.load(tmp_path / "a1" / "checkpoints" / "state_000040.pt", weights_only=False)
+    b = torch.load(tmp_path / "b1" / "checkpoints" / "state_000040.pt", weights_only=False)
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    for i, state in a["optimizer"]["state"].items():
+        for key, value in state.items():
+            assert torch.allclose(value, b["optimizer"]["state"][i][key], rtol=0, atol=1e-12), key
+
+
+def test_train_job_batches_compatible_runs_and_trains_the_rest_alone(mlp_data, cnn_data, tmp_path, f64):
+    mlp = sweep(MLP, "adam", OPTIMIZERS["adam"])
+    specs = mlp[:2] + [dict(MLP, seed=5, optimizer=dict(ALONE["adahessian"], name="adahessian"))] + sweep(CNN, "sgd", OPTIMIZERS["sgd"])[:2]
+    datas = [mlp_data] * 3 + [cnn_data] * 2
+    assert why_not_batched(specs[2]) is not None and why_not_batched(specs[0]) is None
+    seen = []
+    results = train_job(specs, datas, [tmp_path / f"j{k}" for k in range(5)], on_result=lambda k, r: seen.append(k))
+    assert sorted(seen) == list(range(5)) and [r.status for r in results] == ["ok"] * 5
+    for k, spec in enumerate(specs):
+        train_run(spec, datas[k], tmp_path / f"a{k}")
+    assert_same_runs([tmp_path / f"a{k}" for k in range(5)], [tmp_path / f"j{k}" for k in range(5)], 1e-10)
+
+
+def test_train_job_without_batching_is_train_run(mlp_data, tmp_path, f64):
+    specs = sweep(MLP, "adam", OPTIMIZERS["adam"])[:2]
+    train_job(specs, [mlp_data] * 2, [tmp_path / "j0", tmp_path / "j1"], batched=False)
+    for k, spec in enumerate(specs):
+        train_run(spec, mlp_data, tmp_path / f"a{k}")
+        assert all(torch.equal(final(tmp_path / f"a{k}")[n], v) for n, v in final(tmp_path / f"j{k}").items())
+
+
+@pytest.mark.parametrize("name", sorted(SHARPNESS_AWARE))
+def test_sam_and_asam_batched_closure_matches_one_by_one(name, mlp_data, cnn_data, tmp_path, f64):
+    """Two batched passes a step, each run perturbed by its own gradient's norm; the
+    BatchNorm CNN sees both forward passes in its running statistics, as alone."""
+    check_equivalent(sweep(MLP, name, SHARPNESS_AWARE[name]), mlp_data, tmp_path / "mlp")
+    check_equivalent(sweep(CNN, name, SHARPNESS_AWARE[name])[:2], cnn_data, tmp_path / "cnn")
+
+
+def test_sam_runs_batch_only_with_sam_runs(mlp_data, tmp_path):
+    specs = [dict(MLP, optimizer=dict(SHARPNESS_AWARE["sam"], name="sam")), dict(MLP, optimizer={"name": "adam", "lr": 1e-3})]
+    with pytest.raises(ValueError, match="SAM/ASAM runs batch only with SAM/ASAM runs"):
+        train_batched(specs, mlp_data, [tmp_path / "a", tmp_path / "b"])
+
+
+@pytest.mark.parametrize("name", sorted(ALONE))
+def test_closure_optimizers_are_refused_by_train_batched(name, mlp_data, tmp_path):
+    spec = dict(MLP, optimizer=dict(ALONE[name], name=name))
+    with pytest.raises(ValueError, match="needs its own closure"):
+        train_batched([spec, spec], mlp_data, [tmp_path / "a", tmp_path / "b"])
+
+
+def test_config_switch_is_documented_and_on_by_default():
+    import jsonschema
+    import yaml
+
+    from descentlab.studies import SCHEMA_DIR
+
+    schema = yaml.safe_load((SCHEMA_DIR / "config.schema.yaml").read_text())
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
+    jsonschema.validate(config, schema)
+    assert config["batched_training"] is True and schema["properties"]["batched_training"]["default"] is True
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(dict(config, batched_training="yes"), schema)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "amsgrad", "nadam", "radam", "adagrad", "lion"])
+def test_elementwise_optimizers_take_the_stacked_update(name, mlp_data, f64):
+    """So the float64 tests above check the stacked update for these, not the per-run path."""
+    from descentlab.train.stacked_update import stacked_update_key
+    from descentlab.train.training import Training
+
+    run = Training(validate(dict(MLP, optimizer=dict(OPTIMIZERS[name], name=name))), mlp_data, torch.device("cpu"))
+    assert stacked_update_key(run) is not None
+    run = Training(validate(dict(MLP, optimizer={"name": "adamp", "lr": 1e-3})), mlp_data, torch.device("cpu"))
+    assert stacked_update_key(run) is None
+
+
+def test_children_of_a_parent_match_one_by_one(mlp_data, tmp_path, f64):
+    """Runs started from another run's checkpoint (init), each restore mode, at their own start steps."""
+    from descentlab.spec import run_id
+
+    parent = dict(MLP, seed=0, optimizer={"name": "adam", "lr": 0.003}, checkpoints=[40], steps=60)
+    runs = tmp_path / "runs"
+    train_run(parent, mlp_data, runs / run_id(parent))
+    children = [
+        dict(MLP, seed=1, optimizer={"name": "adam", "lr": 0.001}, init={"run": run_id(parent), "step": 40, "restore": "weights"}),
+        dict(MLP, seed=2, optimizer={"name": "adam", "lr": 0.01}, init={"run": run_id(parent), "step": 40, "restore": "optimizer"}),
+        dict(MLP, seed=0, optimizer={"name": "adam", "lr": 0.003}, init={"run": run_id(parent), "step": 40, "restore": "all"}),
+        dict(MLP, seed=3, optimizer={"name": "adam", "lr": 0.003}, init={"run": run_id(parent), "step": 40, "restore": "all"}),
+    ]
+    for k, spec in enumerate(children):
+        train_run(spec, mlp_data, runs / f"alone{k}")
+    results = train_batched(children, mlp_data, [runs / f"batched{k}" for k in range(4)])
+    assert [r.resumed_from for r in results] == [0, 40, 40, 40]
+    assert_same_runs([runs / f"alone{k}" for k in range(4)], [runs / f"batched{k}" for k in range(4)], 1e-10)
+
+
+def test_mixed_losses_instruments_and_label_noise_match_one_by_one(tmp_path, f64):
+    """Different losses per run (each run's loss on its slice of the batched outputs), the
+    grad_norm instrument (reads each run's gradient rows) and a label-noise dataset."""
+    dataset = dict(MLP["dataset"], label_noise=0.2)
+    data = float64(build_dataset(dataset))
+    base = dict(MLP, dataset=dataset, instruments=[{"name": "grad_norm", "every": 5}])
+    specs = [dict(base, seed=0, optimizer={"name": "sgd", "lr": 0.05}, loss={"name": "label_smoothing", "smoothing": 0.1}),
+             dict(base, seed=1, optimizer={"name": "adam", "lr": 0.003}),
+             dict(base, seed=2, optimizer={"name": "adamp", "lr": 0.003}, loss={"name": "mse"})]
+    check_equivalent(specs, data, tmp_path)
+    m = pd.read_parquet(tmp_path / "batched1" / "metrics.parquet")
+    assert (m.metric == "grad_norm").sum() == 20
+
+
+def test_curvature_instrument_matches_one_by_one(mlp_data, tmp_path, f64):
+    """top_eigenvalue differentiates each run's own model (its rows) and must leave
+    the gradient rows in place for the step's update."""
+    base = dict(MLP, steps=40, instruments=[{"name": "top_eigenvalue", "every": 10, "n_examples": 64}])
+    specs = [dict(base, seed=s, optimizer={"name": n, "lr": lr}) for s, (n, lr) in enumerate([("sgd", 0.05), ("adam", 0.003), ("adamp", 0.003)])]
+    check_equivalent(specs, mlp_data, tmp_path, tol=1e-8)
+    m = pd.read_parquet(tmp_path / "batched0" / "metrics.parquet")
+    assert (m.metric == "sharpness").sum() == 4
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_the_training_job_script(batched, tmp_path):
+    """scripts/train.py as Snakemake runs it (a stand-in ``snakemake`` object): the
+    switch decides, every run is written, the manifest lists them, the log says which."""
+    import runpy
+    from types import SimpleNamespace
+
+    from descentlab.runs import Run
+    from descentlab.spec import run_id
+
+    data = DATASETS.build(MLP["dataset"])
+    data.save(tmp_path / "data.pt")
+    specs = [dict(MLP, steps=20, seed=s, optimizer={"name": "adam", "lr": 0.003 * (s + 1)}) for s in range(3)]
+    runs = [Run(run_id(s), validate(s), dir=tmp_path / "runs" / run_id(s), data=tmp_path / "data.pt").to_dict() for s in specs]
+    smk = SimpleNamespace(
+        log=[str(tmp_path / "train.log")], output=[str(tmp_path / "manifest.json")], threads=1,
+        params=SimpleNamespace(runs=runs, device="cpu"), wildcards=SimpleNamespace(group="g0"),
+        config={"batched_training": batched},
+    )
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "train.py"), init_globals={"snakemake": smk})
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert [r["run_id"] for r in manifest["runs"]] == [run_id(s) for s in specs]
+    assert all((tmp_path / "runs" / run_id(s) / "status.json").is_file() for s in specs)
+    assert f"batched training {'on' if batched else 'off'}" in (tmp_path / "train.log").read_text()
