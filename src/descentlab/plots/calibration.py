@@ -105,8 +105,8 @@ def calibration(
                                      "count": b["count"].sum()}), include_groups=False)
             seeds = part["seed"].nunique()
             ax.plot(pooled["confidence"], pooled["accuracy"], "-o", ms=3, color=_color(h), label=f"{h} (n = {seeds})")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (bin mean)", ylabel="accuracy in bin",
-               title=f"{x_value}: reliability, bins pooled over seeds")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (bin mean)", ylabel="accuracy in bin (pooled over seeds)",
+               title=f"{x_value}: reliability diagram")
         ax.legend(fontsize=7, loc="upper left")
         ax.grid(alpha=0.3)
     for ax in axes[1][len(xs):]:
