@@ -80,7 +80,8 @@ def hessian_spectrum(
     markers = dict(zip(widths, "osD^v"))
     for i, w in enumerate(widths):
         part = ok[ok[width] == w]
-        shift = (i - (len(widths) - 1) / 2) * 0.15  # linear C axis: a small sideways shift keeps widths apart
+        # linear C axis: a small sideways shift keeps widths, and seeds within a width, apart
+        shift = (i - (len(widths) - 1) / 2) * 0.3 + (part["seed"].rank(method="dense") - 1) * 0.08
         ax_o.scatter(part[classes] + shift, part["outliers"], marker=markers[w], s=22, color=width_color[w],
                      label=f"width {w}", zorder=3)
     ax_o.plot(cs, np.array(cs) - 1, ":", color="gray", label="C - 1")
