@@ -71,7 +71,7 @@ def hessian_spectrum(
             ax.scatter(lam[n_out:], np.full(len(lam) - n_out, y_mark), marker="|", s=40, color=width_color[w], zorder=3)
             ax.axvline(row["bulk_edge"], ls="--", lw=0.8, color=width_color[w])
         ax.set(yscale="log", ylim=(1e-6, 1e3), xlabel="eigenvalue", ylabel=f"density (SLQ, seed {first_seed})",
-               title=f"C = {c} classes: density and top eigenvalues")
+               title=f"C = {c}: Hessian density, top eigenvalues")
         ax.legend(fontsize=7, loc="center right")
         ax.grid(alpha=0.3)
     for ax in axes[0][len(cs):]:
