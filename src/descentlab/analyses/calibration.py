@@ -11,18 +11,31 @@ from . import ANALYSES
 if TYPE_CHECKING:  # pandas is imported where it is used, so the registry imports fast
     import pandas as pd
 
+# Losses whose outputs are fitted to one-hot targets: their outputs estimate the
+# class probabilities themselves (the minimiser of the square loss is E[onehot | x]),
+# and softmax of them is not a probability model at all.
+SQUARE_LOSSES = ("mse",)
 
-def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:
-    """ECE (Guo et al. 2017, arXiv 1706.04599): sum over equal-width confidence
-    bins (lo, hi] of |bin| / N * |accuracy(bin) - mean confidence(bin)|."""
+
+def _bin_index(confidence: torch.Tensor, bins: int) -> torch.Tensor:
+    # bin k holds (k/bins, (k+1)/bins]; a confidence of exactly 0 goes to bin 0
+    return (torch.ceil(confidence * bins).long() - 1).clamp(0, bins - 1)
+
+
+def _check(confidence: torch.Tensor, correct: torch.Tensor, bins: int) -> None:
     if confidence.shape != correct.shape or confidence.ndim != 1:
         raise ValueError(f"confidence and correct must be equal-length vectors, got {tuple(confidence.shape)} and {tuple(correct.shape)}")
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins}")
+
+
+def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:
+    """ECE (Guo et al. 2017, arXiv 1706.04599): sum over equal-width confidence
+    bins (lo, hi] of |bin| / N * |accuracy(bin) - mean confidence(bin)|."""
+    _check(confidence, correct, bins)
     confidence = confidence.double()
     correct = correct.double()
-    # bin k holds (k/bins, (k+1)/bins]; a confidence of exactly 0 goes to bin 0
-    index = (torch.ceil(confidence * bins).long() - 1).clamp(0, bins - 1)
+    index = _bin_index(confidence, bins)
     n = confidence.numel()
     ece = torch.zeros((), dtype=torch.float64)
     for k in range(bins):
@@ -33,6 +46,41 @@ def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, 
     return float(ece)
 
 
+def reliability_bins(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> list[dict[str, float]]:
+    """The reliability diagram's points: per non-empty bin (lo, hi], its count,
+    accuracy and mean confidence (the same bins as ``expected_calibration_error``)."""
+    _check(confidence, correct, bins)
+    confidence, correct = confidence.double(), correct.double()
+    index = _bin_index(confidence, bins)
+    rows = []
+    for k in range(bins):
+        in_bin = index == k
+        count = int(in_bin.sum())
+        if count:
+            rows.append({"bin": k, "bin_lo": k / bins, "bin_hi": (k + 1) / bins, "count": count,
+                         "bin_accuracy": float(correct[in_bin].mean()), "bin_confidence": float(confidence[in_bin].mean())})
+    return rows
+
+
+def output_probabilities(outputs: torch.Tensor) -> torch.Tensor:
+    """Outputs fitted to one-hot targets read as probabilities: clipped to [0, 1]
+    and renormalised to sum to 1 (uniform where every output is <= 0)."""
+    if outputs.ndim != 2:
+        raise ValueError(f"outputs must be (N, C), got shape {tuple(outputs.shape)}")
+    p = outputs.double().clamp(0.0, 1.0)
+    total = p.sum(dim=1, keepdim=True)
+    uniform = torch.full_like(p, 1.0 / p.shape[1])
+    return torch.where(total > 0, p / total.clamp_min(torch.finfo(p.dtype).tiny), uniform)
+
+
+def probabilities(outputs: torch.Tensor, loss_name: str) -> tuple[torch.Tensor, str]:
+    """(class probabilities, how they were read) for outputs trained with ``loss_name``:
+    the outputs themselves for square losses, softmax for the rest."""
+    if loss_name in SQUARE_LOSSES:
+        return output_probabilities(outputs), "outputs"
+    return torch.softmax(outputs.double(), dim=1), "softmax"
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     return torch.cat([model(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)])
@@ -40,28 +88,40 @@ def predict(model: torch.nn.Module, x: torch.Tensor, chunk: int = 4096) -> torch
 
 @ANALYSES.register("calibration")
 def calibration(runs, device: str = "cpu", split: str = "test", bins: int = 15) -> pd.DataFrame:
-    """Per run: accuracy, ECE and mean confidence of softmax(outputs) on ``split``.
-
-    Outputs of a model trained with MSE are not log-probabilities; softmax of
-    them is still the usual confidence score (as in Hui & Belkin 2021), so the
-    ECE of MSE models measures that score's calibration.
+    """Per run, on ``split``: a ``kind = run`` row with accuracy (argmax of the
+    outputs), ``ece`` and ``confidence`` of the loss's own probabilities (softmax,
+    or for square losses the outputs clipped to [0, 1] and renormalised: their
+    minimiser is the class probability), and ``ece_softmax`` and
+    ``confidence_softmax`` of max softmax(outputs) for every loss (what the
+    squentropy paper's code reports, MSE included); and ``kind = bin`` rows,
+    the reliability diagram of the loss's own probabilities (``bins`` bins).
     """
     import pandas as pd
 
     rows = []
     for run in runs:
-        row = {"run_id": run.run_id, **run.labels, "status": run.status}
-        if run.status == "ok":
-            model, data = run.load(device=device)
-            if data.task != "classification":
-                raise ValueError(f"calibration: run {run.run_id} is not a classification task")
-            logits = predict(model, data.x[split].to(device)).cpu()
-            confidence, predicted = torch.softmax(logits.double(), dim=1).max(dim=1)
-            correct = predicted == data.y[split]
-            row.update(
-                accuracy=float(correct.double().mean()),
-                ece=expected_calibration_error(confidence, correct, bins),
-                confidence=float(confidence.mean()),
-            )
-        rows.append(row)
+        base = {"run_id": run.run_id, **run.labels, "status": run.status}
+        if run.status != "ok":
+            rows.append(dict(base, kind="run"))
+            continue
+        model, data = run.load(device=device)
+        if data.task != "classification":
+            raise ValueError(f"calibration: run {run.run_id} is not a classification task")
+        outputs = predict(model, data.x[split].to(device)).cpu()
+        y = data.y[split]
+        probs, read_as = probabilities(outputs, run.spec["loss"]["name"])
+        predicted = outputs.argmax(dim=1, keepdim=True)
+        # the probability of the predicted class (= max probability; clipping can tie outputs above 1)
+        confidence = probs.gather(1, predicted).squeeze(1)
+        soft_confidence = torch.softmax(outputs.double(), dim=1).max(dim=1).values
+        correct = predicted.squeeze(1) == y
+        rows.append(dict(
+            base, kind="run", probabilities=read_as, num_classes=int(outputs.shape[1]),
+            accuracy=float(correct.double().mean()),
+            ece=expected_calibration_error(confidence, correct, bins),
+            confidence=float(confidence.mean()),
+            ece_softmax=expected_calibration_error(soft_confidence, correct, bins),
+            confidence_softmax=float(soft_confidence.mean()),
+        ))
+        rows += [dict(base, kind="bin", probabilities=read_as, **b) for b in reliability_bins(confidence, correct, bins)]
     return pd.DataFrame(rows)

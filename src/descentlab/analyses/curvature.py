@@ -93,6 +93,17 @@ def count_outliers(eigenvalues: np.ndarray) -> int:
     return int(np.argmax(ratios) + 1)
 
 
+def bulk_edge(eigenvalues: np.ndarray, outliers: int) -> float:
+    """The largest eigenvalue that is not an outlier: the (outliers + 1)-th
+    largest. (A quantile of the density would not do: the density of an
+    over-parametrised net's Hessian is almost all at zero, so its 0.99 quantile
+    sits inside the spike at zero, not at the bulk's edge.)"""
+    lam = np.sort(np.asarray(eigenvalues))[::-1]
+    if not 0 <= outliers < len(lam):
+        raise ValueError(f"bulk_edge: {outliers} outliers among {len(lam)} eigenvalues; ask for more eigenvalues (top_k)")
+    return float(lam[outliers])
+
+
 @ANALYSES.register("hessian_spectrum")
 def hessian_spectrum(
     runs: list[Run],
@@ -108,8 +119,11 @@ def hessian_spectrum(
 ) -> pd.DataFrame:
     """Per run: the top ``top_k`` eigenvalues (rows ``kind = eigenvalue``, with
     residuals), the SLQ spectral density on ``grid`` points (``kind =
-    density``), and a summary row (``kind = summary``: outlier count, trace
-    estimate from the density, bulk edge = the 0.99 quantile of the spectrum)."""
+    density``), and a summary row (``kind = summary``): the outlier count
+    (eigenvalues above the largest ratio gap of the top ``top_k``), the bulk
+    edge (the largest non-outlier eigenvalue), the gap ratio at that edge, the
+    trace estimate from the density, the density's 0.99 quantile, and the
+    training loss on the subset."""
     import pandas as pd
 
     from ..curvature import spectral_density, top_eigenvalues
@@ -124,15 +138,18 @@ def hessian_spectrum(
         k = min(int(top_k), op.shape[0] - 2)
         top = top_eigenvalues(op, k=k, tol=eig_tol)
         density = spectral_density(op, n_iter=slq_iter, n_runs=slq_runs, n_grid=grid, seed=0)
-        # the bulk edge: where the SLQ distribution reaches 99% of the spectrum
         cdf = density.cdf(density.grid)
-        bulk_edge = float(density.grid[np.searchsorted(cdf, 0.99)]) if cdf[-1] >= 0.99 else float(density.grid[-1])
+        quantile99 = float(density.grid[np.searchsorted(cdf, 0.99)]) if cdf[-1] >= 0.99 else float(density.grid[-1])
+        lam = np.sort(top.eigenvalues)[::-1]
+        outliers = count_outliers(lam)
+        edge = bulk_edge(lam, outliers) if outliers < len(lam) else float("nan")
         frames.append(pd.DataFrame([dict(base, kind="eigenvalue", index=i + 1, value=float(v), residual=float(r))
                                     for i, (v, r) in enumerate(zip(top.eigenvalues, top.residuals))]))
         frames.append(pd.DataFrame(dict(base, kind="density", eigenvalue=density.grid, value=density.density)))
-        frames.append(pd.DataFrame([dict(base, kind="summary", outliers=count_outliers(top.eigenvalues),
-                                         trace=density.moment(1) * op.shape[0], bulk_edge=bulk_edge,
-                                         top_eigenvalue=float(top.eigenvalues[0]), num_params=op.shape[0])]))
+        frames.append(pd.DataFrame([dict(base, kind="summary", outliers=outliers, bulk_edge=edge,
+                                         gap_ratio=float(lam[outliers - 1] / edge) if 0 < outliers < len(lam) else float("nan"),
+                                         trace=density.moment(1) * op.shape[0], density_q99=quantile99,
+                                         top_eigenvalue=float(lam[0]), num_params=op.shape[0], train_loss=op.loss())]))
     return pd.concat(frames, ignore_index=True)
 
 
