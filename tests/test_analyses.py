@@ -241,3 +241,16 @@ def test_lr_sensitivity_summary_counts_settings_near_the_best_and_compares_to_a_
     assert s.loc["S", "near_best"] == 1 and s.loc["A", "near_best"] == 2 and s.loc["A", "ref_near_best"] == 1
     assert s.loc["S", "log10_range"] == pytest.approx(np.log10(4)) and s.loc["A", "diverged"] == 1
     assert s.loc["S", "edge"] == "low" and s.loc["A", "best_lr"] == 3 and not s.loc["A", "on_edge"]
+
+
+def test_lr_sensitivity_reference_mapping_compares_each_listed_optimizer_to_its_own():
+    runs = pd.DataFrame({"run_id": [f"r{i}" for i in range(9)], "problem": "P", "optimizer": ["S"] * 3 + ["A"] * 3 + ["M"] * 3,
+                         "lr": [1, 3, 10] * 3, "seed": 0, "status": "ok"})
+    values = [1.0, 2.0, 4.0, 1.0, 1.05, 1.08, 1.0, 1.01, 3.0]
+    metrics = pd.DataFrame({"run_id": runs["run_id"], "step": 10, "split": "val", "metric": "loss", "value": values})
+    _, _, summary = FIGURES.get("lr_sensitivity")(metrics, runs, None, reference={"M": "A", "A": "S"})
+    s = summary.set_index("optimizer")
+    assert s.loc["M", "reference"] == "A" and s.loc["M", "ref_near_best"] == 3 and s.loc["M", "near_best"] == 2
+    assert s.loc["A", "ref_near_best"] == 1 and pd.isna(s.loc["S", "reference"]) and np.isnan(s.loc["S", "ref_near_best"])
+    with pytest.raises(ValueError, match="reference names \\['Z'\\]"):
+        FIGURES.get("lr_sensitivity")(metrics, runs, None, reference={"M": "Z"})

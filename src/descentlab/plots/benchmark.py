@@ -78,6 +78,14 @@ def _small_multiples(n_rows: int, n_cols: int, width: float = 3.3, height: float
                         layout="constrained")
 
 
+def _legend_below(ax) -> None:
+    """A column's legend under its bottom panel, off the curves (the columns
+    hold the same optimizers in every row)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2, frameon=False)
+
+
 def _mark_diverged(ax, xs, color) -> None:
     """Diverged settings: an x at the top of the panel, at their x."""
     if len(xs):
@@ -100,7 +108,7 @@ def lr_sensitivity(
     title: str | None = None,
     groups: dict[str, list[str]] | None = None,
     tolerance: float = 0.1,
-    reference: str | None = None,
+    reference: str | dict[str, str] | None = None,
 ):
     """Final (split, metric) of every tuning run vs the learning-rate axis
     (as in the MoMo paper): one row of panels per ``facet`` value, one column
@@ -113,9 +121,10 @@ def lr_sensitivity(
     ``best_<x>``, ``on_edge``/``edge`` (low, high), ``near_best`` (settings
     within ``tolerance`` of the best, relative; diverged ones are not),
     ``log10_range`` (log10 of worst / best finite value: how much the metric
-    varies over the grid). With ``reference`` (a ``hue`` value), each row also
-    has that value's ``ref_near_best`` and ``ref_log10_range`` in the same
-    facet, so a claim can compare the two row by row."""
+    varies over the grid). With ``reference`` (a ``hue`` value, or a mapping
+    hue value -> its reference), each row (each listed row) also has its
+    ``reference`` and that one's ``ref_near_best`` and ``ref_log10_range`` in
+    the same facet, so a claim can compare the two row by row."""
     import pandas as pd
 
     mode = "min" if metric == "loss" else "max"
@@ -153,8 +162,8 @@ def lr_sensitivity(
                 ax.set_ylabel(f"final {split} {metric}")
             if r == len(facets) - 1:
                 ax.set_xlabel(xlabel or x)
-            if r == 0:
-                ax.legend(fontsize=6.5, loc="lower left", ncol=2, framealpha=0.7)
+            if r == len(facets) - 1:
+                _legend_below(ax)
     if title:
         fig.suptitle(title + "\n(filled circle: best lr; open circle: best lr on the edge of the grid; x: diverged)",
                      fontsize=10)
@@ -188,11 +197,18 @@ def _sensitivity_summary(table, best, x, facet, hue, mode, tolerance, reference)
 
     summary = pd.DataFrame(rows).merge(best, on=[facet, hue], how="left")
     if reference is not None:
-        ref = summary[summary[hue].astype(str) == str(reference)]
-        if ref.empty:
-            raise ValueError(f"lr_sensitivity: reference {reference!r} is not a value of {hue!r}: {sorted(map(str, summary[hue].unique()))}")
-        ref = ref[[facet, "near_best", "log10_range"]].rename(columns={"near_best": "ref_near_best", "log10_range": "ref_log10_range"})
-        summary = summary.merge(ref, on=facet, how="left")
+        # a name: every row against it; a mapping: each listed row against its own reference
+        pairs = reference if isinstance(reference, dict) else {name: reference for name in summary[hue]}
+        names = set(map(str, summary[hue].unique()))
+        unknown = sorted({str(v) for kv in pairs.items() for v in kv} - names)
+        if unknown:
+            raise ValueError(f"lr_sensitivity: reference names {unknown} are not values of {hue!r}: {sorted(names)}")
+        by_name = summary.set_index([facet, summary[hue].astype(str)])
+        refs = [str(pairs[n]) if n in pairs else None for n in summary[hue].astype(str)]
+        summary["reference"] = refs
+        for col in ("near_best", "log10_range"):
+            summary[f"ref_{col}"] = [by_name[col].get((f, r), math.nan) if r is not None else math.nan
+                                     for f, r in zip(summary[facet], refs)]
     return summary
 
 
@@ -227,8 +243,9 @@ def tuned_curves(
     seeds did not take part in the selection): one row of panels per problem,
     one column per group of solvers, the geometric mean over seeds (log axis)
     with a band from the lowest to the highest seed. A solver whose tuned
-    setting lies on the edge of its grid (the table's ``on_edge``) is dashed;
-    a diverged seed ends its curve with an x.
+    setting lies on the edge of its grid (the table's ``on_edge``) ends in an
+    open circle, one with an interior setting in a filled one; a diverged
+    seed ends its curve with an x.
 
     Summary, per (problem, solver): seeds, diverged, the final value's mean,
     sd, min, max over seeds; the tuned setting and ``on_edge`` when the table
@@ -256,8 +273,9 @@ def tuned_curves(
                 on_edge = bool(part["on_edge"].iloc[0]) if "on_edge" in part.columns else False
                 by_step = part.groupby("step")["value"]
                 centre = by_step.agg(band.get("estimator", "mean")) if log_y else by_step.mean()
-                ax.plot(centre.index, centre.to_numpy(), color=color, linewidth=1.3, linestyle="--" if on_edge else "-",
-                        label=f"{name}{' (edge lr)' if on_edge else ''}")
+                ax.plot(centre.index, centre.to_numpy(), color=color, linewidth=1.3, label=str(name))
+                ax.plot(centre.index[-1:], centre.to_numpy()[-1:], linestyle="none", color=color, markersize=6,
+                        markeredgewidth=1.5, **edge_marker(on_edge))
                 ax.fill_between(centre.index, by_step.min().to_numpy(), by_step.max().to_numpy(), color=color, alpha=0.15, linewidth=0)
                 for _, seed_part in part.groupby("seed"):
                     if (seed_part["status"] != "ok").any():
@@ -272,12 +290,12 @@ def tuned_curves(
                 ax.set_ylabel(f"{split} {metric}")
             if r == len(problems) - 1:
                 ax.set_xlabel("step")
-            if r == 0:
-                ax.legend(fontsize=6.5, loc="upper right", ncol=2, framealpha=0.7)
+            if r == len(problems) - 1:
+                _legend_below(ax)
     seeds = sorted(sel["seed"].unique())
     if title:
         fig.suptitle(f"{title}\n(seeds {', '.join(map(str, seeds))}: line = geometric mean, band = lowest to highest seed; "
-                     "dashed: tuned lr on the edge of its grid)", fontsize=10)
+                     "open circle: tuned lr on the edge of its grid; x: a diverged seed)", fontsize=10)
     summary = tuned_summary(sel, problem, solver, "min" if metric == "loss" else "max")
     return fig, sel.reset_index(drop=True), summary
 
@@ -408,7 +426,7 @@ def performance_profile(
         plain_log_ticks(ax, "x")
         ax.set_title(group, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6.5, loc="lower right", framealpha=0.7)
+        _legend_below(ax)
     axes[0][0].set_ylabel(f"fraction of {n_instances} {'(problem, seed) instances' if per_seed else 'problems'}\nwithin " + r"$\tau$")
     if title:
         seeds = sorted(data["seed"].unique())
