@@ -427,7 +427,7 @@ def performance_profile(
         ax.set_title(group, fontsize=9)
         ax.grid(alpha=0.3)
         _legend_below(ax)
-    axes[0][0].set_ylabel(f"fraction of {n_instances} {'(problem, seed) instances' if per_seed else 'problems'}\nwithin " + r"$\tau$")
+    axes[0][0].set_ylabel(f"fraction of the {n_instances} {'instances' if per_seed else 'problems'} within " + r"$\tau$")
     if title:
         seeds = sorted(data["seed"].unique())
         target = f"the {target_quantile:g} quantile of the solvers' best mean {split} {metric}"
