@@ -136,7 +136,7 @@ def test_smoke_end_to_end(workdir):
 
     # Runs decided by data (the benchmark's tuned reruns) are runs like any other.
     assert {"sweep", "parent", "rerun"} <= set(index.role) or {"sweep", "rerun"} <= set(index.role)
-    reruns = index[index.role == "rerun"]
+    reruns = index[(index.role == "rerun") & (index.study == "optimizer-benchmark")]
     assert len(reruns) == 54 and set(reruns.seed) == {1}  # 2 problems x 27 optimizers, seed 1 at smoke
     assert all((results / "runs" / rid / "status.json").exists() for rid in reruns.run_id)
 
