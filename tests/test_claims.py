@@ -117,3 +117,21 @@ def test_caption_counts_seeds_as_whole_numbers():
                        evaluate_claims(none, pd.DataFrame({"x": [1]}), {}, study="s", figure="f", scale="cpu")])
     text = caption_text(table)
     assert "HOLDS (n = 3 seeds): positive." in text and "HOLDS: no seed column." in text
+
+
+def test_cli_writes_the_readme_table_from_a_claims_csv(tmp_path):
+    from descentlab.cli import main
+
+    table = pd.concat([
+        evaluate_claims([{"id": "a", "text": "with seeds", "check": "all_rows", "options": {"holds_if": "v > 0"}}],
+                        pd.DataFrame({"seed": [0, 1], "v": [1.0, 2.0]}), {}, study="s", figure="f", scale="cpu"),
+        evaluate_claims([{"id": "b", "text": "no seeds", "check": "all_rows", "options": {"holds_if": "v > 5"}}],
+                        pd.DataFrame({"v": [1.0]}), {}, study="s", figure="f", scale="cpu"),
+    ])
+    csv = tmp_path / "claims.csv"
+    table.to_csv(csv, index=False)  # the seeds column is read back as text with an empty cell
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n<!-- claims:begin -->\n<!-- claims:end -->\n")
+    assert main(["claims", str(csv), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "1 of 2 claims hold at scale cpu" in text and "| s | f | with seeds | yes | 2 |" in text and "| no seeds | no |  |" in text

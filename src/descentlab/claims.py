@@ -170,13 +170,23 @@ def evaluate_claims(claims: Sequence[dict[str, Any]], summary, tables: dict[str,
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
 
 
+def _seed_count(value: Any) -> int | None:
+    """A claims row's seed count, however the table was read (int, float, NaN, '')."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else int(number)
+
+
 def caption_text(claims_table, width: int = 110) -> str:
     """The claims as the figure's caption strip: verdict, claim, and, when it
     does not hold, what the figure shows instead."""
     lines = []
     for row in claims_table.itertuples():
         verdict = "HOLDS" if row.holds == "yes" else "DOES NOT HOLD"
-        seeds = f" (n = {int(row.seeds)} seeds)" if isinstance(row.seeds, (int, float)) and not math.isnan(row.seeds) else ""
+        n = _seed_count(row.seeds)
+        seeds = "" if n is None else f" (n = {n} seeds)"
         body = f"{verdict}{seeds}: {row.text}."
         if row.holds != "yes" and row.note:
             body += f" {row.note}"
@@ -191,7 +201,8 @@ def markdown_table(claims_table) -> str:
         numbers = str(row.numbers).replace("|", "/")
         if len(numbers) > 160:
             numbers = numbers[:157] + "..."
-        seeds = "" if row.seeds is None or (isinstance(row.seeds, float) and math.isnan(row.seeds)) else int(row.seeds)
+        n = _seed_count(row.seeds)
+        seeds = "" if n is None else n
         lines.append(f"| {row.study} | {row.figure} | {row.text} | {row.holds} | {seeds} | {numbers} |")
     return "\n".join(lines)
 
