@@ -149,10 +149,12 @@ def test_smoke_end_to_end(workdir):
     assert len(cont) == 2
     import torch
 
+    # Bit for bit when both train the same way (tests/test_init_from_run.py); here
+    # the children train as one batch, the lone parent by itself: float32 rounding.
     final = torch.load(results / "runs" / parent / "final.pt", weights_only=True)
     for rid in cont:
         child = torch.load(results / "runs" / rid / "final.pt", weights_only=True)
-        assert all(torch.equal(final[k], child[k]) for k in final)
+        assert all(torch.allclose(final[k], child[k], rtol=1e-4, atol=1e-6) for k in final)
 
     # A second invocation has nothing to do.
     again = snakemake(workdir, "-n", "--config", "scale=smoke")
