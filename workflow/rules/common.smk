@@ -89,7 +89,6 @@ def manifests_of(runs):
 
 
 def train_inputs(wc):
-    forget_damaged_job(wc.group)
     members = group_members(wc.group)
     reads = sorted({ref for r in members for ref in run_references(r.spec)})
     inputs = {
@@ -102,25 +101,34 @@ def train_inputs(wc):
     return inputs
 
 
-_CHECKED = set()
-
-
-def forget_damaged_job(group):
+def forget_damaged_job(group, members):
     """If a finished job's run files are missing or truncated (their sizes
     differ from what status.json recorded), name them and drop the job's
     manifest, so the job counts as not done and reruns. The manifest is
-    bookkeeping, not data: dropping it loses nothing. (A params value would
-    not do: Snakemake records the value it had before the rerun.)"""
+    bookkeeping, not data: dropping it loses nothing. This runs at parse time,
+    before Snakemake decides what to run (a params value would not do:
+    Snakemake records the value it had before the rerun)."""
     manifest = Path(job_manifest(group))
-    if group in _CHECKED or not manifest.exists():
+    if not manifest.exists():
         return
-    _CHECKED.add(group)
     problems = []
-    for run in group_members(group):
+    for run in members:
         problems += run_damage(run.dir, output_files(run.dir, run.spec))
     if problems:
         LOG.warning("training job %s reruns: %s", group, "; ".join(problems[:5]))
         manifest.unlink()
+
+
+def forget_damaged_jobs():
+    for group, members in PLAN.groups.items():
+        forget_damaged_job(group, [PLAN.runs[rid] for rid in members])
+    for study, name in PLAN.selections():  # jobs of selections made in an earlier invocation
+        path = Path(selection_file(study, name))
+        if path.exists():
+            record = read_selection(path)
+            runs = {r["run_id"]: Run.from_dict(r) for r in record["runs"]}
+            for group, members in record["groups"].items():
+                forget_damaged_job(group, [runs[rid] for rid in members])
 
 
 def index_inputs(wc):
@@ -174,6 +182,8 @@ def analysis_inputs(wc):
     data = sorted({str(r.data) for r in runs} | {r["data"] for r in selected})
     return data + manifests_of(runs) + manifests_of(selected)
 
+
+forget_damaged_jobs()
 
 FIGURE_FILES = [
     f"{RESULTS}/figures/{study}/{fig['name']}.{ext}"
