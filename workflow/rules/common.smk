@@ -101,34 +101,27 @@ def train_inputs(wc):
     return inputs
 
 
-def forget_damaged_job(group, members):
-    """If a finished job's run files are missing or truncated (their sizes
-    differ from what status.json recorded), name them and drop the job's
-    manifest, so the job counts as not done and reruns. The manifest is
-    bookkeeping, not data: dropping it loses nothing. This runs at parse time,
-    before Snakemake decides what to run (a params value would not do:
-    Snakemake records the value it had before the rerun)."""
+def damage_record(wc):
+    """What damage to the finished job's run files was noticed last (a run file
+    missing, or of another size than status.json records), as a params value:
+    a new incident changes it, so the job reruns (Snakemake's params trigger).
+    The text lives in results/train/.damage/<job>.txt, and a new incident is
+    one noticed after the job last wrote its manifest, so the value the job
+    recorded when it reran stays the same afterwards: the job reruns once."""
+    group = wc.group
+    record = Path(RESULTS) / "train" / ".damage" / f"{group}.txt"
     manifest = Path(job_manifest(group))
-    if not manifest.exists():
-        return
-    problems = []
-    for run in members:
-        problems += run_damage(run.dir, output_files(run.dir, run.spec))
-    if problems:
-        LOG.warning("training job %s reruns: %s", group, "; ".join(problems[:5]))
-        manifest.unlink()
-
-
-def forget_damaged_jobs():
-    for group, members in PLAN.groups.items():
-        forget_damaged_job(group, [PLAN.runs[rid] for rid in members])
-    for study, name in PLAN.selections():  # jobs of selections made in an earlier invocation
-        path = Path(selection_file(study, name))
-        if path.exists():
-            record = read_selection(path)
-            runs = {r["run_id"]: Run.from_dict(r) for r in record["runs"]}
-            for group, members in record["groups"].items():
-                forget_damaged_job(group, [runs[rid] for rid in members])
+    if manifest.exists():
+        problems = []
+        for run in group_members(group):
+            problems += run_damage(run.dir, output_files(run.dir, run.spec))
+        if problems:
+            LOG.warning("training job %s reruns: %s", group, "; ".join(problems[:5]))
+            if not record.exists() or record.stat().st_mtime < manifest.stat().st_mtime:
+                count = int(record.read_text().split(":", 1)[0]) + 1 if record.exists() else 1
+                record.parent.mkdir(parents=True, exist_ok=True)
+                record.write_text(f"{count}: " + "; ".join(problems[:5]))
+    return record.read_text() if record.exists() else ""
 
 
 def index_inputs(wc):
@@ -182,8 +175,6 @@ def analysis_inputs(wc):
     data = sorted({str(r.data) for r in runs} | {r["data"] for r in selected})
     return data + manifests_of(runs) + manifests_of(selected)
 
-
-forget_damaged_jobs()
 
 FIGURE_FILES = [
     f"{RESULTS}/figures/{study}/{fig['name']}.{ext}"

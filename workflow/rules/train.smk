@@ -3,7 +3,7 @@
 # files into runs/<run id>/ and, last, its manifest train/<job>.json, which is
 # what later stages wait for. State needed to resume lives in each run's
 # .resume/ folder, so a killed or re-queued job continues instead of starting
-# over; a damaged run file reruns its job (see forget_damaged_job).
+# over; a damaged run file reruns its job once (see damage_record).
 
 
 rule train:
@@ -15,6 +15,7 @@ rule train:
         runs=lambda wc: [r.to_dict() for r in group_members(wc.group)],
         device=config["device"],
         code=CODE_VERSION,
+        damage=damage_record,
     threads: config["threads_per_job"]
     resources:
         **config["resources"],
