@@ -156,6 +156,15 @@ def test_smoke_end_to_end(workdir):
         child = torch.load(results / "runs" / rid / "final.pt", weights_only=True)
         assert all(torch.allclose(final[k], child[k], rtol=1e-4, atol=1e-6) for k in final)
 
+    # Every job left its benchmark record; the per-study time table reads them.
+    from descentlab.timings import DATA_ROW, per_study, read_job_benchmarks
+
+    jobs = read_job_benchmarks(results)
+    assert {"train", "selections", "analyses", "figures", "data"} <= set(jobs.stage)
+    timings = per_study(jobs).set_index("study")
+    assert {"optimizer-benchmark", "lineage", DATA_ROW} <= set(timings.index)
+    assert (timings.cpu_s > 0).all() and timings.loc["lineage", "train_cpu_s"] > 0
+
     # A second invocation has nothing to do.
     again = snakemake(workdir, "-n", "--config", "scale=smoke")
     assert "Nothing to be done" in again.stdout + again.stderr, again.stdout

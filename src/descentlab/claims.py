@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .registry import Registry
+from .readme_blocks import replace_block
 
 CLAIM_CHECKS = Registry("claim check")
 CLAIM_COLUMNS = ["study", "figure", "claim", "text", "scale", "holds", "numbers", "seeds", "note"]
@@ -207,13 +208,6 @@ def markdown_table(claims_table) -> str:
     return "\n".join(lines)
 
 
-README_BEGIN = "<!-- claims:begin -->"
-README_END = "<!-- claims:end -->"
-
-
 def update_readme(readme_text: str, table_markdown: str, header: str) -> str:
     """The README with the text between the claims markers replaced."""
-    start, end = readme_text.find(README_BEGIN), readme_text.find(README_END)
-    if start < 0 or end < start:
-        raise ValueError(f"the README has no {README_BEGIN} ... {README_END} block")
-    return readme_text[: start + len(README_BEGIN)] + "\n" + header + "\n\n" + table_markdown + "\n" + readme_text[end:]
+    return replace_block(readme_text, "claims", header + "\n\n" + table_markdown)

@@ -3,6 +3,8 @@
   descentlab train --spec spec.json --out DIR    train one run (resumes if DIR has a resume point)
   descentlab check config/studies/*.yaml         validate study files without running anything
   descentlab list optimizers                     the names a registry accepts
+  descentlab claims results/claims.csv [--readme README.md]   the claims table
+  descentlab timings results [--readme README.md]             time per study of a workflow run
 """
 
 from __future__ import annotations
@@ -94,6 +96,30 @@ def _cmd_claims(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_timings(args: argparse.Namespace) -> int:
+    from .readme_blocks import replace_block
+    from .timings import markdown_table, per_study, read_job_benchmarks
+
+    try:
+        table = per_study(read_job_benchmarks(args.results))
+    except ValueError as err:
+        print(f"descentlab timings: {args.results}: {err}", file=sys.stderr)
+        return 2
+    markdown = markdown_table(table)
+    if args.readme is None:
+        print(markdown)
+        return 0
+    header = (f"Per study, from the job benchmark files of `{args.results}` "
+              f"(regenerate: `descentlab timings {args.results} --readme {args.readme}`).")
+    try:
+        args.readme.write_text(replace_block(args.readme.read_text(), "timings", header + "\n\n" + markdown))
+    except (OSError, ValueError) as err:
+        print(f"descentlab timings: {args.readme}: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.readme}: timings table updated ({len(table)} rows)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="descentlab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     claims.add_argument("claims", type=Path, help="a claims.csv written by the workflow")
     claims.add_argument("--readme", type=Path, help="replace the table between the README's claims markers")
     claims.set_defaults(func=_cmd_claims)
+
+    timings = sub.add_parser("timings", help="CPU and wall seconds per study of a workflow run (from its job benchmark files)")
+    timings.add_argument("results", type=Path, help="the workflow's results folder")
+    timings.add_argument("--readme", type=Path, help="replace the table between the README's timings markers")
+    timings.set_defaults(func=_cmd_timings)
 
     lst = sub.add_parser("list", help="list the names a registry accepts")
     lst.add_argument("kind", choices=REGISTRY_KINDS)

@@ -15,6 +15,8 @@ rule analysis:
         selected=analysis_selected,
         device=config["device"],
     threads: config["analysis_threads"]
+    benchmark:
+        benchmark_file(RESULTS, "analyses", "{study}/{analysis}")
     log:
         f"{RESULTS}/logs/analyses/{{study}}/{{analysis}}.log",
     conda:

@@ -15,6 +15,7 @@ from descentlab.plan import GROUP_SEPARATOR, plan
 from descentlab.runs import Run
 from descentlab.selection import read_selection
 from descentlab.studies import StudyError, analysis_options, study_paths
+from descentlab.timings import benchmark_file
 from descentlab.train.loop import output_files
 
 RESULTS = config["results"]

@@ -8,6 +8,8 @@ rule prepare_data:
     params:
         dataset=lambda wc: PLAN.datasets[wc.data_id],
         code=DATA_CODE_VERSION,
+    benchmark:
+        benchmark_file(RESULTS, "data", "{data_id}")
     log:
         f"{RESULTS}/logs/data/{{data_id}}.log",
     conda:

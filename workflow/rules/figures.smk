@@ -26,6 +26,8 @@ rule figure:
         runs=lambda wc: [r.to_dict() for r in PLAN.study_runs[wc.study]],
         tables=figure_tables,
         title=lambda wc: PLAN.studies[wc.study]["title"],
+    benchmark:
+        benchmark_file(RESULTS, "figures", "{study}/{figure}")
     log:
         f"{RESULTS}/logs/figures/{{study}}/{{figure}}.log",
     conda:

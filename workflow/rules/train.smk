@@ -19,6 +19,8 @@ rule train:
     threads: config["threads_per_job"]
     resources:
         **config["resources"],
+    benchmark:
+        benchmark_file(RESULTS, "train", "{group}")
     log:
         f"{RESULTS}/logs/train/{{group}}.log",
     conda:
@@ -41,6 +43,8 @@ checkpoint select_runs:
         trained_elsewhere=lambda wc: {r.run_id: PLAN.group_of[r.run_id] for r in PLAN.study_runs[wc.study]},
         max_runs_per_job=config["max_runs_per_job"],
         min_jobs_per_group=config["min_jobs_per_group"],
+    benchmark:
+        benchmark_file(RESULTS, "selections", "{study}/{selection}")
     log:
         f"{RESULTS}/logs/selections/{{study}}/{{selection}}.log",
     conda:
