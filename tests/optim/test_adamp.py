@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from descentlab.optim import _base
 from descentlab.optim.adamp import SGDP, AdamP, project_radial
 
 from _problems import (ROUNDING_ATOL, compare_maximize, compare_paths, grad_stream, make_params,
@@ -200,20 +199,6 @@ def test_paths_agree_on_many_tensors_of_one_shape(cls, hp):
     atol = adamp_atol(hp["nesterov"]) if cls is AdamP else 0.0
     for a, b in zip(*runs):
         torch.testing.assert_close(a, b, rtol=0, atol=atol)
-
-
-@pytest.mark.parametrize("min_bytes", [0, 64])
-def test_paths_agree_with_persistent_buffers(monkeypatch, min_bytes):
-    # Temporaries of tensors of at least SCRATCH_MIN_BYTES are written into
-    # persistent buffers (the test tensors are far below the default): force
-    # that for all tensors (0), then for a mix of large and small ones (64).
-    monkeypatch.setattr(_base, "SCRATCH_MIN_BYTES", min_bytes)
-    for nesterov in (False, True):
-        compare_paths(AdamP, dict(ADAMP_HP, nesterov=nesterov), shapes=SHAPES, atol=adamp_atol(nesterov))
-        ours, ref = run_both(lambda p: AdamP(p, foreach=True, nesterov=nesterov, **ADAMP_HP),
-                             lambda p: AdamP(p, foreach=False, nesterov=nesterov, **ADAMP_HP))
-        for a, b in zip(ours, ref):
-            torch.testing.assert_close(a, b, rtol=0, atol=adamp_atol(nesterov))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

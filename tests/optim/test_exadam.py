@@ -97,10 +97,10 @@ def test_first_step_by_hand():
 
 
 @pytest.mark.parametrize("min_bytes", [0, 64])
-def test_paths_agree_with_persistent_buffers(monkeypatch, min_bytes):
-    # Temporaries of tensors of at least SCRATCH_MIN_BYTES are written into
-    # persistent buffers (the test tensors are far below the default): force
-    # that for all tensors (0), then for a mix of large and small ones (64).
+def test_paths_agree_for_large_and_small_tensors(monkeypatch, min_bytes):
+    # Tensors of at least SCRATCH_MIN_BYTES go block by block, the others are
+    # concatenated (the test tensors are far below the default): force the
+    # first for all tensors (0), then a mix of large and small ones (64).
     monkeypatch.setattr(_base, "SCRATCH_MIN_BYTES", min_bytes)
     compare_all_paths()
 

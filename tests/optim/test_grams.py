@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from descentlab.optim import _base
 from descentlab.optim.grams import Grams
 
 from _problems import (ROUNDING_ATOL, compare_maximize, compare_paths, grad_stream, make_params,
@@ -70,13 +69,3 @@ def test_rejects_bad_hyperparameters():
         Grams(p, eps=-1.0)
     with pytest.raises(ValueError, match="beta"):
         Grams(p, betas=(1.0, 0.9))
-
-
-@pytest.mark.parametrize("min_bytes", [0, 64])
-def test_paths_agree_with_persistent_buffers(monkeypatch, min_bytes):
-    # Temporaries of tensors of at least SCRATCH_MIN_BYTES are written into
-    # persistent buffers (the test tensors are far below the default): force
-    # that for all tensors (0), then for a mix of large and small ones (64).
-    monkeypatch.setattr(_base, "SCRATCH_MIN_BYTES", min_bytes)
-    compare_paths(Grams, HP, atol=ROUNDING_ATOL)
-    compare_paths(Grams, dict(HP, weight_decay=0.0), atol=ROUNDING_ATOL)
