@@ -1,0 +1,186 @@
+"""Merges of task vectors tau_i = theta_i - theta_0 around a pretrained model theta_0.
+
+* Task arithmetic (Ilharco et al., ICLR 2023): theta_0 + lam * sum_i tau_i.
+* TIES (Yadav et al., NeurIPS 2023), as in the paper and its official code
+  (prateeky2806/ties-merging, ``state_dict_to_vector`` then ``topk_values_mask``):
+  1. trim: each task vector keeps its top-``density`` entries by magnitude,
+     ranked over the WHOLE flattened task vector (all merged tensors of the
+     model together, "global"), not tensor by tensor. With d entries the
+     threshold is the (d - floor(d * density))-th smallest |tau|, and every
+     entry with |tau| >= threshold is kept (ties at the threshold survive);
+     density >= 1 keeps everything;
+  2. elect: the sign of sum_i trimmed tau_i per entry; an entry whose sum is
+     exactly 0 gets the majority sign (the sign of the sum of all elected
+     signs in the model; + if that is 0 too);
+  3. disjoint mean: per entry, the mean of the trimmed tau_i that are non-zero
+     and of the elected sign (0 where none is);
+  4. theta_0 + lam * that.
+* DARE (Yu et al., ICML 2024): each task-vector entry is dropped with
+  probability ``drop`` and the survivors are rescaled by 1 / (1 - drop), so
+  E[DARE(tau)] = tau; then the vectors are combined by task arithmetic or by
+  TIES' elect + disjoint mean (``combine="ties"``, no magnitude trim).
+  Masks: model i's entries are drawn from a ``torch.Generator`` seeded with
+  ``dare_seed(seed, i)``, tensor by tensor in state-dict order,
+  ``keep = torch.rand(shape) >= drop``; see :func:`dare_keep_masks`.
+
+Where mergekit 0.1.5 differs (REFERENCES 4.4; measured in tests/averaging/
+test_mergekit_differences.py): it trims TIES per tensor, rescales DARE
+survivors to keep each tensor's L1 norm instead of by 1 / (1 - drop), and its
+task arithmetic sums the task vectors with lam fixed to 1 (per-model weights only).
+
+Only floating tensors are merged; integer tensors come from theta_0. Every
+rule streams: the fine-tuned models are read one at a time (TIES three times,
+so pass paths or state dicts; task arithmetic and DARE with task arithmetic
+accept a one-shot iterator).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+
+from .states import Source, StateDict, is_merged, iter_states, load_state, reiterable, task_vector
+
+__all__ = ["task_arithmetic", "ties_merge", "ties_threshold", "dare", "dare_merge", "dare_seed", "dare_keep_masks",
+           "DARE_COMBINES"]
+
+DARE_COMBINES = ("task_arithmetic", "ties")
+
+
+def _base(base: Source) -> StateDict:
+    return load_state(base)
+
+
+def _assemble(base: StateDict, delta: dict[str, torch.Tensor], lam: float) -> StateDict:
+    """theta_0 + lam * delta, in theta_0's order and dtypes; integer tensors from theta_0."""
+    return {k: (v + lam * delta[k].to(v.dtype)) if is_merged(v) else v.clone() for k, v in base.items()}
+
+
+def task_arithmetic(base: Source, finetuned: Iterable[Source], lam: float = 1.0) -> StateDict:
+    """theta_0 + lam * sum_i (theta_i - theta_0), one fine-tuned model at a time."""
+    theta0 = _base(base)
+    total: dict[str, torch.Tensor] | None = None
+    for state in iter_states(finetuned, reference=theta0):
+        tau = task_vector(state, theta0)
+        del state
+        if total is None:
+            total = tau
+        else:
+            for k, v in tau.items():
+                total[k].add_(v)
+    if total is None:
+        raise ValueError("no fine-tuned models were given to merge")
+    return _assemble(theta0, total, float(lam))
+
+
+def ties_threshold(tau: dict[str, torch.Tensor], density: float) -> float:
+    """The magnitude at or above which TIES keeps entries of one whole task vector (global trim)."""
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"density (the fraction of each task vector kept) must be in (0, 1], got {density!r}")
+    if density >= 1.0:
+        return 0.0
+    flat = torch.cat([v.reshape(-1).abs() for v in tau.values()])
+    d = flat.numel()
+    kth = d - int(d * density)
+    return float(flat.kthvalue(kth).values)
+
+
+def _trim(tau: dict[str, torch.Tensor], threshold: float) -> dict[str, torch.Tensor]:
+    return {k: torch.where(v.abs() >= threshold, v, torch.zeros_like(v)) for k, v in tau.items()}
+
+
+def _elect_and_merge(theta0: StateDict, finetuned: Iterable[Source],
+                     transform: Callable[[int, dict[str, torch.Tensor]], dict[str, torch.Tensor]],
+                     lam: float) -> StateDict:
+    """TIES' steps 2-4 over transformed (trimmed or DARE'd) task vectors: two more passes over the inputs."""
+    total: dict[str, torch.Tensor] | None = None
+    for i, state in enumerate(iter_states(finetuned, reference=theta0)):
+        tau = transform(i, task_vector(state, theta0))
+        del state
+        if total is None:
+            total = tau
+        else:
+            for k, v in tau.items():
+                total[k].add_(v)
+    if total is None:
+        raise ValueError("no fine-tuned models were given to merge")
+    sign = {k: torch.sign(v).to(torch.int8) for k, v in total.items()}
+    del total
+    majority = int(np.sign(sum(int(s.sum(dtype=torch.int64)) for s in sign.values()))) or 1
+    for s in sign.values():
+        s[s == 0] = majority
+    agree_sum: dict[str, torch.Tensor] = {}
+    agree_count: dict[str, torch.Tensor] = {}
+    for i, state in enumerate(iter_states(finetuned, reference=theta0)):
+        tau = transform(i, task_vector(state, theta0))
+        del state
+        for k, v in tau.items():
+            agree = (torch.sign(v).to(torch.int8) == sign[k]) & (v != 0)
+            kept = torch.where(agree, v, torch.zeros_like(v))
+            if k in agree_sum:
+                agree_sum[k].add_(kept)
+                agree_count[k].add_(agree.to(torch.int32))
+            else:
+                agree_sum[k], agree_count[k] = kept, agree.to(torch.int32)
+    merged = {k: agree_sum[k] / agree_count[k].clamp(min=1).to(agree_sum[k].dtype) for k in agree_sum}
+    return _assemble(theta0, merged, float(lam))
+
+
+def ties_merge(base: Source, finetuned: Iterable[Source], density: float = 0.2, lam: float = 1.0) -> StateDict:
+    """TIES-merging with the paper's global trim; see the module docstring for every step."""
+    finetuned = reiterable(finetuned, "ties_merge")
+    theta0 = _base(base)
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"density (the fraction of each task vector kept) must be in (0, 1], got {density!r}")
+    thresholds = [ties_threshold(task_vector(state, theta0), density)
+                  for state in iter_states(finetuned, reference=theta0)]
+    return _elect_and_merge(theta0, finetuned, lambda i, tau: _trim(tau, thresholds[i]), lam)
+
+
+def dare_seed(seed: int, index: int) -> int:
+    """The generator seed of model ``index``'s DARE masks: independent streams per (seed, index)."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0])
+
+
+def dare_keep_masks(tau: dict[str, torch.Tensor], drop: float, seed: int, index: int = 0) -> dict[str, torch.Tensor]:
+    """Boolean masks of the entries DARE keeps in model ``index``'s task vector."""
+    if not 0.0 <= drop < 1.0:
+        raise ValueError(f"drop (the probability of dropping an entry) must be in [0, 1), got {drop!r}")
+    g = torch.Generator().manual_seed(dare_seed(seed, index))
+    return {k: torch.rand(v.shape, generator=g) >= drop for k, v in tau.items()}
+
+
+def dare(tau: dict[str, torch.Tensor], drop: float, seed: int, index: int = 0) -> dict[str, torch.Tensor]:
+    """Drop And REscale one task vector: keep each entry with probability 1 - drop, scale survivors by 1/(1 - drop)."""
+    masks = dare_keep_masks(tau, drop, seed, index)
+    scale = 1.0 / (1.0 - drop)
+    return {k: torch.where(masks[k], v * scale, torch.zeros_like(v)) for k, v in tau.items()}
+
+
+def dare_merge(base: Source, finetuned: Iterable[Source], drop: float, seed: int,
+               combine: str = "task_arithmetic", lam: float = 1.0) -> StateDict:
+    """DARE on every task vector, then task arithmetic (theta_0 + lam * sum) or TIES' elect + disjoint mean."""
+    if combine not in DARE_COMBINES:
+        raise ValueError(f"combine must be one of {DARE_COMBINES}, got {combine!r}")
+    if not 0.0 <= drop < 1.0:
+        raise ValueError(f"drop (the probability of dropping an entry) must be in [0, 1), got {drop!r}")
+    if seed is None:
+        raise ValueError("dare_merge needs an integer seed (the masks are random)")
+    theta0 = _base(base)
+    if combine == "ties":
+        finetuned = reiterable(finetuned, "dare_merge(combine='ties')")
+        return _elect_and_merge(theta0, finetuned, lambda i, tau: dare(tau, drop, seed, i), lam)
+    total: dict[str, torch.Tensor] | None = None
+    for i, state in enumerate(iter_states(finetuned, reference=theta0)):
+        tau = dare(task_vector(state, theta0), drop, seed, i)
+        del state
+        if total is None:
+            total = tau
+        else:
+            for k, v in tau.items():
+                total[k].add_(v)
+    if total is None:
+        raise ValueError("no fine-tuned models were given to merge")
+    return _assemble(theta0, total, float(lam))
