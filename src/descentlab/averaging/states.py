@@ -27,7 +27,7 @@ StateDict = dict[str, torch.Tensor]
 Source = Union[str, os.PathLike, Mapping[str, torch.Tensor], nn.Module]
 
 __all__ = ["StateDict", "Source", "load_state", "iter_states", "check_same_architecture", "is_merged",
-           "carried", "task_vector", "WeightedSum", "reiterable", "first_differing_tensor"]
+           "carried", "layout", "task_vector", "WeightedSum", "reiterable", "first_differing_tensor"]
 
 
 def load_state(source: Source) -> StateDict:
@@ -67,8 +67,6 @@ def first_differing_tensor(reference: Mapping[str, torch.Tensor], other: Mapping
     extra = [k for k in other if k not in reference]
     if extra:
         return f"holds tensor {extra[0]!r} (shape {tuple(other[extra[0]].shape)}) that the reference does not have"
-    if list(other) != list(reference):
-        return "holds the reference's tensors in another order"
     return None
 
 
@@ -94,11 +92,16 @@ def iter_states(sources: Iterable[Source], reference: Mapping[str, torch.Tensor]
     for i, source in enumerate(sources, start=first_index):
         state = load_state(source)
         if reference is None:
-            reference = state
+            reference = layout(state)  # names, shapes, dtypes only: the first input is not kept alive
         else:
             check_same_architecture(reference, state, what=f"input {i}" + (
                 f" ({os.fspath(source)})" if isinstance(source, (str, os.PathLike)) else ""))
         yield state
+
+
+def layout(state: Mapping[str, torch.Tensor]) -> StateDict:
+    """Storage-free (meta) copies of the tensors: enough to check another input's architecture."""
+    return {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in state.items()}
 
 
 def task_vector(state: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor]) -> StateDict:
@@ -121,6 +124,7 @@ class WeightedSum:
         self.sum: StateDict | None = None
         self.carried: StateDict = {}
         self.layout: dict[str, tuple[torch.Size, torch.dtype]] = {}
+        self.reference: StateDict = {}
         self.count = 0
 
     @staticmethod
@@ -130,14 +134,14 @@ class WeightedSum:
     def add(self, state: Mapping[str, torch.Tensor], weight: float | Mapping[str, torch.Tensor] = 1.0) -> None:
         if self.sum is None:
             self.layout = {k: (v.shape, v.dtype) for k, v in state.items()}
+            self.reference = layout(state)
             self.carried = carried(state)
             self.sum = {}
             for k, v in state.items():
                 if is_merged(v):
                     self.sum[k] = v.to(self.dtype or v.dtype) * self._weight(weight, k)
         else:
-            reference = {k: torch.empty(shape, dtype=dtype, device="meta") for k, (shape, dtype) in self.layout.items()}
-            check_same_architecture(reference, state, what=f"input {self.count}")
+            check_same_architecture(self.reference, state, what=f"input {self.count}")
             for k, acc in self.sum.items():
                 w = self._weight(weight, k)
                 if isinstance(w, torch.Tensor):
@@ -150,7 +154,7 @@ class WeightedSum:
         """An independent running sum with the same contents (the greedy soup's trial)."""
         new = WeightedSum(self.dtype)
         new.sum = None if self.sum is None else {k: v.clone() for k, v in self.sum.items()}
-        new.carried, new.layout, new.count = self.carried, self.layout, self.count
+        new.carried, new.layout, new.reference, new.count = self.carried, self.layout, self.reference, self.count
         return new
 
     def result(self, scale: float | Mapping[str, torch.Tensor] = 1.0) -> StateDict:
