@@ -10,12 +10,14 @@ import torch.nn.functional as F
 from descentlab.models import cnn, mlp
 
 
-def teacher_data(n: int = 512, dim: int = 8, classes: int = 3, seed: int = 0):
-    """Gaussian inputs labelled by a random linear teacher (learnable, not trivial)."""
+def teacher_data(n: int = 512, dim: int = 8, classes: int = 3, seed: int = 0, data_seed: int | None = None,
+                 scale: float = 1.0, shift: float = 0.0):
+    """Gaussian inputs (times ``scale``, plus ``shift``) labelled by the random linear teacher of ``seed``."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, dim, generator=g)
     w = torch.randn(classes, dim, generator=g)
-    y = (x @ w.T + 0.3 * torch.randn(n, classes, generator=g)).argmax(1)
+    gx = torch.Generator().manual_seed(seed if data_seed is None else data_seed + 7919)
+    x = torch.randn(n, dim, generator=gx) * scale + shift
+    y = (x @ w.T + 0.3 * torch.randn(n, classes, generator=gx)).argmax(1)
     return x, y
 
 
