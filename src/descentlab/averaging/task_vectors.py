@@ -5,10 +5,12 @@
   (prateeky2806/ties-merging, ``state_dict_to_vector`` then ``topk_values_mask``):
   1. trim: each task vector keeps its top-``density`` entries by magnitude,
      ranked over the WHOLE flattened task vector (all merged tensors of the
-     model together, "global"), not tensor by tensor. With d entries the
-     threshold is the (d - floor(d * density))-th smallest |tau|, and every
-     entry with |tau| >= threshold is kept (ties at the threshold survive);
-     density >= 1 keeps everything;
+     model together, "global"), not tensor by tensor. With d entries and
+     k = floor(d * density) >= 1, the threshold is the k-th largest |tau| and
+     every entry with |tau| >= threshold is kept (ties at the threshold
+     survive); density >= 1 keeps everything. (The official code's
+     ``kthvalue(d - k)`` threshold keeps k + 1 entries: one more than the
+     paper's top-k%; we keep k.);
   2. elect: the sign of sum_i trimmed tau_i per entry; an entry whose sum is
      exactly 0 gets the majority sign (the sign of the sum of all elected
      signs in the model; + if that is 0 too);
@@ -83,8 +85,10 @@ def ties_threshold(tau: dict[str, torch.Tensor], density: float) -> float:
         return 0.0
     flat = torch.cat([v.reshape(-1).abs() for v in tau.values()])
     d = flat.numel()
-    kth = d - int(d * density)
-    return float(flat.kthvalue(kth).values)
+    keep = int(d * density)
+    if keep < 1:
+        raise ValueError(f"density {density!r} keeps no entry of a task vector with {d} entries")
+    return float(flat.kthvalue(d - keep + 1).values)  # the keep-th largest |tau|
 
 
 def _trim(tau: dict[str, torch.Tensor], threshold: float) -> dict[str, torch.Tensor]:
