@@ -17,7 +17,8 @@ gradients, in eval mode (BatchNorm uses its running statistics):
   (1/N) sum_n (grad loss(f(x_n), y_n))^2;
 * ``"sampled"``: for a classifier's logits, labels drawn from the model,
   y ~ softmax(f(x_n)), ``n_samples`` per example, grad of -log p(y | x_n), squared,
-  averaged (an unbiased estimate of the true Fisher; ``seed`` required);
+  averaged (an unbiased estimate of the true Fisher; ``seed`` required; a chunk
+  holds chunk_size * n_samples per-example gradients);
 * ``"exact"``: the expectation over the model's labels,
   sum_c p_c(x_n) (grad log p_c(x_n))^2 (the official code's choice).
 """
@@ -87,11 +88,11 @@ def diagonal_fisher(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = 
             elif kind == "sampled":
                 with torch.no_grad():
                     probs = F.softmax(functional_call(model, ({**frozen, **params}, buffers), (xb,)), dim=-1)
-                labels = torch.multinomial(probs, int(n_samples), replacement=True, generator=g)
-                for s in range(int(n_samples)):
-                    grads = vmap(grad(nll_one), in_dims=(None, 0, 0))(params, xb, labels[:, s])
-                    for k in fisher:
-                        fisher[k].add_(grads[k].pow(2).sum(0), alpha=1.0 / int(n_samples))
+                labels = torch.multinomial(probs, int(n_samples), replacement=True, generator=g)  # (B, S)
+                xs = xb.repeat_interleave(int(n_samples), dim=0)  # example-major, like labels.reshape(-1)
+                grads = vmap(grad(nll_one), in_dims=(None, 0, 0))(params, xs, labels.reshape(-1))
+                for k in fisher:
+                    fisher[k].add_(grads[k].pow(2).sum(0), alpha=1.0 / int(n_samples))
             else:
                 with torch.no_grad():
                     probs = F.softmax(functional_call(model, ({**frozen, **params}, buffers), (xb,)), dim=-1)
