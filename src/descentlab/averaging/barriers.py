@@ -32,7 +32,7 @@ from ..landscape.interpolation import _recompute_batchnorm
 from .interpolation import interpolate
 from .states import Source, check_same_architecture, load_state
 
-__all__ = ["path_table", "barrier_table", "recompute_batchnorm"]
+__all__ = ["path_table", "barrier_table", "with_excess", "recompute_batchnorm"]
 
 PATH_COLUMNS = ["segment", "alpha", "split", "loss", "accuracy", "error", "loss_excess", "error_excess"]
 
@@ -70,25 +70,36 @@ def path_table(model: nn.Module, states: Sequence[Source], splits: Mapping[str, 
                 rows.append({"segment": segment, "alpha": float(alpha), "split": split,
                              **evaluate(work, loss_fn, x, y, chunk_size=chunk_size)})
         previous = current
-    table = pd.DataFrame(rows)
-    for value in ("loss", "error"):
-        ends = table.groupby(["segment", "split"])[value]
-        start = ends.transform(lambda s: s.iloc[0])
-        end = ends.transform(lambda s: s.iloc[-1])
-        table[f"{value}_excess"] = table[value] - ((1 - table["alpha"]) * start + table["alpha"] * end)
-    return table[PATH_COLUMNS]
+    return with_excess(pd.DataFrame(rows))[PATH_COLUMNS]
+
+
+def with_excess(path: pd.DataFrame) -> pd.DataFrame:
+    """``path`` plus loss_excess and error_excess: each value minus the straight line between its
+    segment's end values (rows at alpha = 0 and 1) on the same split."""
+    missing = [c for c in ("segment", "alpha", "split", "loss", "error") if c not in path]
+    if missing:
+        raise ValueError(f"a path table needs columns segment, alpha, split, loss, error; missing {missing}")
+    out = path.copy()
+    for (segment, split), g in out.groupby(["segment", "split"]):
+        alpha = g["alpha"]
+        if not (np.isclose(alpha.min(), 0.0) and np.isclose(alpha.max(), 1.0)):
+            raise ValueError(f"segment {segment}, split {split!r}: the path must include alpha = 0 and alpha = 1")
+        for value in ("loss", "error"):
+            start = g.loc[alpha.idxmin(), value]
+            end = g.loc[alpha.idxmax(), value]
+            out.loc[g.index, f"{value}_excess"] = g[value] - ((1 - alpha) * start + alpha * end)
+    return out
 
 
 def barrier_table(path: pd.DataFrame) -> pd.DataFrame:
-    """Per (segment, split): loss_barrier, loss_barrier_alpha, error_barrier, error_barrier_alpha."""
-    missing = [c for c in ("segment", "alpha", "split", "loss_excess", "error_excess") if c not in path]
-    if missing:
-        raise ValueError(f"not a path table (from path_table): no columns {missing}")
+    """Per (segment, split): loss_barrier, loss_barrier_alpha, error_barrier, error_barrier_alpha
+    (the first alpha where the excess is largest)."""
+    path = with_excess(path)
     rows = []
     for (segment, split), g in path.sort_values("alpha").groupby(["segment", "split"], sort=True):
         row = {"segment": segment, "split": split}
         for value in ("loss", "error"):
-            excess = g[f"{value}_excess"].to_numpy()
+            excess = g[f"{value}_excess"].to_numpy(dtype=float)
             if np.isnan(excess).all():
                 row[f"{value}_barrier"], row[f"{value}_barrier_alpha"] = float("nan"), float("nan")
                 continue
