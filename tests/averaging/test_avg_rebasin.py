@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from _merge_helpers import bn_cnn, teacher_data, trained_mlp
 from torch import nn
 
-from descentlab.averaging import (apply_permutation, barrier_table, interpolate, interpolate_layerwise, layer_names,
+from descentlab.averaging import (align, apply_permutation, barrier_table, interpolate, interpolate_layerwise, layer_names,
                                   path_table, random_permutation, sequential_spec, weight_matching)
 from descentlab.models import mlp
 
@@ -50,6 +50,8 @@ def test_weight_matching_undoes_a_permutation(kind):
     aligned = apply_permutation(spec, found, permuted)
     for k, v in model.state_dict().items():
         assert torch.equal(aligned[k], v), k
+    via_align = align(model, model.state_dict(), permuted, seed=1)
+    assert all(torch.equal(via_align[k], v) for k, v in model.state_dict().items())
 
 
 def test_permuted_copy_has_a_large_barrier_before_matching_and_none_after():

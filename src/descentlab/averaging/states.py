@@ -4,9 +4,10 @@
   :func:`descentlab.checkpoints.load_weights`), state dicts, or ``nn.Module``s.
   They are read one at a time, when the rule reaches them, so a rule that
   merges N models holds a few state dicts, not N.
-* Every input must have the reference's architecture: the same tensor names
-  in the same order, the same shapes, and floating tensors where the reference
-  has them. The error names the first tensor that differs and both shapes.
+* Every input must have the reference's architecture: the same tensor names,
+  the same shapes, and floating tensors where the reference has them. The
+  error names the first tensor (in the reference's order) that differs, and
+  both shapes. Merged state dicts follow the reference's order.
 * Floating tensors (parameters, BatchNorm running statistics) are merged.
   Integer and boolean tensors (BatchNorm's ``num_batches_tracked``) are
   *carried*: copied from the first input, never averaged as floats.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Union
+from typing import Union
 
 import torch
 from torch import nn
@@ -163,5 +164,5 @@ class WeightedSum:
             raise ValueError("no inputs were given to merge")
         out = {}
         for k, (_, dtype) in self.layout.items():
-            out[k] = (self.sum[k] * self._weight(scale, k)).to(dtype) if k in self.sum else self.carried[k]
+            out[k] = (self.sum[k] * self._weight(scale, k)).to(dtype) if k in self.sum else self.carried[k].clone()
         return out
