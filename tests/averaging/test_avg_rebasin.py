@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from _merge_helpers import bn_cnn, teacher_data, trained_mlp
 from torch import nn
 
-from descentlab.averaging import (align, apply_permutation, barrier_table, interpolate, interpolate_layerwise, layer_names,
-                                  path_table, random_permutation, sequential_spec, weight_matching)
+from descentlab.averaging import (align, aligned, apply_permutation, barrier_table, interpolate, interpolate_layerwise, layer_names,
+                                  path_table, random_permutation, sequential_spec, uniform_soup, weight_matching)
 from descentlab.models import mlp
 
 
@@ -123,3 +123,15 @@ def test_linear_and_layerwise_interpolation_by_hand():
         interpolate_layerwise(a, b, {"0": 1.0})
     with pytest.raises(ValueError, match="layers the model does not have"):
         interpolate_layerwise(a, b, {"2": 1.0}, default=0.0)
+
+
+def test_aligned_inputs_feed_a_streaming_merge():
+    """Two permuted copies of a network average back to the network once aligned, not before."""
+    model = trained_mlp(seed=0, width=16, steps=60)
+    spec = sequential_spec(model)
+    copies = [apply_permutation(spec, random_permutation(spec, seed=s), model) for s in (1, 2)]
+    soup = uniform_soup(aligned(model, model, iter(copies)))
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(soup[k], v)
+    naive = uniform_soup(copies)
+    assert not torch.allclose(naive["1.weight"], model.state_dict()["1.weight"])

@@ -178,3 +178,28 @@ def test_gradient_matching_limits_are_task_arithmetic_and_fisher_averaging():
         gradient_matching_merge(base, models, [{}, {}], prior_precision=1.0)
     with pytest.raises(ValueError, match="fewer Hessians"):
         gradient_matching_merge(base, models, hs[:1], prior_precision=1.0)
+
+
+def test_dare_then_a_ties_trim_is_ties_on_the_dared_models():
+    drop, seed = 0.3, 8
+    dared = [dare(tau, drop, seed, i) for i, tau in enumerate(TAUS)]
+    expected = ties_merge(BASE, finetuned(dared), density=0.4, lam=0.8)
+    out = dare_merge(BASE, finetuned(), drop=drop, seed=seed, combine="ties", density=0.4, lam=0.8)
+    for k in ("a", "b"):
+        torch.testing.assert_close(out[k], expected[k])
+    with pytest.raises(ValueError, match="only with combine='ties'"):
+        dare_merge(BASE, finetuned(), drop=drop, seed=seed, density=0.5)
+
+
+def test_carried_floating_tensors_come_from_the_pretrained_model():
+    for out in (task_arithmetic(BASE, finetuned(), carry=["b"]),
+                ties_merge(BASE, finetuned(), density=0.4, carry=["b"]),
+                dare_merge(BASE, finetuned(), drop=0.5, seed=0, carry=["b"]),
+                dare_merge(BASE, finetuned(), drop=0.5, seed=0, combine="ties", carry=["b"])):
+        assert torch.equal(out["b"], BASE["b"])
+        assert not torch.equal(out["a"], BASE["a"])
+    # carried names are left out of TIES' global trim: "a" alone keeps floor(3 * 0.4) = 1 entry per vector
+    out = ties_merge(BASE, finetuned(), density=0.4, carry=["b"])
+    torch.testing.assert_close(out["a"], t(1 + 4.0, 1 + 3.0, 1 - 6.0))  # kept: 4 | 3 | -6
+    with pytest.raises(ValueError, match="carry names tensors the models do not have"):
+        task_arithmetic(BASE, finetuned(), carry=["zzz"])

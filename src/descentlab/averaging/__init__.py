@@ -12,7 +12,7 @@ from .fisher import diagonal_fisher, fisher_merge
 from .gradient_matching import gradient_matching_merge
 from .interpolation import interpolate, interpolate_layerwise, layer_names
 from .model_stock import model_stock, stock_ratio
-from .rebasin import PermutationSpec, align, apply_permutation, random_permutation, sequential_spec, weight_matching
+from .rebasin import PermutationSpec, align, aligned, apply_permutation, random_permutation, sequential_spec, weight_matching
 from .soups import GreedySoup, diwa, greedy_soup, uniform_soup, weighted_average
 from .states import check_same_architecture, iter_states, load_state, task_vector
 from .task_vectors import dare, dare_keep_masks, dare_merge, dare_seed, task_arithmetic, ties_merge, ties_threshold
@@ -22,7 +22,7 @@ __all__ = [
     "diagonal_fisher", "fisher_merge", "model_stock", "stock_ratio",
     "task_arithmetic", "ties_merge", "ties_threshold", "dare", "dare_merge", "dare_seed", "dare_keep_masks",
     "gradient_matching_merge", "interpolate", "interpolate_layerwise", "layer_names",
-    "PermutationSpec", "sequential_spec", "apply_permutation", "weight_matching", "align", "random_permutation",
+    "PermutationSpec", "sequential_spec", "apply_permutation", "weight_matching", "align", "aligned", "random_permutation",
     "path_table", "barrier_table", "recompute_batchnorm",
     "load_state", "iter_states", "check_same_architecture", "task_vector",
 ]

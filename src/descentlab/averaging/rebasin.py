@@ -21,7 +21,7 @@ A's unit ``i`` (``B_aligned[i] = B[perm[i]]`` along that axis).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,9 +29,9 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from .states import Source, StateDict, check_same_architecture, load_state
+from .states import Source, StateDict, check_same_architecture, iter_states, load_state
 
-__all__ = ["PermutationSpec", "sequential_spec", "apply_permutation", "weight_matching", "align",
+__all__ = ["PermutationSpec", "sequential_spec", "apply_permutation", "weight_matching", "align", "aligned",
            "random_permutation"]
 
 _ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.Sigmoid, nn.Identity, nn.Dropout,
@@ -189,3 +189,13 @@ def align(spec_or_model: PermutationSpec | nn.Module, state_a: Source, state_b: 
     spec = spec_or_model if isinstance(spec_or_model, PermutationSpec) else sequential_spec(spec_or_model)
     perms = weight_matching(spec, state_a, state_b, max_iter=max_iter, seed=seed)
     return apply_permutation(spec, perms, state_b)
+
+
+def aligned(spec_or_model: PermutationSpec | nn.Module, reference: Source, sources: Iterable[Source],
+            max_iter: int = 100, seed: int = 0) -> Iterator[StateDict]:
+    """Each input permuted to match ``reference``, one at a time: feed it to any streaming merge
+    (``uniform_soup(aligned(model, theta_ref, paths))``)."""
+    spec = spec_or_model if isinstance(spec_or_model, PermutationSpec) else sequential_spec(spec_or_model)
+    ref = load_state(reference)
+    for state in iter_states(sources, reference=ref):
+        yield apply_permutation(spec, weight_matching(spec, ref, state, max_iter=max_iter, seed=seed), state)

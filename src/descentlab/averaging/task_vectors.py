@@ -30,7 +30,9 @@ test_mergekit_differences.py): it trims TIES per tensor, rescales DARE
 survivors to keep each tensor's L1 norm instead of by 1 / (1 - drop), and its
 task arithmetic sums the task vectors with lam fixed to 1 (per-model weights only).
 
-Only floating tensors are merged; integer tensors come from theta_0. Every
+Only floating tensors are merged; integer tensors come from theta_0, and so do
+the floating tensors named in ``carry`` (e.g. BatchNorm running statistics,
+which DARE's rescaling can push negative; recompute them after merging). Every
 rule streams: the fine-tuned models are read one at a time (TIES three times,
 so pass paths or state dicts; task arithmetic and DARE with task arithmetic
 accept a one-shot iterator).
@@ -43,7 +45,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from .states import Source, StateDict, is_merged, iter_states, load_state, reiterable, task_vector
+from .states import Source, StateDict, iter_states, load_state, reiterable, task_vector
 
 __all__ = ["task_arithmetic", "ties_merge", "ties_threshold", "dare", "dare_merge", "dare_seed", "dare_keep_masks",
            "DARE_COMBINES"]
@@ -51,21 +53,31 @@ __all__ = ["task_arithmetic", "ties_merge", "ties_threshold", "dare", "dare_merg
 DARE_COMBINES = ("task_arithmetic", "ties")
 
 
-def _base(base: Source) -> StateDict:
-    return load_state(base)
+def _base(base: Source, carry: Iterable[str]) -> tuple[StateDict, frozenset[str]]:
+    theta0 = load_state(base)
+    carry = frozenset(carry)
+    unknown = sorted(carry - set(theta0))
+    if unknown:
+        raise ValueError(f"carry names tensors the models do not have: {unknown}")
+    return theta0, carry
+
+
+def _tau(state: StateDict, theta0: StateDict, carry: frozenset[str]) -> dict[str, torch.Tensor]:
+    """The task vector without the carried names."""
+    return {k: v for k, v in task_vector(state, theta0).items() if k not in carry}
 
 
 def _assemble(base: StateDict, delta: dict[str, torch.Tensor], lam: float) -> StateDict:
-    """theta_0 + lam * delta, in theta_0's order and dtypes; integer tensors from theta_0."""
-    return {k: (v + lam * delta[k].to(v.dtype)) if is_merged(v) else v.clone() for k, v in base.items()}
+    """theta_0 + lam * delta, in theta_0's order and dtypes; tensors without a delta from theta_0."""
+    return {k: (v + lam * delta[k].to(v.dtype)) if k in delta else v.clone() for k, v in base.items()}
 
 
-def task_arithmetic(base: Source, finetuned: Iterable[Source], lam: float = 1.0) -> StateDict:
+def task_arithmetic(base: Source, finetuned: Iterable[Source], lam: float = 1.0, carry: Iterable[str] = ()) -> StateDict:
     """theta_0 + lam * sum_i (theta_i - theta_0), one fine-tuned model at a time."""
-    theta0 = _base(base)
+    theta0, carry = _base(base, carry)
     total: dict[str, torch.Tensor] | None = None
     for state in iter_states(finetuned, reference=theta0):
-        tau = task_vector(state, theta0)
+        tau = _tau(state, theta0, carry)
         del state
         if total is None:
             total = tau
@@ -97,11 +109,11 @@ def _trim(tau: dict[str, torch.Tensor], threshold: float) -> dict[str, torch.Ten
 
 def _elect_and_merge(theta0: StateDict, finetuned: Iterable[Source],
                      transform: Callable[[int, dict[str, torch.Tensor]], dict[str, torch.Tensor]],
-                     lam: float) -> StateDict:
+                     lam: float, carry: frozenset[str]) -> StateDict:
     """TIES' steps 2-4 over transformed (trimmed or DARE'd) task vectors: two more passes over the inputs."""
     total: dict[str, torch.Tensor] | None = None
     for i, state in enumerate(iter_states(finetuned, reference=theta0)):
-        tau = transform(i, task_vector(state, theta0))
+        tau = transform(i, _tau(state, theta0, carry))
         del state
         if total is None:
             total = tau
@@ -118,7 +130,7 @@ def _elect_and_merge(theta0: StateDict, finetuned: Iterable[Source],
     agree_sum: dict[str, torch.Tensor] = {}
     agree_count: dict[str, torch.Tensor] = {}
     for i, state in enumerate(iter_states(finetuned, reference=theta0)):
-        tau = transform(i, task_vector(state, theta0))
+        tau = transform(i, _tau(state, theta0, carry))
         del state
         for k, v in tau.items():
             agree = (torch.sign(v).to(torch.int8) == sign[k]) & (v != 0)
@@ -132,15 +144,16 @@ def _elect_and_merge(theta0: StateDict, finetuned: Iterable[Source],
     return _assemble(theta0, merged, float(lam))
 
 
-def ties_merge(base: Source, finetuned: Iterable[Source], density: float = 0.2, lam: float = 1.0) -> StateDict:
+def ties_merge(base: Source, finetuned: Iterable[Source], density: float = 0.2, lam: float = 1.0,
+               carry: Iterable[str] = ()) -> StateDict:
     """TIES-merging with the paper's global trim; see the module docstring for every step."""
     finetuned = reiterable(finetuned, "ties_merge")
-    theta0 = _base(base)
+    theta0, carry = _base(base, carry)
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density (the fraction of each task vector kept) must be in (0, 1], got {density!r}")
-    thresholds = [ties_threshold(task_vector(state, theta0), density)
+    thresholds = [ties_threshold(_tau(state, theta0, carry), density)
                   for state in iter_states(finetuned, reference=theta0)]
-    return _elect_and_merge(theta0, finetuned, lambda i, tau: _trim(tau, thresholds[i]), lam)
+    return _elect_and_merge(theta0, finetuned, lambda i, tau: _trim(tau, thresholds[i]), lam, carry)
 
 
 def dare_seed(seed: int, index: int) -> int:
@@ -164,21 +177,32 @@ def dare(tau: dict[str, torch.Tensor], drop: float, seed: int, index: int = 0) -
 
 
 def dare_merge(base: Source, finetuned: Iterable[Source], drop: float, seed: int,
-               combine: str = "task_arithmetic", lam: float = 1.0) -> StateDict:
-    """DARE on every task vector, then task arithmetic (theta_0 + lam * sum) or TIES' elect + disjoint mean."""
+               combine: str = "task_arithmetic", lam: float = 1.0, density: float = 1.0,
+               carry: Iterable[str] = ()) -> StateDict:
+    """DARE on every task vector, then task arithmetic (theta_0 + lam * sum) or TIES
+    (``combine="ties"``: the DARE'd vectors trimmed to ``density`` as in :func:`ties_merge`, by
+    default not at all, then elect + disjoint mean; the DARE code applies DARE to each model, then
+    any merge)."""
     if combine not in DARE_COMBINES:
         raise ValueError(f"combine must be one of {DARE_COMBINES}, got {combine!r}")
     if not 0.0 <= drop < 1.0:
         raise ValueError(f"drop (the probability of dropping an entry) must be in [0, 1), got {drop!r}")
     if seed is None:
         raise ValueError("dare_merge needs an integer seed (the masks are random)")
-    theta0 = _base(base)
+    if combine == "task_arithmetic" and density != 1.0:
+        raise ValueError("density (a TIES trim) applies only with combine='ties'")
+    theta0, carry = _base(base, carry)
     if combine == "ties":
         finetuned = reiterable(finetuned, "dare_merge(combine='ties')")
-        return _elect_and_merge(theta0, finetuned, lambda i, tau: dare(tau, drop, seed, i), lam)
+        if density >= 1.0:
+            return _elect_and_merge(theta0, finetuned, lambda i, tau: dare(tau, drop, seed, i), lam, carry)
+        thresholds = [ties_threshold(dare(_tau(state, theta0, carry), drop, seed, i), density)
+                      for i, state in enumerate(iter_states(finetuned, reference=theta0))]
+        return _elect_and_merge(theta0, finetuned, lambda i, tau: _trim(dare(tau, drop, seed, i), thresholds[i]),
+                                lam, carry)
     total: dict[str, torch.Tensor] | None = None
     for i, state in enumerate(iter_states(finetuned, reference=theta0)):
-        tau = dare(task_vector(state, theta0), drop, seed, i)
+        tau = dare(_tau(state, theta0, carry), drop, seed, i)
         del state
         if total is None:
             total = tau
