@@ -135,6 +135,8 @@ def test_model_stock_ratio_for_two_models_by_hand():
     assert ratios["b"][1] == pytest.approx(0.0, abs=1e-12)
     torch.testing.assert_close(out["b"], t(0.0, 0.0))
     assert int(out["n"]) == 2
+    carried = model_stock(base, models, carry=["w"])
+    assert torch.equal(carried["w"], base["w"]) and torch.equal(carried["b"], out["b"])
     assert stock_ratio(1.0, 5) == pytest.approx(1.0)  # identical task vectors: the plain average
     with pytest.raises(ValueError, match="tensor 'w'.*undefined"):
         model_stock(base, [{**models[0]}, {"w": t(0.0, 1.0), "b": t(2.0, 2.0), "n": torch.tensor(1)}])

@@ -36,15 +36,22 @@ def stock_ratio(cos: float, k: int) -> float:
     return k * cos / denom
 
 
-def model_stock(base: Source, finetuned: Iterable[Source], return_ratios: bool = False):
-    """theta_0 moved per tensor towards the fine-tuned average; with ``return_ratios`` also {name: (cos, t)}."""
+def model_stock(base: Source, finetuned: Iterable[Source], return_ratios: bool = False, carry: Iterable[str] = ()):
+    """theta_0 moved per tensor towards the fine-tuned average; with ``return_ratios`` also {name: (cos, t)}.
+
+    ``carry``: floating tensors taken from theta_0 unchanged (e.g. BatchNorm statistics: a negative
+    cosine gives t < 0, which could make a running variance negative)."""
     theta0 = load_state(base)
+    carry = set(carry)
+    unknown = sorted(carry - set(theta0))
+    if unknown:
+        raise ValueError(f"carry names tensors the models do not have: {unknown}")
     unit_sum: dict[str, torch.Tensor] = {}
     theta_sum: dict[str, torch.Tensor] = {}
     zero_count: dict[str, int] = {}
     k = 0
     for state in iter_states(finetuned, reference=theta0):
-        tau = task_vector(state, theta0)
+        tau = {k: v for k, v in task_vector(state, theta0).items() if k not in carry}
         for name, t in tau.items():
             t64 = t.to(torch.float64)
             norm = float(t64.norm())
@@ -62,7 +69,7 @@ def model_stock(base: Source, finetuned: Iterable[Source], return_ratios: bool =
     out: StateDict = {}
     ratios: dict[str, tuple[float, float]] = {}
     for name, v in theta0.items():
-        if not is_merged(v):
+        if not is_merged(v) or name in carry:
             out[name] = v.clone()
             continue
         zeros = zero_count[name]
