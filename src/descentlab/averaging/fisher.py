@@ -88,7 +88,8 @@ def diagonal_fisher(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = 
             elif kind == "sampled":
                 with torch.no_grad():
                     probs = F.softmax(functional_call(model, ({**frozen, **params}, buffers), (xb,)), dim=-1)
-                labels = torch.multinomial(probs, int(n_samples), replacement=True, generator=g)  # (B, S)
+                labels = torch.multinomial(probs.cpu(), int(n_samples), replacement=True, generator=g)  # (B, S)
+                labels = labels.to(xb.device)
                 xs = xb.repeat_interleave(int(n_samples), dim=0)  # example-major, like labels.reshape(-1)
                 grads = vmap(grad(nll_one), in_dims=(None, 0, 0))(params, xs, labels.reshape(-1))
                 for k in fisher:
@@ -151,7 +152,7 @@ def fisher_merge(sources: Iterable[Source], fishers: Iterable[Source], weights: 
                     f = f.clamp(min=epsilon)
                 w = lam * f
             else:
-                w = torch.full(v.shape, lam, dtype=torch.float64)
+                w = torch.full(v.shape, lam, dtype=torch.float64, device=v.device)
             if k in numerator:
                 numerator[k].add_(w * v.to(torch.float64))
                 denominator[k].add_(w)

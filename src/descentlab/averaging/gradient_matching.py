@@ -47,8 +47,8 @@ def gradient_matching_merge(base: Source, finetuned: Iterable[Source], hessians:
         if not float(prior_precision) >= 0:
             raise ValueError(f"prior_precision must be >= 0, got {prior_precision!r}")
         h0 = {k: float(prior_precision) for k in names}
-    numerator = {k: torch.zeros(theta0[k].shape, dtype=torch.float64) for k in names}
-    denominator = {k: torch.zeros(theta0[k].shape, dtype=torch.float64) + h0[k] for k in names}
+    numerator = {k: torch.zeros(theta0[k].shape, dtype=torch.float64, device=theta0[k].device) for k in names}
+    denominator = {k: torch.zeros_like(numerator[k]) + h0[k] for k in names}
     hessians = iter(hessians)
     t = -1
     for t, state in enumerate(iter_states(finetuned, reference=theta0)):

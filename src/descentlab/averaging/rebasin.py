@@ -130,7 +130,7 @@ def apply_permutation(spec: PermutationSpec, perms: Mapping[str, torch.Tensor], 
                 if v.shape[axis] != len(perms[p]):
                     raise ValueError(f"permutation {p!r} has length {len(perms[p])}, tensor {name!r} has "
                                      f"{v.shape[axis]} entries along axis {axis}")
-                v = torch.index_select(v, axis, perms[p].to(torch.long))
+                v = torch.index_select(v, axis, perms[p].to(device=v.device, dtype=torch.long))
         out[name] = v.clone()
     unknown = [n for n in spec.axes if n not in state]
     if unknown:
@@ -168,8 +168,9 @@ def weight_matching(spec: PermutationSpec, state_a: Source, state_b: Source, max
             for name, axis in touches[p]:
                 if name not in spec.matched:
                     continue
-                wa = sa[name].to(torch.float64).movedim(axis, 0).reshape(n, -1)
-                wb = _permuted_except(spec, perms, name, sb[name].to(torch.float64), axis).movedim(axis, 0).reshape(n, -1)
+                wa = sa[name].to("cpu", torch.float64).movedim(axis, 0).reshape(n, -1)
+                wb = _permuted_except(spec, perms, name, sb[name].to("cpu", torch.float64), axis)
+                wb = wb.movedim(axis, 0).reshape(n, -1)
                 cost += wa @ wb.T
             c = cost.numpy()
             _, ci = linear_sum_assignment(c, maximize=True)

@@ -166,7 +166,8 @@ def dare_keep_masks(tau: dict[str, torch.Tensor], drop: float, seed: int, index:
     if not 0.0 <= drop < 1.0:
         raise ValueError(f"drop (the probability of dropping an entry) must be in [0, 1), got {drop!r}")
     g = torch.Generator().manual_seed(dare_seed(seed, index))
-    return {k: torch.rand(v.shape, generator=g) >= drop for k, v in tau.items()}
+    # drawn on the CPU, so a seed gives the same masks on every device
+    return {k: (torch.rand(v.shape, generator=g) >= drop).to(v.device) for k, v in tau.items()}
 
 
 def dare(tau: dict[str, torch.Tensor], drop: float, seed: int, index: int = 0) -> dict[str, torch.Tensor]:
