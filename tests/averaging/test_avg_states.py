@@ -111,7 +111,7 @@ def test_streaming_merge_holds_a_bounded_number_of_inputs(rule):
         else:
             gradient_matching_merge(base, iter(inputs), iter(fishers), prior_precision=1.0)
         peaks[n] = (inputs.peak_alive, fishers.peak_alive)
-        assert inputs.reads == n * {"ties": 3, "dare_ties": 2}.get(rule, 1)  # passes over the inputs
+        assert inputs.reads == n * {"ties": 2, "dare_ties": 2}.get(rule, 1)  # passes over the inputs
     assert peaks[4] == peaks[16]
     assert max(peaks[16]) <= 2, peaks
 

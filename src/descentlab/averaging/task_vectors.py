@@ -33,8 +33,9 @@ task arithmetic sums the task vectors with lam fixed to 1 (per-model weights onl
 Only floating tensors are merged; integer tensors come from theta_0, and so do
 the floating tensors named in ``carry`` (e.g. BatchNorm running statistics,
 which DARE's rescaling can push negative; recompute them after merging). Every
-rule streams: the fine-tuned models are read one at a time (TIES three times,
-so pass paths or state dicts; task arithmetic and DARE with task arithmetic
+rule streams: the fine-tuned models are read one at a time (TIES twice: the
+trimmed sum for the sign election, then the disjoint mean; so pass paths or
+state dicts. Task arithmetic and DARE with task arithmetic read them once and
 accept a one-shot iterator).
 """
 
@@ -104,7 +105,20 @@ def ties_threshold(tau: dict[str, torch.Tensor], density: float) -> float:
 
 
 def _trim(tau: dict[str, torch.Tensor], threshold: float) -> dict[str, torch.Tensor]:
-    return {k: torch.where(v.abs() >= threshold, v, torch.zeros_like(v)) for k, v in tau.items()}
+    return {k: v.masked_fill(v.abs() < threshold, 0.0) for k, v in tau.items()}
+
+
+def _trimmer(density: float, before: Callable[[int, dict], dict]) -> Callable[[int, dict], dict]:
+    """before(i, tau), then TIES' trim; model i's threshold is computed on the first pass and reused."""
+    thresholds: dict[int, float] = {}
+
+    def transform(i: int, tau: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        tau = before(i, tau)
+        if i not in thresholds:
+            thresholds[i] = ties_threshold(tau, density)
+        return _trim(tau, thresholds[i])
+
+    return transform
 
 
 def _elect_and_merge(theta0: StateDict, finetuned: Iterable[Source],
@@ -151,9 +165,7 @@ def ties_merge(base: Source, finetuned: Iterable[Source], density: float = 0.2, 
     theta0, carry = _base(base, carry)
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density (the fraction of each task vector kept) must be in (0, 1], got {density!r}")
-    thresholds = [ties_threshold(_tau(state, theta0, carry), density)
-                  for state in iter_states(finetuned, reference=theta0)]
-    return _elect_and_merge(theta0, finetuned, lambda i, tau: _trim(tau, thresholds[i]), lam, carry)
+    return _elect_and_merge(theta0, finetuned, _trimmer(density, lambda i, tau: tau), lam, carry)
 
 
 def dare_seed(seed: int, index: int) -> int:
@@ -197,9 +209,7 @@ def dare_merge(base: Source, finetuned: Iterable[Source], drop: float, seed: int
         finetuned = reiterable(finetuned, "dare_merge(combine='ties')")
         if density >= 1.0:
             return _elect_and_merge(theta0, finetuned, lambda i, tau: dare(tau, drop, seed, i), lam, carry)
-        thresholds = [ties_threshold(dare(_tau(state, theta0, carry), drop, seed, i), density)
-                      for i, state in enumerate(iter_states(finetuned, reference=theta0))]
-        return _elect_and_merge(theta0, finetuned, lambda i, tau: _trim(dare(tau, drop, seed, i), thresholds[i]),
+        return _elect_and_merge(theta0, finetuned, _trimmer(density, lambda i, tau: dare(tau, drop, seed, i)),
                                 lam, carry)
     total: dict[str, torch.Tensor] | None = None
     for i, state in enumerate(iter_states(finetuned, reference=theta0)):
