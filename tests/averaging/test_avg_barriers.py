@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from _merge_helpers import bn_cnn, teacher_data, trained_mlp
 
-from descentlab.averaging import barrier_table, interpolate, path_table, recompute_batchnorm
+from descentlab.averaging import barrier_table, interpolate, layer_names, path_table, recompute_batchnorm
 from descentlab.landscape import evaluate
 
 
@@ -81,3 +81,18 @@ def test_batchnorm_reset_recomputes_the_statistics_of_the_data():
     assert reset["loss"].iloc[0] == pytest.approx(evaluate(work, F.cross_entropy, x, y)["loss"], rel=1e-6)
     assert reset["loss"].iloc[0] != pytest.approx(plain["loss"].iloc[0], rel=1e-3)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in bn_cnn((1, 6, 6), seed=0).state_dict().items())
+
+
+def test_layerwise_path_moves_only_the_listed_layers():
+    a, b = trained_mlp(seed=0, steps=40), trained_mlp(seed=1, steps=40)
+    x, y = teacher_data(n=128, seed=3)
+    splits = {"train": (x, y)}
+    every = path_table(a, [a, b], splits, F.cross_entropy, n_points=3, layers=layer_names(a))
+    plain = path_table(a, [a, b], splits, F.cross_entropy, n_points=3)
+    pd.testing.assert_frame_equal(every, plain)
+    only_first = path_table(a, [a, b], splits, F.cross_entropy, n_points=3, layers=["1"])
+    hybrid = {**a.state_dict(), "1.weight": b.state_dict()["1.weight"], "1.bias": b.state_dict()["1.bias"]}
+    end = only_first[only_first["alpha"] == 1.0].iloc[0]
+    assert end["loss"] == pytest.approx(evaluate(a, F.cross_entropy, x, y, params=hybrid)["loss"], rel=1e-6)
+    with pytest.raises(ValueError, match="layers the model does not have"):
+        path_table(a, [a, b], splits, F.cross_entropy, n_points=3, layers=["9"])

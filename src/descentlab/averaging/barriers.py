@@ -14,7 +14,8 @@ the segment's end values:
 excess (for loss as in Entezari et al. 2022; for error we use the same linear
 line, where Frankle et al. 2020 subtract the mean of the end errors, which is
 the same value at alpha = 1/2), with the alpha at which it occurs. A path
-through one pair of models has one segment (0).
+through one pair of models has one segment (0). With ``layers``, only those
+layers move along the path (layer-wise barriers).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch import nn
 
 from ..landscape.evaluate import evaluate
 from ..landscape.interpolation import _recompute_batchnorm
-from .interpolation import interpolate
+from .interpolation import interpolate, interpolate_layerwise
 from .states import Source, check_same_architecture, load_state
 
 __all__ = ["path_table", "barrier_table", "with_excess", "recompute_batchnorm"]
@@ -46,8 +47,13 @@ def recompute_batchnorm(model: nn.Module, x: torch.Tensor, chunk_size: int | Non
 
 def path_table(model: nn.Module, states: Sequence[Source], splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
                loss_fn, n_points: int = 11, bn_data: torch.Tensor | None = None, bn_chunk_size: int | None = None,
-               chunk_size: int | None = 1024) -> pd.DataFrame:
-    """The tidy path table (see the module docstring); ``model`` supplies the architecture only."""
+               chunk_size: int | None = 1024, layers: Sequence[str] | None = None) -> pd.DataFrame:
+    """The tidy path table (see the module docstring); ``model`` supplies the architecture only.
+
+    ``layers``: interpolate only these layers (names as in :func:`layer_names`), the others stay at
+    each segment's start model: layer-wise linear mode connectivity (Adilova et al., ICLR 2024),
+    whose alpha = 1 end point is a hybrid of the two models.
+    """
     if int(n_points) < 3:
         raise ValueError(f"n_points must be >= 3 (use >= 11), got {n_points!r}")
     if len(states) < 2:
@@ -63,7 +69,11 @@ def path_table(model: nn.Module, states: Sequence[Source], splits: Mapping[str, 
         current = load_state(states[segment + 1])
         check_same_architecture(reference, current, what=f"model {segment + 1}")
         for alpha in np.linspace(0.0, 1.0, int(n_points)):
-            work.load_state_dict(interpolate(previous, current, float(alpha)))
+            if layers is None:
+                work.load_state_dict(interpolate(previous, current, float(alpha)))
+            else:
+                work.load_state_dict(interpolate_layerwise(previous, current, {name: float(alpha) for name in layers},
+                                                           default=0.0))
             if bn_data is not None:
                 recompute_batchnorm(work, bn_data, bn_chunk_size)
             for split, (x, y) in splits.items():
