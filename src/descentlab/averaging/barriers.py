@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..landscape.evaluate import evaluate
-from ..landscape.interpolation import _recompute_batchnorm
+from ..landscape.interpolation import recompute_batchnorm
 from .interpolation import interpolate, interpolate_layerwise
 from .states import Source, check_same_architecture, load_state
 
@@ -42,7 +42,7 @@ def recompute_batchnorm(model: nn.Module, x: torch.Tensor, chunk_size: int | Non
     """Reset the BatchNorm running statistics of ``model`` and recompute them on ``x`` (train mode,
     cumulative average over chunks; None: one pass, the exact mean and unbiased variance); leaves
     the model in eval mode."""
-    _recompute_batchnorm(model, x, chunk_size)
+    recompute_batchnorm(model, x, chunk_size)
 
 
 def path_table(model: nn.Module, states: Sequence[Source], splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]],

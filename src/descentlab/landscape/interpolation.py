@@ -42,7 +42,10 @@ def interpolate_states(state_a: dict, state_b: dict, alpha: float) -> dict[str, 
 
 
 @torch.no_grad()
-def _recompute_batchnorm(model: nn.Module, x, chunk_size):
+def recompute_batchnorm(model: nn.Module, x, chunk_size):
+    """Reset every BatchNorm layer's running statistics and recompute them on ``x``
+    (train-mode forward passes of ``chunk_size`` examples, cumulative average);
+    leaves ``model`` in eval mode. A no-op for models without BatchNorm."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
@@ -77,7 +80,7 @@ def interpolation_path(model: nn.Module, state_a, state_b, loss_fn, x, y, n_poin
     for alpha in np.linspace(0.0, 1.0, int(n_points)):
         work.load_state_dict(interpolate_states(sa, sb, alpha))
         if bn_data is not None:
-            _recompute_batchnorm(work, bn_data, bn_chunk_size)
+            recompute_batchnorm(work, bn_data, bn_chunk_size)
         rows.append({"alpha": float(alpha), **evaluate(work, loss_fn, x, y, chunk_size=chunk_size)})
     return pd.DataFrame(rows, columns=["alpha", "loss", "accuracy", "error"])
 
