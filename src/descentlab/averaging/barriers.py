@@ -29,20 +29,13 @@ import torch
 from torch import nn
 
 from ..landscape.evaluate import evaluate
-from ..landscape.interpolation import recompute_batchnorm
+from ..landscape.interpolation import recompute_batchnorm  # re-exported
 from .interpolation import interpolate, interpolate_layerwise
 from .states import Source, check_same_architecture, load_state
 
 __all__ = ["path_table", "barrier_table", "with_excess", "recompute_batchnorm"]
 
 PATH_COLUMNS = ["segment", "alpha", "split", "loss", "accuracy", "error", "loss_excess", "error_excess"]
-
-
-def recompute_batchnorm(model: nn.Module, x: torch.Tensor, chunk_size: int | None = None) -> None:
-    """Reset the BatchNorm running statistics of ``model`` and recompute them on ``x`` (train mode,
-    cumulative average over chunks; None: one pass, the exact mean and unbiased variance); leaves
-    the model in eval mode."""
-    recompute_batchnorm(model, x, chunk_size)
 
 
 def path_table(model: nn.Module, states: Sequence[Source], splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]],

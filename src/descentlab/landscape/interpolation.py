@@ -42,9 +42,10 @@ def interpolate_states(state_a: dict, state_b: dict, alpha: float) -> dict[str, 
 
 
 @torch.no_grad()
-def recompute_batchnorm(model: nn.Module, x, chunk_size):
+def recompute_batchnorm(model: nn.Module, x, chunk_size: int | None = None):
     """Reset every BatchNorm layer's running statistics and recompute them on ``x``
-    (train-mode forward passes of ``chunk_size`` examples, cumulative average);
+    (train-mode forward passes of ``chunk_size`` examples, cumulative average;
+    None: one pass, the exact mean and unbiased variance);
     leaves ``model`` in eval mode. A no-op for models without BatchNorm."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
