@@ -18,10 +18,10 @@ def as_array(name: str, values, *, positive: bool = True) -> np.ndarray:
     bad = ~np.isfinite(arr)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{name} must be finite: {name}[{i}] = {arr[i]!r}")
+        raise ValueError(f"{name} must be finite: {name}[{i}] = {float(arr[i])!r}")
     if positive and (arr <= 0).any():
         i = int(np.flatnonzero(arr <= 0)[0])
-        raise ValueError(f"{name} must be positive: {name}[{i}] = {arr[i]!r}")
+        raise ValueError(f"{name} must be positive: {name}[{i}] = {float(arr[i])!r}")
     return arr
 
 

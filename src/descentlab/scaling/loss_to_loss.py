@@ -78,7 +78,7 @@ class LossToLossFit:
         l0 = as_array("loss0", loss0)
         if (l0 <= self.E0).any():
             i = int(np.flatnonzero(l0 <= self.E0)[0])
-            raise ValueError(f"loss0[{i}] = {l0[i]!r} is not above the fitted irreducible loss E0 = {self.E0!r}")
+            raise ValueError(f"loss0[{i}] = {float(l0[i])!r} is not above the fitted irreducible loss E0 = {self.E0!r}")
         return self.K * (l0 - self.E0) ** self.kappa + self.E1
 
     def to_table(self) -> pd.DataFrame:

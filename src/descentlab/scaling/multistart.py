@@ -75,43 +75,35 @@ def minimize_batched(
     max_expansions: int = 30,
 ) -> BatchedMinima:
     """Minimise every row of ``x0`` as its own problem (see the module docstring)."""
-    x = np.array(x0, dtype=np.float64, copy=True)
-    k, p = x.shape
-    problems = np.arange(k)
-    f, g = fun_grad(x, problems)
-    S = np.zeros((k, history, p))
-    Y = np.zeros((k, history, p))
-    rho = np.zeros((k, history))
-    iterations = np.zeros(k, dtype=np.int64)
-    status = np.full(k, -1, dtype=np.int64)
-    status[np.abs(g).max(axis=1) <= gtol] = GRADIENT
-    while True:
-        act = np.flatnonzero(status < 0)
-        if act.size == 0:
-            break
-        xa, fa, ga = x[act], f[act], g[act]
-        d = _two_loop(ga, S[act], Y[act], rho[act])
-        slope = np.einsum("kp,kp->k", ga, d)
+    x_out = np.array(x0, dtype=np.float64, copy=True)
+    k, p = x_out.shape
+    f_out, g_out = fun_grad(x_out, np.arange(k))
+    f_out, g_out = np.array(f_out, dtype=np.float64), np.array(g_out, dtype=np.float64)
+    iter_out = np.zeros(k, dtype=np.int64)
+    status_out = np.full(k, -1, dtype=np.int64)
+    status_out[np.abs(g_out).max(axis=1) <= gtol] = GRADIENT
+    # Working state, compacted to the problems still running: ids[i] is row i's problem.
+    ids = np.flatnonzero(status_out < 0)
+    x, f, g = x_out[ids], f_out[ids], g_out[ids]
+    S, Y, rho = np.zeros((ids.size, history, p)), np.zeros((ids.size, history, p)), np.zeros((ids.size, history))
+    iters, status = np.zeros(ids.size, dtype=np.int64), np.full(ids.size, -1, dtype=np.int64)
+    while ids.size:
+        d = _two_loop(g, S, Y, rho)
+        slope = np.einsum("kp,kp->k", g, d)
         uphill = slope >= 0  # the history went stale: restart from steepest descent
         if uphill.any():
-            rows = act[uphill]
-            S[rows] = 0.0
-            Y[rows] = 0.0
-            rho[rows] = 0.0
-            d[uphill] = -ga[uphill]
-            slope[uphill] = -np.einsum("kp,kp->k", ga[uphill], ga[uphill])
-        fresh = rho[act, -1] == 0  # no curvature yet: a first step of unit length, as scipy
-        t = np.where(fresh, 1.0 / np.maximum(np.linalg.norm(d, axis=1), 1e-300), 1.0)
-        t = np.minimum(t, 1.0)
-        x_new = np.empty_like(xa)
-        f_new = np.empty_like(fa)
-        g_new = np.empty_like(ga)
-        accepted = np.zeros(act.size, dtype=bool)
-        pending = np.arange(act.size)
+            S[uphill], Y[uphill], rho[uphill] = 0.0, 0.0, 0.0
+            d[uphill] = -g[uphill]
+            slope[uphill] = -np.einsum("kp,kp->k", g[uphill], g[uphill])
+        fresh = rho[:, -1] == 0  # no curvature yet: a first step of unit length, as scipy
+        t = np.where(fresh, np.minimum(1.0, 1.0 / np.maximum(np.linalg.norm(d, axis=1), 1e-300)), 1.0)
+        x_new, f_new, g_new = np.empty_like(x), np.empty_like(f), np.empty_like(g)
+        accepted = np.zeros(ids.size, dtype=bool)
+        pending = np.arange(ids.size)
         for _ in range(max_backtracks):
-            xt = xa[pending] + t[pending, None] * d[pending]
-            ft, gt = fun_grad(xt, act[pending])
-            ok = np.isfinite(ft) & (ft <= fa[pending] + armijo * t[pending] * slope[pending])
+            xt = x[pending] + t[pending, None] * d[pending]
+            ft, gt = fun_grad(xt, ids[pending])
+            ok = np.isfinite(ft) & (ft <= f[pending] + armijo * t[pending] * slope[pending])
             done = pending[ok]
             x_new[done], f_new[done], g_new[done] = xt[ok], ft[ok], gt[ok]
             accepted[done] = True
@@ -120,8 +112,8 @@ def minimize_batched(
                 break
             # Quadratic interpolation of the step, kept within [0.1 t, 0.5 t].
             tp, fp = t[pending], ft[~ok]
-            denom = 2.0 * (fp - fa[pending] - slope[pending] * tp)
-            with np.errstate(invalid="ignore", divide="ignore"):
+            denom = 2.0 * (fp - f[pending] - slope[pending] * tp)
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
                 t_quad = -slope[pending] * tp * tp / denom
             t_quad = np.where(np.isfinite(t_quad), t_quad, 0.5 * tp)
             t[pending] = np.clip(t_quad, 0.1 * tp, 0.5 * tp)
@@ -135,36 +127,40 @@ def minimize_batched(
             if grow.size == 0:
                 break
             tt = t[grow] * 4.0
-            xt = xa[grow] + tt[:, None] * d[grow]
-            ft, gt = fun_grad(xt, act[grow])
-            better = np.isfinite(ft) & (ft <= fa[grow] + armijo * tt * slope[grow]) & (ft < f_new[grow])
+            xt = x[grow] + tt[:, None] * d[grow]
+            ft, gt = fun_grad(xt, ids[grow])
+            better = np.isfinite(ft) & (ft <= f[grow] + armijo * tt * slope[grow]) & (ft < f_new[grow])
             up = grow[better]
             t[up], x_new[up], f_new[up], g_new[up] = tt[better], xt[better], ft[better], gt[better]
             grow = up[np.einsum("kp,kp->k", g_new[up], d[up]) < wolfe * slope[up]]
-        failed = act[~accepted]
-        status[failed] = LINE_SEARCH
-        iterations[failed] += 1
-        ok_rows = act[accepted]
-        if ok_rows.size == 0:
-            continue
-        xo, fo, go = xa[accepted], fa[accepted], ga[accepted]
-        xn, fn, gn = x_new[accepted], f_new[accepted], g_new[accepted]
-        s, y = xn - xo, gn - go
-        sy = np.einsum("kp,kp->k", s, y)
-        yy = np.einsum("kp,kp->k", y, y)
-        keep = sy > np.finfo(float).eps * yy  # curvature condition; otherwise skip the update (as scipy)
-        rows = ok_rows[keep]
-        S[rows] = np.roll(S[rows], -1, axis=1)
-        Y[rows] = np.roll(Y[rows], -1, axis=1)
-        rho[rows] = np.roll(rho[rows], -1, axis=1)
-        S[rows, -1], Y[rows, -1], rho[rows, -1] = s[keep], y[keep], 1.0 / sy[keep]
-        x[ok_rows], f[ok_rows], g[ok_rows] = xn, fn, gn
-        iterations[ok_rows] += 1
-        small_step = (fo - fn) <= ftol * np.maximum(np.maximum(np.abs(fo), np.abs(fn)), 1.0)
-        status[ok_rows[small_step]] = FTOL
-        status[ok_rows[np.abs(gn).max(axis=1) <= gtol]] = GRADIENT
-        status[ok_rows[(status[ok_rows] < 0) & (iterations[ok_rows] >= maxiter)]] = MAXITER
-    return BatchedMinima(x=x, fun=f, grad_norm=np.abs(g).max(axis=1), iterations=iterations, status=status)
+        iters += 1
+        status[~accepted] = LINE_SEARCH
+        if accepted.any():
+            acc = accepted
+            s_, y_ = x_new[acc] - x[acc], g_new[acc] - g[acc]
+            sy = np.einsum("kp,kp->k", s_, y_)
+            keep = sy > np.finfo(float).eps * np.einsum("kp,kp->k", y_, y_)  # else skip the update (as scipy)
+            rows = np.flatnonzero(acc)[keep]
+            S[rows] = np.roll(S[rows], -1, axis=1)
+            Y[rows] = np.roll(Y[rows], -1, axis=1)
+            rho[rows] = np.roll(rho[rows], -1, axis=1)
+            S[rows, -1], Y[rows, -1], rho[rows, -1] = s_[keep], y_[keep], 1.0 / sy[keep]
+            f_old = f[acc]
+            x[acc], f[acc], g[acc] = x_new[acc], f_new[acc], g_new[acc]
+            fn = f[acc]
+            small_step = (f_old - fn) <= ftol * np.maximum(np.maximum(np.abs(f_old), np.abs(fn)), 1.0)
+            acc_rows = np.flatnonzero(acc)
+            status[acc_rows[small_step]] = FTOL
+            status[acc_rows[np.abs(g[acc]).max(axis=1) <= gtol]] = GRADIENT
+        status[(status < 0) & (iters >= maxiter)] = MAXITER
+        finished = status >= 0
+        if finished.any():
+            out = ids[finished]
+            x_out[out], f_out[out], g_out[out] = x[finished], f[finished], g[finished]
+            iter_out[out], status_out[out] = iters[finished], status[finished]
+            live = ~finished
+            ids, x, f, g, S, Y, rho, iters, status = (a[live] for a in (ids, x, f, g, S, Y, rho, iters, status))
+    return BatchedMinima(x=x_out, fun=f_out, grad_norm=np.abs(g_out).max(axis=1), iterations=iter_out, status=status_out)
 
 
 @dataclass(frozen=True)
