@@ -26,6 +26,7 @@ import pandas as pd
 
 # Why each problem stopped.
 GRADIENT, FTOL, MAXITER, LINE_SEARCH = 0, 1, 2, 3
+ATOL_BEST = 1e-12  # see Convergence
 STATUS_NAMES = {GRADIENT: "gradient <= gtol", FTOL: "relative reduction <= ftol", MAXITER: "maxiter reached", LINE_SEARCH: "line search failed"}
 
 # fun_grad(x of shape (k, P), problems of shape (k,)) -> (f (k,), grad (k, P))
@@ -168,8 +169,8 @@ class Convergence:
     """How a multi-start fit converged: which start won and how many agree with it.
 
     ``n_at_best`` counts the starts whose final objective is within
-    ``rtol * |best|`` of the best one: a best value reached from one start
-    only deserves suspicion.
+    ``rtol * |best| + atol`` of the best one (``atol`` for a fit with zero
+    residuals): a best value reached from one start only deserves suspicion.
     """
 
     n_starts: int
@@ -181,6 +182,7 @@ class Convergence:
     stopped_because: str
     n_at_best: int
     rtol: float
+    atol: float = ATOL_BEST
 
     @classmethod
     def from_minima(cls, minima: BatchedMinima, starts: np.ndarray, rtol: float, rows: np.ndarray | None = None) -> "Convergence":
@@ -188,7 +190,7 @@ class Convergence:
         fun = minima.fun[rows]
         i = int(np.nanargmin(fun))
         best = float(fun[i])
-        n_at_best = int(np.sum(fun <= best + rtol * abs(best)))
+        n_at_best = int(np.sum(fun <= best + rtol * abs(best) + ATOL_BEST))
         j = rows[i]
         return cls(
             n_starts=len(rows),
