@@ -17,8 +17,13 @@ def replication_data():
 
 
 @pytest.fixture(scope="session")
-def replication_fit(replication_data):
-    return fit_chinchilla(*replication_data, starts=start_grid(**SMALL_GRID))
+def small_grid():
+    return start_grid(**SMALL_GRID)
+
+
+@pytest.fixture(scope="session")
+def replication_fit(replication_data, small_grid):
+    return fit_chinchilla(*replication_data, starts=small_grid)
 
 
 @pytest.fixture(scope="session")

@@ -3,21 +3,20 @@
 import numpy as np
 import pytest
 
-from descentlab.scaling import bootstrap_chinchilla, fit_chinchilla, start_grid
+from descentlab.scaling import bootstrap_chinchilla, fit_chinchilla
 from descentlab.scaling.bootstrap import _counts
 
-SMALL_GRID = dict(alpha=(0.0, 1.0, 2.0), beta=(0.0, 1.0, 2.0), e=(-1.0, 0.0, 1.0), a=(0.0, 10.0, 20.0), b=(0.0, 10.0, 20.0))
 
 
 
 
-def test_refits_from_the_estimate_and_a_few_grid_starts_match_refits_from_the_grid(replication_data, replication_fit):
-    boot = bootstrap_chinchilla(*replication_data, fit=replication_fit, n_resamples=3, seed=7)
-    counts = _counts(240, 3, np.random.default_rng(7)).astype(int)
+def test_refits_from_the_estimate_and_a_few_grid_starts_match_refits_from_the_grid(replication_data, replication_fit, small_grid):
+    boot = bootstrap_chinchilla(*replication_data, fit=replication_fit, n_resamples=2, seed=7)
+    counts = _counts(240, 2, np.random.default_rng(7)).astype(int)
     N, D, L = replication_data
-    for r in range(3):
+    for r in range(2):
         rows = np.repeat(np.arange(240), counts[r])  # the resample as repeated runs
-        full = fit_chinchilla(N[rows], D[rows], L[rows], starts=start_grid(**SMALL_GRID))
+        full = fit_chinchilla(N[rows], D[rows], L[rows], starts=small_grid)
         for name in ("E", "alpha", "beta"):
             assert boot.samples[name][r] == pytest.approx(getattr(full, name), rel=1e-4), (r, name)
     assert boot.starts_per_resample == 8 and (boot.n_at_best >= 1).all()

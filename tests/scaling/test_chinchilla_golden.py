@@ -55,7 +55,7 @@ def test_summed_huber_reproduces_the_replication_and_averaged_stops_at_hoffmann(
 
 
 def test_bootstrap_intervals_have_the_replications_width_not_a_collapsed_one(replication_fit, replication_data):
-    boot = bootstrap_chinchilla(*replication_data, fit=replication_fit, n_resamples=200, confidence=0.95, seed=0)
+    boot = bootstrap_chinchilla(*replication_data, fit=replication_fit, n_resamples=150, confidence=0.95, seed=0)
     table = boot.to_table().set_index("parameter")
     for name, se in REPLICATION_SE.items():
         assert se / 1.5 <= table.loc[name, "std"] <= 1.5 * se, (name, table.loc[name, "std"], se)

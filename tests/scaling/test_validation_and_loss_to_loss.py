@@ -47,14 +47,27 @@ def test_loss_to_loss_recovers_the_shifted_power_law():
         fit.predict([0.9])
 
 
-def test_loss_to_loss_fitted_on_small_models_predicts_the_largest():
+@pytest.mark.parametrize("seed", range(5))
+def test_loss_to_loss_fitted_on_small_models_predicts_the_largest(seed):
+    # With E0, E1 known (in practice: from each distribution's own scaling-law fit), K and kappa are fitted.
     l0 = np.geomspace(1.6, 4.0, 25)  # larger models have lower loss
     clean = K * (l0 - E0) ** KAPPA + E1
-    l1 = clean * np.exp(np.random.default_rng(0).normal(0.0, 0.002, l0.size))
-    result = held_out_validation(lambda loss0, loss: fit_loss_to_loss(loss0, loss), {"loss0": l0}, l1,
+    l1 = clean * np.exp(np.random.default_rng(seed).normal(0.0, 0.002, l0.size))
+    result = held_out_validation(lambda loss0, loss: fit_loss_to_loss(loss0, loss, E0=E0, E1=E1), {"loss0": l0}, l1,
                                  size=1.0 / l0, split=SmallLargeSplit(n_test=5))
     assert set(result.test_index) == {0, 1, 2, 3, 4}
-    np.testing.assert_allclose(result.predicted, clean[result.test_index], rtol=0.02)
+    assert (result.fit.E0, result.fit.E1) == (E0, E1)
+    assert result.fit.kappa == pytest.approx(KAPPA, rel=0.05)
+    np.testing.assert_allclose(result.predicted, clean[result.test_index], rtol=0.01)
+
+
+def test_loss_to_loss_with_free_offsets_fits_noisy_data_within_its_range():
+    l0 = np.geomspace(1.6, 4.0, 25)
+    clean = K * (l0 - E0) ** KAPPA + E1
+    l1 = clean * np.exp(np.random.default_rng(0).normal(0.0, 0.002, l0.size))
+    fit = fit_loss_to_loss(l0, l1)
+    np.testing.assert_allclose(fit.predict(l0), clean, rtol=0.01)
+    assert fit.convergence.n_at_best >= 2
 
 
 def test_loss_to_loss_names_bad_input():
@@ -62,3 +75,5 @@ def test_loss_to_loss_names_bad_input():
         fit_loss_to_loss([3.0, 2.5, 2.2, 2.0], [3.1, 2.6, 2.3, 2.1])
     with pytest.raises(ValueError, match=r"loss1 must be finite: loss1\[1\] = inf"):
         fit_loss_to_loss([3.0, 2.5, 2.2, 2.0, 1.9], [3.1, np.inf, 2.3, 2.1, 2.0])
+    with pytest.raises(ValueError, match=r"E0 must lie in \(0, min\(loss0\) = 1.9\), got 1.95"):
+        fit_loss_to_loss([3.0, 2.5, 2.2, 2.0, 1.9], [3.1, 2.6, 2.3, 2.1, 2.0], E0=1.95)

@@ -28,9 +28,10 @@ def _sigmoid(z):
 
 
 class _ShiftedPowerLawObjective:
-    def __init__(self, loss0: np.ndarray, loss1: np.ndarray, delta: float, weight: float):
-        self.l0, self.y, self.delta, self.weight = loss0, np.log(loss1), delta, weight
+    def __init__(self, loss0: np.ndarray, loss1: np.ndarray, delta: float, free: np.ndarray):
+        self.l0, self.y, self.delta = loss0, np.log(loss1), delta
         self.m0 = float(loss0.min())
+        self.free = free  # 1.0 for fitted parameters, 0.0 for fixed ones (their gradient is zeroed, so L-BFGS never moves them)
 
     def __call__(self, theta: np.ndarray, problems: np.ndarray):
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -47,11 +48,12 @@ class _ShiftedPowerLawObjective:
         total = x1 + x2
         w1, w2 = x1 / total, x2 / total
         r = top + np.log(total) - self.y
-        f = self.weight * huber(r, self.delta).sum(axis=1)
-        psi = self.weight * np.clip(r, -self.delta, self.delta)
+        f = huber(r, self.delta).sum(axis=1)
+        psi = np.clip(r, -self.delta, self.delta)
         pw1 = psi * w1
         dell_dz = -self.m0 * sig * (1.0 - sig) / gap
         g = np.stack([pw1.sum(1), (pw1 * ell).sum(1), (psi * w2).sum(1), (pw1 * kappa * dell_dz).sum(1)], axis=1)
+        g *= self.free
         # A term overflowing (kappa log(L0 - E0) huge) makes the point unusable: the line search rejects it.
         f[~np.isfinite(g).all(axis=1)] = np.inf
         return f, g
@@ -90,6 +92,8 @@ def fit_loss_to_loss(
     loss0,
     loss1,
     *,
+    E0: float | None = None,
+    E1: float | None = None,
     starts=None,
     delta: float = 1e-3,
     ftol: float = TIGHT_FTOL,
@@ -97,14 +101,31 @@ def fit_loss_to_loss(
     maxiter: int = MAXITER,
     rtol_best: float = 1e-6,
 ) -> LossToLossFit:
-    """Fit L1 = K (L0 - E0)^kappa + E1 over models (one pair of losses per model)."""
+    """Fit L1 = K (L0 - E0)^kappa + E1 over models (one pair of losses per model).
+
+    ``E0``/``E1`` given: held fixed at those values (0 < E0 < min(loss0), 0 < E1 < min(loss1)).
+    """
     l0, l1 = as_array("loss0", loss0), as_array("loss1", loss1)
     n = same_length(loss0=l0, loss1=l1)
     at_least("loss0", n, 5, "4 parameters")
     positive_scalar("delta", delta)
     starts = loss_to_loss_start_grid(float(l1.min())) if starts is None else starts_array(starts, 4, PARAMS)
-    minima = minimize_batched(_ShiftedPowerLawObjective(l0, l1, delta, 1.0), starts, ftol=ftol, gtol=gtol, maxiter=maxiter)
+    starts = starts.copy()
+    free = np.ones(4)
+    if E0 is not None:
+        if not 0 < E0 < l0.min():
+            raise ValueError(f"E0 must lie in (0, min(loss0) = {float(l0.min())!r}), got {E0!r}")
+        starts[:, 3], free[3] = np.log(E0 / l0.min()) - np.log1p(-E0 / l0.min()), 0.0  # z = logit(E0 / min L0)
+    if E1 is not None:
+        if not 0 < E1 < l1.min():
+            raise ValueError(f"E1 must lie in (0, min(loss1) = {float(l1.min())!r}), got {E1!r}")
+        starts[:, 2], free[2] = np.log(E1), 0.0
+    if free.sum() < 4:
+        starts = np.unique(starts, axis=0)
+    minima = minimize_batched(_ShiftedPowerLawObjective(l0, l1, delta, free), starts, ftol=ftol, gtol=gtol, maxiter=maxiter)
     conv = Convergence.from_minima(minima, starts, rtol_best)
     k, kappa, e1, z = minima.x[conv.best_start_index]
-    return LossToLossFit(K=float(np.exp(k)), kappa=float(kappa), E0=float(l0.min() * _sigmoid(z)), E1=float(np.exp(e1)),
+    return LossToLossFit(K=float(np.exp(k)), kappa=float(kappa),
+                         E0=float(l0.min() * _sigmoid(z)) if E0 is None else float(E0),
+                         E1=float(np.exp(e1)) if E1 is None else float(E1),
                          theta=minima.x[conv.best_start_index].copy(), convergence=conv, n_points=n, delta=delta)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .multistart import Convergence, minimize_batched
+
 CHUNK_ELEMENTS = 2_000_000  # problems x points per vectorised evaluation: bounds the memory
 
 
@@ -103,8 +105,6 @@ def fit_log_sum_exp(
     ``counts`` (R, n): how often each point is drawn in each of R resamples
     (None: the data once). Returns ``(thetas (R, P), [Convergence] * R, minima)``.
     """
-    from .multistart import Convergence, minimize_batched
-
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     n = log_loss.shape[0]
