@@ -46,3 +46,17 @@ def test_resampling_counts_equal_repeating_the_rows():
     f_r, g_r = _objective(N[draw], D[draw], L[draw])(theta, np.zeros(1, dtype=int))
     np.testing.assert_allclose(f_w, f_r, rtol=1e-12)
     np.testing.assert_allclose(g_w, g_r, rtol=1e-10)
+
+
+def test_rows_that_overflow_fall_back_to_the_max_shifted_evaluation():
+    rng = np.random.default_rng(2)
+    N, D = np.exp(rng.uniform(16, 23, 20)), np.exp(rng.uniform(20, 27, 20))
+    L = 2.0 + 300 / N**0.3 + 900 / D**0.3
+    obj = _objective(N, D, L)
+    theta = np.array([[800.0, 1.0, 0.0, 0.2, 0.3], [25.0, 0.0, -30.0, -40.0, 0.3], [6.0, 7.0, 0.6, 0.35, 0.36]])
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # no overflow warning escapes
+        f, g = obj(theta, np.zeros(3, dtype=int))
+    f_ref, g_ref = obj._chunk_stable(theta, np.zeros(3, dtype=int))
+    assert np.isfinite(f).all() and np.isfinite(g).all()
+    np.testing.assert_allclose(f, f_ref, rtol=1e-12)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-10, atol=1e-300)
