@@ -10,7 +10,9 @@ A parameter vector is ``(a_1..a_K, e, alpha_1..alpha_K)``; Chinchilla's is
 ``(a, b, e, alpha, beta)``. The objective of one problem is
 ``sum_i w_i Huber_delta(log L_hat_i - log L_i)`` with weights ``w`` (1 for a
 summed fit, 1/n for an averaged one, resampling counts for a bootstrap
-resample), and its gradient is analytic.
+resample), and its gradient is analytic. The log-sum-exp is shifted by e
+(one exp per point fewer than shifting by the largest term); rows where a term
+overflows that way are recomputed with the largest-term shift.
 """
 
 from __future__ import annotations
