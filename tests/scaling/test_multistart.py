@@ -11,7 +11,7 @@ def _rosen_batch(x, problems):
 
 
 def test_batched_lbfgs_reaches_scipy_minima_on_rosenbrock():
-    starts = np.random.default_rng(0).uniform(-2, 2, size=(12, 4))
+    starts = np.random.default_rng(0).uniform(-2, 2, size=(8, 4))
     res = minimize_batched(_rosen_batch, starts, ftol=1e-15, gtol=1e-10, maxiter=5000)
     assert set(res.status) <= {FTOL, GRADIENT}
     for start, x, f in zip(starts, res.x, res.fun):
