@@ -86,6 +86,14 @@ def _legend_below(ax) -> None:
         ax.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2, frameon=False)
 
 
+def _mark_stuck(ax, xs, color) -> None:
+    """Runs that finished without training: an open triangle at the top of the
+    panel, at their x (at their value, a loss of 1000 would squash the panel)."""
+    if len(xs):
+        ax.plot(xs, [0.93] * len(xs), linestyle="none", marker="v", markerfacecolor="none", color=color, markersize=6,
+                transform=ax.get_xaxis_transform(), clip_on=False)
+
+
 def _mark_diverged(ax, xs, color) -> None:
     """Diverged settings: an x at the top of the panel, at their x."""
     if len(xs):
@@ -121,7 +129,8 @@ def lr_sensitivity(
     ``stuck_ratio`` (a loss metric only; None, the default: off): a run that finished but
     whose final value is at least ``stuck_ratio`` times its first recorded one
     did not train (e.g. a classifier back at chance after a too large step). It
-    is drawn as an open triangle off the line, and like a diverged run it is
+    is drawn as an open triangle at the top of the panel, off the line, and
+    like a diverged run it is
     never the best nor counted in ``near_best`` (it still bounds the grid).
 
     Summary, per (facet, hue): settings, diverged, stuck, the best value and its
@@ -154,8 +163,7 @@ def lr_sensitivity(
                 color = color_for(name)
                 valid = part[~part["stuck"]]
                 ax.plot(valid[x], valid["value"], color=color, marker=".", linewidth=1.2, label=str(name))
-                ax.plot(part.loc[part["stuck"], x], part.loc[part["stuck"], "value"], linestyle="none", marker="v",
-                        markerfacecolor="none", color=color, markersize=6)
+                _mark_stuck(ax, part.loc[part["stuck"], x].to_list(), color)
                 _mark_diverged(ax, part.loc[part["status"] != "ok", x].to_list(), color)
                 b = best[(best[facet] == value) & (best[hue] == name)].iloc[0]
                 if np.isfinite(b["best"]):
@@ -177,7 +185,7 @@ def lr_sensitivity(
             if r == len(facets) - 1:
                 _legend_below(ax)
     if title:
-        stuck_note = f"; open triangle: stuck (final {metric} >= {stuck_ratio:g} x initial)" if stuck_ratio is not None else ""
+        stuck_note = f"; open triangle at the top: stuck (final {metric} >= {stuck_ratio:g} x initial)" if stuck_ratio is not None else ""
         fig.suptitle(title + f"\n(filled circle: best lr; open circle: best lr on the edge of the grid; x: diverged{stuck_note})",
                      fontsize=10)
     summary = _sensitivity_summary(table, best, x, facet, hue, mode, tolerance, reference)
