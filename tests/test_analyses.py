@@ -466,3 +466,13 @@ def test_lr_sensitivity_marks_a_run_stuck_at_its_initial_loss_and_never_picks_it
     assert FIGURES.get("lr_sensitivity")(metrics, runs, None)[2].iloc[0]["stuck"] == 0
     with pytest.raises(ValueError, match="stuck_ratio needs a loss metric"):
         FIGURES.get("lr_sensitivity")(metrics.assign(metric="accuracy"), runs, None, metric="accuracy", stuck_ratio=0.9)
+
+
+def test_lr_sensitivity_draws_a_panel_whose_every_run_is_stuck(tmp_path):
+    # every run back at its initial loss (as at smoke scale): no point on the log axis, still a figure
+    runs = pd.DataFrame({"run_id": ["r0", "r1"], "problem": "P", "optimizer": "A", "lr": [1, 3], "seed": 0, "status": "ok"})
+    metrics = pd.DataFrame([{"run_id": r, "step": step, "split": "val", "metric": "loss", "value": 2.3}
+                            for r in ("r0", "r1") for step in (0, 10)])
+    fig, _, summary = FIGURES.get("lr_sensitivity")(metrics, runs, None, stuck_ratio=0.9, title="t")
+    fig.savefig(tmp_path / "f.png")
+    assert summary.iloc[0]["stuck"] == 2 and np.isnan(summary.iloc[0]["best"])

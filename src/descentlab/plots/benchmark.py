@@ -156,12 +156,14 @@ def lr_sensitivity(
     for r, value in enumerate(facets):
         for c, (group, members) in enumerate(panels):
             ax = axes[r][c]
+            drawn = 0  # finite positive values on the line: a log axis needs some
             for name in members:
                 part = table[(table[facet] == value) & (table[hue] == name)].sort_values(x)
                 if part.empty:
                     continue
                 color = color_for(name)
                 valid = part[~part["stuck"]]
+                drawn += int((np.isfinite(valid["value"].astype(float)) & (valid["value"] > 0)).sum())
                 ax.plot(valid[x], valid["value"], color=color, marker=".", linewidth=1.2, label=str(name))
                 _mark_stuck(ax, part.loc[part["stuck"], x].to_list(), color)
                 _mark_diverged(ax, part.loc[part["status"] != "ok", x].to_list(), color)
@@ -171,8 +173,10 @@ def lr_sensitivity(
                     ax.plot([b[f"best_{x}"]], [b["best"]], linestyle="none", markersize=7, color=color,
                             markeredgewidth=1.5, **style)
             ax.set_xscale("log")
-            if log_y:
+            if log_y and drawn:
                 ax.set_yscale("log")
+            if not drawn:
+                ax.text(0.5, 0.5, "no run trained", transform=ax.transAxes, ha="center", va="center", fontsize=8)
             ax.set_xticks(grid, [f"{v:g}" for v in grid])
             ax.xaxis.set_minor_locator(_null_locator())
             plain_log_ticks(ax, "y")
