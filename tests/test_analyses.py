@@ -442,3 +442,37 @@ def test_lr_sensitivity_reference_mapping_compares_each_listed_optimizer_to_its_
     assert s.loc["A", "ref_near_best"] == 1 and pd.isna(s.loc["S", "reference"]) and np.isnan(s.loc["S", "ref_near_best"])
     with pytest.raises(ValueError, match="reference names \\['Z'\\]"):
         FIGURES.get("lr_sensitivity")(metrics, runs, None, reference={"M": "Z"})
+
+
+def test_lr_sensitivity_marks_a_run_stuck_at_its_initial_loss_and_never_picks_it_as_best():
+    runs = pd.DataFrame({"run_id": [f"r{i}" for i in range(4)], "problem": "P", "optimizer": "A",
+                         "lr": [1, 3, 10, 30], "seed": 0, "status": "ok"})
+    # (first, final) val loss per run: lr 30 ends at 2.25 of 2.3 (ratio 0.98: stuck); lr 10 at 2.0 (0.87: trains)
+    first_final = [(2.3, 1.2), (2.3, 1.0), (2.3, 2.0), (2.3, 2.25)]
+    rows = [{"run_id": f"r{i}", "step": step, "split": "val", "metric": "loss", "value": v}
+            for i, pair in enumerate(first_final) for step, v in zip((0, 10), pair)]
+    metrics = pd.DataFrame(rows)
+    _, plotted, summary = FIGURES.get("lr_sensitivity")(metrics, runs, None, stuck_ratio=0.9, tolerance=10.0)
+    assert plotted.set_index("lr")["stuck"].to_dict() == {1: False, 3: False, 10: False, 30: True}
+    s = summary.iloc[0]
+    assert s["stuck"] == 1 and s["near_best"] == 3  # a tolerance of 1000% takes every run that trained, not the stuck one
+    assert s["best_lr"] == 3 and not s["on_edge"]
+    assert s["log10_range"] == pytest.approx(np.log10(2.25 / 1.0))  # the spread still sees the stuck run
+    # a stuck run is never the best: here the only run below its start by more than 10% is lr 1
+    stuck_low = pd.DataFrame([{**r, "value": 2.2} if r["run_id"] != "r0" and r["step"] == 10 else r for r in rows])
+    _, _, summary2 = FIGURES.get("lr_sensitivity")(metrics=stuck_low, runs=runs, stuck_ratio=0.9)
+    assert summary2.iloc[0]["best_lr"] == 1 and summary2.iloc[0]["edge"] == "low" and summary2.iloc[0]["stuck"] == 3
+    # off by default, and a clear error for an accuracy metric
+    assert FIGURES.get("lr_sensitivity")(metrics, runs, None)[2].iloc[0]["stuck"] == 0
+    with pytest.raises(ValueError, match="stuck_ratio needs a loss metric"):
+        FIGURES.get("lr_sensitivity")(metrics.assign(metric="accuracy"), runs, None, metric="accuracy", stuck_ratio=0.9)
+
+
+def test_lr_sensitivity_draws_a_panel_whose_every_run_is_stuck(tmp_path):
+    # every run back at its initial loss (as at smoke scale): no point on the log axis, still a figure
+    runs = pd.DataFrame({"run_id": ["r0", "r1"], "problem": "P", "optimizer": "A", "lr": [1, 3], "seed": 0, "status": "ok"})
+    metrics = pd.DataFrame([{"run_id": r, "step": step, "split": "val", "metric": "loss", "value": 2.3}
+                            for r in ("r0", "r1") for step in (0, 10)])
+    fig, _, summary = FIGURES.get("lr_sensitivity")(metrics, runs, None, stuck_ratio=0.9, title="t")
+    fig.savefig(tmp_path / "f.png")
+    assert summary.iloc[0]["stuck"] == 2 and np.isnan(summary.iloc[0]["best"])

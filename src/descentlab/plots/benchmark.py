@@ -86,6 +86,14 @@ def _legend_below(ax) -> None:
         ax.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2, frameon=False)
 
 
+def _mark_stuck(ax, xs, color) -> None:
+    """Runs that finished without training: an open triangle at the top of the
+    panel, at their x (at their value, a loss of 1000 would squash the panel)."""
+    if len(xs):
+        ax.plot(xs, [0.93] * len(xs), linestyle="none", marker="v", markerfacecolor="none", color=color, markersize=6,
+                transform=ax.get_xaxis_transform(), clip_on=False)
+
+
 def _mark_diverged(ax, xs, color) -> None:
     """Diverged settings: an x at the top of the panel, at their x."""
     if len(xs):
@@ -109,6 +117,7 @@ def lr_sensitivity(
     groups: dict[str, list[str]] | None = None,
     tolerance: float = 0.1,
     reference: str | dict[str, str] | None = None,
+    stuck_ratio: float | None = None,
 ):
     """Final (split, metric) of every tuning run vs the learning-rate axis
     (as in the MoMo paper): one row of panels per ``facet`` value, one column
@@ -117,10 +126,18 @@ def lr_sensitivity(
     setting is circled, open when it lies on the edge of the grid; diverged
     settings are x's at the top of the panel. ``xlabel`` defaults to ``x``.
 
-    Summary, per (facet, hue): settings, diverged, the best value and its
+    ``stuck_ratio`` (a loss metric only; None, the default: off): a run that finished but
+    whose final value is at least ``stuck_ratio`` times its first recorded one
+    did not train (e.g. a classifier back at chance after a too large step). It
+    is drawn as an open triangle at the top of the panel, off the line, and
+    like a diverged run it is
+    never the best nor counted in ``near_best`` (it still bounds the grid).
+
+    Summary, per (facet, hue): settings, diverged, stuck, the best value and its
     ``best_<x>``, ``on_edge``/``edge`` (low, high), ``near_best`` (settings
-    within ``tolerance`` of the best, relative; diverged ones are not),
-    ``log10_range`` (log10 of worst / best finite value: how much the metric
+    within ``tolerance`` of the best, relative; diverged and stuck ones are
+    not), ``log10_range`` (log10 of worst / best finite value, stuck runs
+    included: how much the metric
     varies over the grid). With ``reference`` (a ``hue`` value, or a mapping
     hue value -> its reference), each row (each listed row) also has its
     ``reference`` and that one's ``ref_near_best`` and ``ref_log10_range`` in
@@ -130,20 +147,25 @@ def lr_sensitivity(
     mode = "min" if metric == "loss" else "max"
     table = final_values(metrics, runs, split, metric)
     table[x] = pd.to_numeric(table[x])
+    table["stuck"] = stuck_runs(metrics, table, split, metric, mode, stuck_ratio)
     facets = list(dict.fromkeys(table[facet]))
     panels = family_panels(table[hue], groups, "lr_sensitivity")
-    best = best_over_grid(table, x, [facet, hue], mode)
+    best = best_over_grid(table.assign(value=table["value"].where(~table["stuck"])), x, [facet, hue], mode)
     fig, axes = _small_multiples(len(facets), len(panels))
     grid = sorted(table[x].unique())
     for r, value in enumerate(facets):
         for c, (group, members) in enumerate(panels):
             ax = axes[r][c]
+            drawn = 0  # finite positive values on the line: a log axis needs some
             for name in members:
                 part = table[(table[facet] == value) & (table[hue] == name)].sort_values(x)
                 if part.empty:
                     continue
                 color = color_for(name)
-                ax.plot(part[x], part["value"], color=color, marker=".", linewidth=1.2, label=str(name))
+                valid = part[~part["stuck"]]
+                drawn += int((np.isfinite(valid["value"].astype(float)) & (valid["value"] > 0)).sum())
+                ax.plot(valid[x], valid["value"], color=color, marker=".", linewidth=1.2, label=str(name))
+                _mark_stuck(ax, part.loc[part["stuck"], x].to_list(), color)
                 _mark_diverged(ax, part.loc[part["status"] != "ok", x].to_list(), color)
                 b = best[(best[facet] == value) & (best[hue] == name)].iloc[0]
                 if np.isfinite(b["best"]):
@@ -151,8 +173,10 @@ def lr_sensitivity(
                     ax.plot([b[f"best_{x}"]], [b["best"]], linestyle="none", markersize=7, color=color,
                             markeredgewidth=1.5, **style)
             ax.set_xscale("log")
-            if log_y:
+            if log_y and drawn:
                 ax.set_yscale("log")
+            if not drawn:
+                ax.text(0.5, 0.5, "no run trained", transform=ax.transAxes, ha="center", va="center", fontsize=8)
             ax.set_xticks(grid, [f"{v:g}" for v in grid])
             ax.xaxis.set_minor_locator(_null_locator())
             plain_log_ticks(ax, "y")
@@ -165,10 +189,25 @@ def lr_sensitivity(
             if r == len(facets) - 1:
                 _legend_below(ax)
     if title:
-        fig.suptitle(title + "\n(filled circle: best lr; open circle: best lr on the edge of the grid; x: diverged)",
+        stuck_note = f"; open triangle at the top: stuck (final {metric} >= {stuck_ratio:g} x initial)" if stuck_ratio is not None else ""
+        fig.suptitle(title + f"\n(filled circle: best lr; open circle: best lr on the edge of the grid; x: diverged{stuck_note})",
                      fontsize=10)
     summary = _sensitivity_summary(table, best, x, facet, hue, mode, tolerance, reference)
     return fig, table, summary
+
+
+def stuck_runs(metrics, table, split, metric, mode, ratio):
+    """Per row of ``table`` (``final_values``): whether the run finished (status
+    ok) with a final value at least ``ratio`` times its first recorded one."""
+    import pandas as pd
+
+    if ratio is None:
+        return pd.Series(False, index=table.index)
+    if mode != "min" or not 0 < ratio <= 1:
+        raise ValueError(f"lr_sensitivity: stuck_ratio needs a loss metric and a value in (0, 1], got {metric!r}, {ratio!r}")
+    sel = metrics[(metrics["split"] == split) & (metrics["metric"] == metric)]
+    first = table["run_id"].map(sel.sort_values("step").groupby("run_id")["value"].first())
+    return (table["status"] == "ok") & (table["value"] >= ratio * first)
 
 
 def _null_locator():
@@ -181,18 +220,19 @@ def _sensitivity_summary(table, best, x, facet, hue, mode, tolerance, reference)
     rows = []
     for (fval, name), part in table.groupby([facet, hue], sort=False):
         values = part["value"].astype(float)
-        finite = values[np.isfinite(values)]
+        every = values[np.isfinite(values)]  # stuck runs included: the spread over the grid
+        finite = values[np.isfinite(values) & ~part["stuck"]]
         b = (finite.min() if mode == "min" else finite.max()) if len(finite) else math.nan
         if len(finite) and mode == "min":
             near = int((finite <= b * (1 + tolerance) if b >= 0 else finite <= b * (1 - tolerance)).sum())
-            spread = float(np.log10(finite.max() / b)) if b > 0 else math.nan
+            spread = float(np.log10(every.max() / b)) if b > 0 else math.nan
         elif len(finite):
             near = int((finite >= b * (1 - tolerance)).sum())
-            spread = float(np.log10(b / finite.min())) if finite.min() > 0 else math.nan
+            spread = float(np.log10(b / every.min())) if every.min() > 0 else math.nan
         else:
             near, spread = 0, math.nan
         rows.append({facet: fval, hue: name, "settings": len(part), "diverged": int((part["status"] != "ok").sum()),
-                     "near_best": near, "log10_range": spread})
+                     "stuck": int(part["stuck"].sum()), "near_best": near, "log10_range": spread})
     import pandas as pd
 
     summary = pd.DataFrame(rows).merge(best, on=[facet, hue], how="left")
