@@ -10,13 +10,20 @@ batched (``why_not_batched``) or has no partner trains alone with
 optimizer, sampler, loss, schedule, instruments, metric rows), built, resumed
 or started from its parent exactly as ``train_run`` does, and writes the same
 files. What is shared is the forward and backward pass (``ModelStack``: the
-runs' parameters stacked, one ``vmap``), and, for optimizers whose update is
+runs' parameters stacked, one batched pass), and, for optimizers whose update is
 elementwise and linear in the learning rate, the update itself
 (``stacked_update``). Every other optimizer steps each run's own instance on
 its own parameters and gradient (rows of the stacked tensors), so per-tensor
 reductions (AdamP, Shampoo, Muon, MARS clipping) stay per run. The global
 torch RNG is swapped per run around everything a run does on its own, so
 instruments and optimizers that draw from it see the stream they would alone.
+
+Per step, the per-run Python is kept small: one index tensor gathers every
+run's minibatch, the forward is written out for the registry's layers
+(``direct_forward``; vmap for other models), the evaluations due at a step
+are one batched forward per split (``batched_eval``), and a run's RNG stream
+is swapped in only around what may draw from or save it (its instruments and
+``RunProgress.after_step``).
 
 A run whose loss stops being finite is recorded diverged at the step
 ``train_run`` would record it and leaves the computation (masked: its weights
