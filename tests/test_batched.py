@@ -336,3 +336,141 @@ def test_the_training_job_script(batched, tmp_path):
     assert [r["run_id"] for r in manifest["runs"]] == [run_id(s) for s in specs]
     assert all((tmp_path / "runs" / run_id(s) / "status.json").is_file() for s in specs)
     assert f"batched training {'on' if batched else 'off'}" in (tmp_path / "train.log").read_text()
+
+
+# -- the direct batched forward (no vmap) and the batched evaluation ---------------------------
+
+def direct_models():
+    from torch import nn
+
+    from descentlab.models import build_model
+
+    return {
+        "mlp": lambda: build_model({"name": "mlp", "width": 7, "depth": 2, "activation": "gelu"}, (10,), 3),
+        "mlp_no_bias": lambda: build_model({"name": "mlp", "width": 5, "depth": 1, "bias": False}, (10,), 3),
+        "cnn2d_bn": lambda: build_model({"name": "cnn", "channels": 4, "depth": 2, "batchnorm": True}, (1, 6, 6), 3),
+        "cnn1d_bn": lambda: build_model({"name": "cnn", "channels": 3, "depth": 2, "batchnorm": True, "activation": "tanh"}, (10,), 3),
+        "mixed": lambda: nn.Sequential(
+            nn.Unflatten(1, (2, 5)), nn.Conv1d(2, 4, 3, stride=2, padding=1, groups=2), nn.BatchNorm1d(4, momentum=0.3),
+            nn.SiLU(), nn.Flatten(), nn.Linear(12, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Unflatten(1, (1, 2, 3)),
+            nn.Conv2d(1, 2, 2, padding=1, dilation=1), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(8, 3)),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(direct_models()))
+@pytest.mark.parametrize("batched_x", [True, False])
+def test_direct_forward_matches_each_runs_module_in_float64(name, batched_x, f64):
+    """Outputs, gradients, BatchNorm running statistics (train mode) and eval-mode
+    outputs of R runs at once, against each run's own module."""
+    from descentlab.train.direct_forward import DirectForward, unsupported_reason
+
+    R, N = 3, 5
+    models = []
+    for r in range(R):
+        torch.manual_seed(r)
+        model = direct_models()[name]()
+        with torch.no_grad():  # running statistics that differ per run
+            for n, b in model.named_buffers():
+                if b.is_floating_point():
+                    b.add_(torch.rand_like(b))
+        models.append(model)
+    assert unsupported_reason(models[0]) is None
+    direct = DirectForward(models[0])
+    torch.manual_seed(10)
+    x = torch.randn(R, N, 10 if name != "cnn2d_bn" else 36) if batched_x else torch.randn(N, 10 if name != "cnn2d_bn" else 36)
+    params = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]).requires_grad_(True) for n, _ in models[0].named_parameters()}
+    buffers = {n: torch.stack([dict(m.named_buffers())[n] for m in models]).clone() for n, _ in models[0].named_buffers()}
+    out = direct(params, buffers, x, batched_x, training=True)
+    (out ** 2).sum().backward()
+    for r, model in enumerate(models):
+        own = model(x[r] if batched_x else x)
+        (own ** 2).sum().backward()
+        assert torch.allclose(out[r], own, rtol=1e-12, atol=1e-12)
+        for n, p in model.named_parameters():
+            assert torch.allclose(params[n].grad[r], p.grad, rtol=1e-10, atol=1e-12), n
+        for n, b in model.named_buffers():
+            assert torch.allclose(buffers[n][r], b.to(buffers[n].dtype), rtol=1e-12, atol=1e-12), n
+        model.eval()
+        with torch.no_grad():
+            evaluated = direct({n: v.detach() for n, v in params.items()}, buffers, x, batched_x, training=False)
+            assert torch.allclose(evaluated[r], model(x[r] if batched_x else x), rtol=1e-12, atol=1e-12)
+
+
+def test_models_without_a_direct_form_take_vmap_and_say_why():
+    from torch import nn
+
+    from descentlab.train.direct_forward import DirectForward, unsupported_reason
+
+    cases = {
+        "not an nn.Sequential": nn.Linear(3, 2),
+        "in place": nn.Sequential(nn.Linear(3, 2), nn.ReLU(inplace=True)),
+        "momentum None": nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2, momentum=None)),
+        "MaxPool1d has no direct batched form": nn.Sequential(nn.Unflatten(1, (1, 3)), nn.MaxPool1d(2)),
+        "padding_mode 'circular'": nn.Sequential(nn.Unflatten(1, (1, 3)), nn.Conv1d(1, 1, 3, padding=1, padding_mode="circular")),
+        "Flatten over dims 2..-1": nn.Sequential(nn.Flatten(2)),
+    }
+    for words, model in cases.items():
+        assert words in unsupported_reason(model)
+        with pytest.raises(ValueError, match="DirectForward"):
+            DirectForward(model)
+
+
+def test_the_vmap_path_still_matches_one_by_one(cnn_data, tmp_path, f64, monkeypatch):
+    """Models DirectForward cannot take train through vmap: the BatchNorm CNN forced there."""
+    import descentlab.train.stack as stack_module
+
+    monkeypatch.setattr(stack_module, "unsupported_reason", lambda model: "forced for the test")
+    seen = []
+    original = stack_module.ModelStack.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen.append(self.direct)
+
+    monkeypatch.setattr(stack_module.ModelStack, "__init__", spy)
+    check_equivalent(sweep(CNN, "adamw", OPTIMIZERS["adamw"], "weight_decay"), cnn_data, tmp_path)
+    assert seen == [None]
+
+
+def test_batched_losses_are_each_runs_own_loss(f64):
+    """The one-call cross-entropy of all runs, and the vmapped other losses, against
+    each run's loss module; the loss's own input checks still apply."""
+    from descentlab.losses import build_loss
+    from descentlab.train.stack import ModelStack
+    from descentlab.train.training import Training
+
+    data = float64(DATASETS.build(MLP["dataset"]))
+    for loss in ({"name": "cross_entropy"}, {"name": "label_smoothing", "smoothing": 0.2}):
+        runs = [Training(validate(dict(MLP, seed=s, loss=loss, optimizer={"name": "sgd", "lr": 0.1})), data, torch.device("cpu")) for s in range(3)]
+        stack = ModelStack(runs, runs[0].loss_fn)
+        xb, yb = data.x["train"][:12].reshape(3, 4, -1), data.y["train"][:12].reshape(3, 4)
+        losses = stack.losses(stack.outputs(xb, batched_x=True), yb, batched_y=True)
+        for r, run in enumerate(runs):
+            assert torch.allclose(losses[r], run.loss_fn(run.model(xb[r]), yb[r]), rtol=1e-12, atol=0)
+        with pytest.raises(TypeError, match="integer class indices"):
+            stack.losses(stack.outputs(xb, batched_x=True), yb.double(), batched_y=True)
+    assert type(build_loss({"name": "cross_entropy"})).__name__ == "CrossEntropy"
+
+
+def test_an_evaluation_batched_evaluation_did_not_prepare_is_the_runs_own(mlp_data, f64):
+    """A run asked to evaluate at a step prepare() did not cover evaluates alone, same rows."""
+    from descentlab.train.batched_eval import BatchedEvaluation
+    from descentlab.train.stack import ModelStack
+    from descentlab.train.training import Training
+
+    def runs():
+        return [Training(validate(dict(MLP, seed=s, optimizer={"name": "sgd", "lr": 0.1})), mlp_data, torch.device("cpu")) for s in range(2)]
+
+    alone, batched = runs(), runs()
+    for run in alone:
+        run.evaluate()
+    evaluation = BatchedEvaluation(ModelStack(batched, batched[0].loss_fn), batched)
+    evaluation.attach()
+    batched[0].evaluate()  # nothing prepared: alone
+    evaluation.prepare([1])
+    batched[1].evaluate()  # prepared, batched
+    evaluation.detach()
+    assert "evaluate" not in batched[0].__dict__
+    for a, b in zip(alone, batched):
+        assert [r[:3] for r in a.rows] == [r[:3] for r in b.rows]
+        assert all(abs(x[3] - y[3]) <= 1e-12 for x, y in zip(a.rows, b.rows))

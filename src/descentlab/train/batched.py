@@ -10,13 +10,20 @@ batched (``why_not_batched``) or has no partner trains alone with
 optimizer, sampler, loss, schedule, instruments, metric rows), built, resumed
 or started from its parent exactly as ``train_run`` does, and writes the same
 files. What is shared is the forward and backward pass (``ModelStack``: the
-runs' parameters stacked, one ``vmap``), and, for optimizers whose update is
+runs' parameters stacked, one batched pass), and, for optimizers whose update is
 elementwise and linear in the learning rate, the update itself
 (``stacked_update``). Every other optimizer steps each run's own instance on
 its own parameters and gradient (rows of the stacked tensors), so per-tensor
 reductions (AdamP, Shampoo, Muon, MARS clipping) stay per run. The global
 torch RNG is swapped per run around everything a run does on its own, so
 instruments and optimizers that draw from it see the stream they would alone.
+
+Per step, the per-run Python is kept small: one index tensor gathers every
+run's minibatch, the forward is written out for the registry's layers
+(``direct_forward``; vmap for other models), the evaluations due at a step
+are one batched forward per split (``batched_eval``), and a run's RNG stream
+is swapped in only around what may draw from or save it (its instruments and
+``RunProgress.after_step``).
 
 A run whose loss stops being finite is recorded diverged at the step
 ``train_run`` would record it and leaves the computation (masked: its weights
@@ -44,6 +51,7 @@ from ..losses import LOSSES
 from ..optim import OPTIMIZERS
 from ..spec import canonical, validate
 from .loop import Interrupted, OpenRun, RunProgress, RunResult, open_run, train_run
+from .batched_eval import BatchedEvaluation, evaluates_at
 from .stack import ModelStack
 from .sam_update import SharpnessAwareUpdate, is_sharpness_aware
 from .stacked_update import StackedUpdate, stacked_update_key
@@ -159,14 +167,18 @@ def _train_opened(
     for r, o in enumerate(opened):
         with _rng_of(rngs, r):
             trackers.append(RunProgress(o, progress, stop_at))
+    evaluation = BatchedEvaluation(stack, runs)
+    evaluation.attach()
     full_batch = runs[0].sampler.full_batch
     x, y = runs[0].x["train"], runs[0].y["train"]
+    placeholder = None
     try:
         while True:
             active = [r for r, t in enumerate(trackers) if t.active]
             if not active:
                 break
-            inactive = [r for r in range(len(runs)) if r not in set(active)]
+            is_active = set(active)
+            inactive = [r for r in range(len(runs)) if r not in is_active]
             # Each run draws its own minibatch from its own sampler (the indices
             # only: the batch is gathered for all runs at once).
             if full_batch:
@@ -174,24 +186,30 @@ def _train_opened(
                     runs[r].sampler.next()
                 xb, yb = x, y
             else:
-                rows = []
-                for r, run in enumerate(runs):
-                    idx = run.sampler.next() if r in active else None
-                    rows.append(idx if idx is not None else rows_placeholder(run))
-                idx = torch.stack(rows)
+                if inactive and placeholder is None:
+                    placeholder = rows_placeholder(runs[0])
+                idx = torch.stack([run.sampler.next() if r in is_active else placeholder for r, run in enumerate(runs)])
                 xb, yb = x[idx], y[idx]
             losses = stack.loss_and_grads(xb, yb, batched_x=not full_batch, inactive=inactive)
 
             def second_pass(stepping: list[int]) -> torch.Tensor:
-                others = [r for r in range(len(runs)) if r not in set(stepping)]
+                chosen = set(stepping)
+                others = [r for r in range(len(runs)) if r not in chosen]
                 return stack.loss_and_grads(xb, yb, batched_x=not full_batch, inactive=others)
 
             for update in updates:
                 update.step(active, losses, rngs, second_pass)
+            for r in active:
+                if runs[r].instruments:  # they may draw from the run's RNG stream
+                    with _rng_of(rngs, r):
+                        runs[r].record_step(losses[r])
+                else:
+                    runs[r].record_step(losses[r])
+            # every evaluation of this step in one batched pass, before the runs' after_step
+            evaluation.prepare([r for r in active if evaluates_at(runs[r], runs[r].step)])
             stopped = None
             for r in active:
                 with _rng_of(rngs, r):
-                    runs[r].record_step(losses[r])
                     try:
                         trackers[r].after_step()
                     except Interrupted as err:
@@ -199,6 +217,7 @@ def _train_opened(
             if stopped is not None:
                 raise stopped
     finally:
+        evaluation.detach()
         for update in updates:
             update.detach()
         for tracker in trackers:

@@ -12,6 +12,12 @@ still goes through its own objects and sees exactly its own numbers.
 
 BatchNorm's running statistics are buffers, stacked like the parameters: each
 run keeps its own. Each run draws its own minibatch, so inputs are (R, B, ...).
+
+For an ``nn.Sequential`` of the registry's layers the batched forward is
+written out directly (``direct_forward``: batched matmuls, convolutions with
+the runs folded into the channels), which is faster than ``vmap``; other
+models (and ``direct=False``) take ``vmap``. The plain cross-entropy loss of
+all runs is one call on the (R*B, K) outputs; other shared losses are vmapped.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from typing import Callable, Sequence
 import torch
 from torch.func import functional_call, vmap
 
+from ..losses import CrossEntropy
+from .direct_forward import DirectForward, unsupported_reason
 from .training import Training
 
 
@@ -30,16 +38,18 @@ class ModelStack:
 
     ``shared_loss``: the loss module when all runs use the same loss spec (it
     is then batched too); None computes each run's loss from its own slice of
-    the batched outputs (same numbers, one call per run).
+    the batched outputs (same numbers, one call per run). ``direct``: use
+    ``DirectForward`` where the architecture allows (False: always vmap).
     """
 
-    def __init__(self, runs: Sequence[Training], shared_loss: Callable | None):
+    def __init__(self, runs: Sequence[Training], shared_loss: Callable | None, direct: bool = True):
         if len(runs) < 1:
             raise ValueError("ModelStack needs at least one run")
         self.runs = list(runs)
         # A parameter-free copy of the architecture to call functionally.
         self.template = copy.deepcopy(runs[0].model).to("meta").train()
         self.shared_loss = shared_loss
+        self.direct = DirectForward(self.template) if direct and unsupported_reason(self.template) is None else None
         models = [run.model for run in runs]
         per_run = [dict(m.named_parameters()) for m in models]
         self._check_same([{n: t for n, t in d.items()} for d in per_run])
@@ -85,11 +95,40 @@ class ModelStack:
     def __len__(self) -> int:
         return len(self.runs)
 
-    def _outputs(self, xb: torch.Tensor, batched_x: bool):
+    def outputs(self, xb: torch.Tensor, batched_x: bool, training: bool = True, rows: Sequence[int] | None = None) -> torch.Tensor:
+        """The runs' outputs (R, B, ...) (only ``rows``' when given, then without
+        gradient); ``training``: the models' train/eval mode (BatchNorm statistics)."""
+        params, buffers = self.params(), self.buffers
+        if rows is not None:
+            index = torch.tensor(list(rows), device=self.flat.device)
+            params = {n: v.detach().index_select(0, index) for n, v in params.items()}
+            buffers = {n: v.index_select(0, index) for n, v in buffers.items()}
+            if batched_x:
+                xb = xb.index_select(0, index)
+        if self.direct is not None:
+            return self.direct(params, buffers, xb, batched_x, training)
+
         def forward(params, buffers, x):
             return functional_call(self.template, (params, buffers), (x,))
 
-        return vmap(forward, in_dims=(0, 0, 0 if batched_x else None))(self.params(), self.buffers, xb)
+        self.template.train(training)
+        try:
+            return vmap(forward, in_dims=(0, 0, 0 if batched_x else None))(params, buffers, xb)
+        finally:
+            self.template.train()
+
+    def losses(self, outs: torch.Tensor, yb: torch.Tensor, batched_y: bool, rows: Sequence[int] | None = None) -> torch.Tensor:
+        """Each run's loss (R,) of its outputs ``outs`` (R, B, ...) against its targets."""
+        rows = range(len(self.runs)) if rows is None else rows
+        if self.shared_loss is None:
+            return torch.stack([self.runs[r].loss_fn(outs[i], yb[i] if batched_y else yb) for i, r in enumerate(rows)])
+        R, B = outs.shape[:2]
+        if type(self.shared_loss) is CrossEntropy and outs.dim() == 3 and not yb.is_floating_point():
+            # CrossEntropy's own checks on one run's shapes, then all runs in one call
+            self.shared_loss(outs[0, :1], (yb[0] if batched_y else yb)[:1])
+            y = yb.reshape(-1) if batched_y else yb.repeat(R)
+            return torch.nn.functional.cross_entropy(outs.reshape(R * B, -1), y.long(), reduction="none").view(R, B).mean(1)
+        return vmap(self.shared_loss, in_dims=(0, 0 if batched_y else None))(outs, yb)
 
     def loss_and_grads(self, xb: torch.Tensor, yb: torch.Tensor, batched_x: bool, inactive: Sequence[int] = ()) -> torch.Tensor:
         """Per-run minibatch losses, shape (R,), detached; the stacked ``.grad`` holds
@@ -98,19 +137,7 @@ class ModelStack:
         Runs in ``inactive`` (finished or diverged) keep their buffers unchanged."""
         kept = {n: b[list(inactive)].clone() for n, b in self.buffers.items()} if inactive else {}
         self.flat.grad.zero_()
-        if self.shared_loss is not None:
-            loss_fn = self.shared_loss
-
-            def one(params, buffers, x, y):
-                return loss_fn(functional_call(self.template, (params, buffers), (x,)), y)
-
-            dims = 0 if batched_x else None
-            losses = vmap(one, in_dims=(0, 0, dims, dims))(self.params(), self.buffers, xb, yb)
-        else:
-            outs = self._outputs(xb, batched_x)
-            losses = torch.stack([
-                run.loss_fn(outs[r], yb[r] if batched_x else yb) for r, run in enumerate(self.runs)
-            ])
+        losses = self.losses(self.outputs(xb, batched_x), yb, batched_x)
         # Rows are independent, so d(sum)/d(row r) is run r's own gradient.
         losses.sum().backward()
         if kept:

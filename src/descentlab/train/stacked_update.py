@@ -171,6 +171,12 @@ class StackedUpdate:
         self.optimizer.step()
         with torch.no_grad():
             for P, u, p in zip(self.stacked, self.scratch, rows_p):
+                if mask is None and self.whole:  # in place: p * decay + lr * u
+                    target = P.detach()
+                    if decay is not None:
+                        target.mul_(_rows(decay, p))
+                    target.addcmul_(_rows(lr, p), u)
+                    continue
                 new = p * _rows(decay, p) + _rows(lr, p) * u if decay is not None else p + _rows(lr, p) * u
                 if mask is not None:
                     new = torch.where(_rows(mask, p), new, p)

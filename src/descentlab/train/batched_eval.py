@@ -1,0 +1,108 @@
+"""``BatchedEvaluation``: the evaluations of a step, for every run of a stack
+that evaluates then, as one batched forward per split.
+
+``RunProgress.after_step`` calls ``run.evaluate()`` on the run's schedule.
+While a stack trains, each run's ``evaluate`` is replaced on the instance
+(as ``StackedUpdate`` replaces ``optimizer_state_dict``) by one that records
+what ``prepare`` computed for it at this step, the numbers
+``descentlab.train.evaluation.evaluate`` gives (same chunks, same sums, to
+rounding); a run it has nothing for (e.g. a schedule ``prepare`` did not
+foresee) evaluates alone, as ``Training.evaluate``. The weights evaluated
+are the run's evaluation weights (Schedule-Free: the average, through the
+run's own ``eval_weights_in_model``) and BatchNorm uses running statistics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Sequence
+
+import torch
+
+from .stack import ModelStack
+from .training import Training
+
+CHUNK = 4096  # evaluate()'s chunk size
+
+__all__ = ["BatchedEvaluation", "evaluates_at"]
+
+
+def evaluates_at(run: Training, step: int) -> bool:
+    """Whether ``RunProgress.after_step`` evaluates ``run`` after reaching ``step``
+    (divergence found by that step's log line aside: that run then does not)."""
+    spec = run.spec
+    return run.status == "ok" and (bool(spec["eval_every"]) and step % spec["eval_every"] == 0 or step == spec["steps"])
+
+
+class BatchedEvaluation:
+    """See the module docstring. ``attach``/``detach`` put and take the replacements."""
+
+    def __init__(self, stack: ModelStack, runs: Sequence[Training]):
+        self.stack, self.runs = stack, list(runs)
+        self.ready: dict[int, tuple[int, dict[str, dict[str, float]]]] = {}
+
+    def attach(self) -> None:
+        for r, run in enumerate(self.runs):
+            run.evaluate = (lambda r=r: self._record(r))
+
+    def detach(self) -> None:
+        for run in self.runs:
+            run.__dict__.pop("evaluate", None)
+
+    @torch.no_grad()
+    def prepare(self, due: Sequence[int]) -> None:
+        """Compute the metrics of runs ``due`` (rows of the stack) at their current step."""
+        self.ready.clear()
+        if not due:
+            return
+        runs = self.runs
+        task = runs[due[0]].task
+        splits = list(dict.fromkeys(s for r in due for s in runs[r].spec["eval_splits"]))
+        metrics: dict[int, dict[str, dict[str, float]]] = {r: {} for r in due}
+        with contextlib.ExitStack() as weights:
+            for r in due:
+                weights.enter_context(runs[r].eval_weights_in_model())
+            for split in splits:
+                rows = [r for r in due if split in runs[r].spec["eval_splits"]]
+                x, y = runs[rows[0]].x[split], runs[rows[0]].y[split]
+                for r, values in zip(rows, self._metrics(rows, x, y, task)):
+                    metrics[r][split] = values
+        for r in due:
+            self.ready[r] = (runs[r].step, metrics[r])
+
+    def _metrics(self, rows: list[int], x: torch.Tensor, y: torch.Tensor, task: str) -> list[dict[str, float]]:
+        whole = rows == list(range(len(self.runs)))
+        n = x.shape[0]
+        total, correct = [0.0] * len(rows), [0] * len(rows)
+        for start in range(0, n, CHUNK):
+            xc, yc = x[start:start + CHUNK], y[start:start + CHUNK]
+            out = self.stack.outputs(xc, batched_x=False, training=False, rows=None if whole else rows)
+            losses = self.stack.losses(out, yc, batched_y=False, rows=rows).tolist()
+            total = [t + loss * xc.shape[0] for t, loss in zip(total, losses)]
+            if task == "classification":
+                hits = (out.argmax(dim=2) == yc).sum(dim=1).tolist()
+                correct = [c + h for c, h in zip(correct, hits)]
+        results = []
+        for k in range(len(rows)):
+            values = {"loss": total[k] / n}
+            if task == "classification":
+                values["accuracy"] = correct[k] / n
+            results.append(values)
+        return results
+
+    def _record(self, r: int) -> None:
+        """What ``Training.evaluate`` records, from ``prepare``'s numbers."""
+        run = self.runs[r]
+        step, metrics = self.ready.pop(r, (None, None))
+        if step != run.step:
+            Training.evaluate(run)
+            return
+        finite = True
+        for split in run.spec["eval_splits"]:
+            for metric, value in metrics[split].items():
+                run.rows.append((run.step, split, f"full_{metric}" if split == "train" else metric, value))
+                finite &= math.isfinite(value)
+        if not finite:
+            run.mark_diverged()
+
