@@ -103,6 +103,9 @@ def calibration(
                                 rotation=90, fontsize=7, color="red", ha="center")
         ax.set_xticks(range(len(xs)), [str(v) for v in xs])
         ax.set(ylabel=label, xlim=(-0.6, len(xs) - 0.4))
+        if best_of and column == "accuracy":  # headroom for the tuned values written at the top
+            low, high = ax.get_ylim()
+            ax.set_ylim(low, high + 0.3 * (high - low))
         ax.grid(alpha=0.3, axis="y")
     # one legend for both panels, under them, so no marker hides behind it
     handles, labels = axes[0][1].get_legend_handles_labels()
