@@ -96,6 +96,24 @@ def test_calibration_figure_summary_has_paired_differences_and_marks_failures():
         FIGURES.get("calibration")(None, None, {"calibration": table}, reference="hinge")
 
 
+def test_calibration_figure_keeps_the_tuned_value_and_its_grid_edge_flag():
+    table = calibration_table()
+    table["lr_factor"] = np.where(table.loss == "MSE", 3, 1)
+    table["on_edge"] = table.loss == "MSE"  # MSE's best lr is its grid's largest
+    fig, _, summary = FIGURES.get("calibration")(None, None, {"calibration": table}, reference="cross-entropy", best_of="lr_factor")
+    ok = summary[summary.status == "ok"]
+    assert set(ok.loc[ok.loss == "MSE", "on_edge"]) == {True} and set(ok.loc[ok.loss != "MSE", "on_edge"]) == {False}
+    assert set(ok.loc[ok.loss == "MSE", "lr_factor"]) == {3}
+    # MSE's accuracy markers are open (no face colour), the others filled
+    from matplotlib.collections import PathCollection
+
+    drawn = [c for c in fig.axes[0].collections if isinstance(c, PathCollection) and len(c.get_offsets())]
+    open_markers = [len(c.get_offsets()) for c in drawn if len(c.get_facecolors()) == 0]
+    assert open_markers == [3, 3]  # MSE's three seeds on datasets A and B
+    with pytest.raises(ValueError, match="on_edge"):
+        FIGURES.get("calibration")(None, None, {"calibration": calibration_table()}, best_of="lr_factor")
+
+
 def spectrum_table(edge_wide=1.2):
     rows = []
     for c in (3, 5):

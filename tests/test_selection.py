@@ -75,3 +75,32 @@ def test_a_rerun_already_trained_elsewhere_is_not_trained_twice(sweep):
     )
     assert seed1 not in [m for g in record["groups"].values() for m in g]
     assert [r["group"] for r in record["runs"] if r["run_id"] == seed1] == ["other+job"]
+
+
+def test_calibration_with_a_selection_reads_only_the_reruns_and_flags_the_grid_edge(sweep):
+    from descentlab.analyses.calibration import calibration
+
+    root, data, runs = sweep
+    record = plan_selection(
+        runs, {"name": "tuned", "group_by": ["optimizer"], "split": "val", "metric": "loss", "mode": "min", "seeds": [1, 2]},
+        study="s", trained_elsewhere={}, group_runs=functools.partial(group_runs, max_runs_per_job=64),
+    )
+    records = [Run.from_dict(r) for r in record["runs"]]
+    reruns = [r for r in records if r.role == "rerun"]
+    for rerun in reruns:
+        if not (rerun.dir / "final.pt").exists():
+            train_run(rerun.spec, data, rerun.dir)
+    table = calibration(runs, selected=records, edge_axis="lr")
+    per_run = table[table.kind == "run"]
+    # the selected seed-0 run won on validation: its test numbers are not reported, nor the sweep's
+    assert sorted(per_run.run_id) == sorted(r.run_id for r in reruns) and set(per_run.seed) == {1, 2}
+    # 0.05 is the larger of the grid (1e-5, 0.05): on its edge, in every row (reliability bins too)
+    assert table.on_edge.all() and set(table.edge) == {"high"} and set(table.grid_low) == {1e-5}
+    # the same numbers as evaluating the reruns as plain runs
+    plain = calibration(reruns)
+    key = ["run_id", "kind", "bin"]
+    pd.testing.assert_frame_equal(
+        table.drop(columns=["grid_low", "grid_high", "on_edge", "edge"]).sort_values(key).reset_index(drop=True),
+        plain.sort_values(key).reset_index(drop=True), check_like=True)
+    with pytest.raises(ValueError, match="needs the study's selection"):
+        calibration(runs, edge_axis="lr")

@@ -87,7 +87,8 @@ def predict(model: torch.nn.Module, x: torch.Tensor, chunk: int = 4096) -> torch
 
 
 @ANALYSES.register("calibration")
-def calibration(runs, device: str = "cpu", split: str = "test", bins: int = 15) -> pd.DataFrame:
+def calibration(runs, device: str = "cpu", split: str = "test", bins: int = 15, selected=None,
+                edge_axis: str | None = None) -> pd.DataFrame:
     """Per run, on ``split``: a ``kind = run`` row with accuracy (argmax of the
     outputs), ``ece`` and ``confidence`` of the loss's own probabilities (softmax,
     or for square losses the outputs clipped to [0, 1] and renormalised: their
@@ -95,12 +96,30 @@ def calibration(runs, device: str = "cpu", split: str = "test", bins: int = 15) 
     ``confidence_softmax`` of max softmax(outputs) for every loss (what the
     squentropy paper's code reports, MSE included); and ``kind = bin`` rows,
     the reliability diagram of the loss's own probabilities (``bins`` bins).
+
+    With a study selection (``selected``: each cell's best run and its reruns),
+    only the reruns are evaluated: the selected run won its cell on validation
+    with the tuning seed, so its test numbers would report its luck; ``runs``
+    (the sweep) is then only the grid that ``edge_axis`` flags the selected
+    value against (columns ``grid_low``, ``grid_high``, ``on_edge``, ``edge``,
+    as ``rerun_best``).
     """
     import pandas as pd
 
+    if edge_axis is not None and selected is None:
+        raise ValueError("calibration: edge_axis flags a selected value on its grid; it needs the study's selection (analysis `selection:`)")
+    edges = {}
+    if selected is not None:
+        from .benchmark import _grid_edges
+
+        reruns = [run for run in selected if run.role == "rerun"]
+        if not reruns:
+            raise ValueError("calibration: the selection has no reruns to evaluate (every cell diverged?)")
+        edges = _grid_edges(runs, reruns, edge_axis) if edge_axis is not None else {}
+        runs = reruns
     rows = []
     for run in runs:
-        base = {"run_id": run.run_id, **run.labels, "status": run.status}
+        base = {"run_id": run.run_id, **run.labels, "status": run.status, **edges.get(run.run_id, {})}
         if run.status != "ok":
             rows.append(dict(base, kind="run"))
             continue

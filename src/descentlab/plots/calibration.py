@@ -42,6 +42,7 @@ def calibration(
     hue: str = "loss",
     reference: str | None = None,
     chance_factor: float = 1.5,
+    best_of: str | None = None,
     title: str | None = None,
 ):
     """Top: test accuracy and ECE per ``x`` (one marker per seed, a bar at the
@@ -51,11 +52,18 @@ def calibration(
     ``hue``. Runs that diverged are counted in the panel, runs at chance
     (accuracy below ``chance_factor`` / C) drawn as crosses. The summary has one
     row per run, with accuracy and ECE minus the ``reference`` setting's (same
-    ``x``, same seed)."""
+    ``x``, same seed).
+
+    ``best_of`` (an axis, e.g. ``lr_factor``): the runs are reruns of each
+    cell's best value of that axis (analysis ``calibration`` with a selection
+    and ``edge_axis``); the value is written over each accuracy bar, and a value
+    on the edge of its grid (``on_edge``) is drawn with open accuracy markers
+    and kept in the summary."""
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    data = one_table(tables, table, "calibration", required=("run_id", "kind", "seed", "status", x, hue))
+    required = ("run_id", "kind", "seed", "status", x, hue) + ((best_of, "on_edge") if best_of else ())
+    data = one_table(tables, table, "calibration", required=required)
     per_run = data[data["kind"] == "run"].dropna(axis=1, how="all").copy()
     bins = data[data["kind"] == "bin"]
     ok = per_run[per_run["status"] == "ok"].copy()
@@ -74,8 +82,16 @@ def calibration(
                 color = _color(h)
                 if len(part):
                     good, chance = part[~part["at_chance"]], part[part["at_chance"]]
-                    ax.scatter(np.full(len(good), pos), good[column], s=18, color=color, zorder=3,
+                    edge = good["on_edge"].astype(bool) if best_of and column == "accuracy" else np.zeros(len(good), bool)
+                    ax.scatter(np.full(int((~edge).sum()), pos), good[column][~edge], s=18, color=color, zorder=3,
                                label=str(h) if i == 0 else None)
+                    ax.scatter(np.full(int(edge.sum()), pos), good[column][edge], s=18, facecolor="none",
+                               edgecolor=color, zorder=3)
+                    if best_of and column == "accuracy":
+                        tuned = ", ".join(sorted(map(str, part[best_of].unique())))
+                        on_edge = bool(part["on_edge"].astype(bool).any())
+                        ax.annotate(f"{tuned}{' (edge)' if on_edge else ''}", (pos, 0.98), xycoords=("data", "axes fraction"),
+                                    rotation=90, fontsize=7, ha="center", va="top", color="red" if on_edge else "black")
                     ax.scatter(np.full(len(chance), pos), chance[column], s=30, color=color, marker="x", zorder=3)
                     ax.hlines(part[column].mean(), pos - width * 0.4, pos + width * 0.4, color=color, lw=2)
                     if column == "ece" and (part["probabilities"] == "outputs").any():
@@ -87,6 +103,9 @@ def calibration(
                                 rotation=90, fontsize=7, color="red", ha="center")
         ax.set_xticks(range(len(xs)), [str(v) for v in xs])
         ax.set(ylabel=label, xlim=(-0.6, len(xs) - 0.4))
+        if best_of and column == "accuracy":  # headroom for the tuned values written at the top
+            low, high = ax.get_ylim()
+            ax.set_ylim(low, high + 0.3 * (high - low))
         ax.grid(alpha=0.3, axis="y")
     # one legend for both panels, under them, so no marker hides behind it
     handles, labels = axes[0][1].get_legend_handles_labels()
@@ -113,12 +132,14 @@ def calibration(
         ax.axis("off")
     n_seeds = ok["seed"].nunique()
     fig.suptitle(title or "Test accuracy and calibration per loss")
-    axes[0][0].set_title(f"{n_seeds} seeds: markers, bar: mean; x: run at chance", fontsize=9)
+    tuned_note = f"\nabove: tuned {best_of} (open: on its grid's edge)" if best_of else ""
+    axes[0][0].set_title(f"{n_seeds} seeds: markers, bar: mean; x: run at chance{tuned_note}", fontsize=9)
     axes[0][1].set_title("filled: the loss's own probabilities", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     summary = _with_reference(ok, x, hue, reference)
     summary = pd.concat([summary, per_run[per_run["status"] != "ok"]], ignore_index=True)
-    keep = [c for c in ("run_id", x, hue, "seed", "status", "probabilities", "num_classes", "accuracy", "ece",
+    keep = [c for c in ("run_id", x, hue, "seed", "status", best_of, "on_edge", "edge", "grid_low", "grid_high",
+                        "probabilities", "num_classes", "accuracy", "ece",
                         "confidence", "ece_softmax", "confidence_softmax", "at_chance",
                         "accuracy_minus_reference", "ece_minus_reference") if c in summary.columns]
     return fig, data, summary[keep]
