@@ -38,6 +38,7 @@ def heatmap(
     row_best: str | None = None,
     chance: float | None = None,
     log_x: bool = True,
+    fit_best: bool = False,
 ):
     """Mean over seeds of a final metric on the (x, y) grid; with ``as_error``
     the accuracy is shown as an error, 1 - accuracy. Diverged runs show blank
@@ -55,6 +56,11 @@ def heatmap(
     of the x grid, or no finite value), ``edge_bests`` (how many) and
     ``best_<x>_spread``: max - min over rows of log10(best x) with ``log_x``
     (the x grid in decades), else of best x itself.
+    ``fit_best`` (with ``row_best``): also each row's best x refined between
+    grid points, the vertex of the parabola through the best grid point and
+    its two neighbours (in log10 x with ``log_x``), in columns ``fitted best
+    <x> at <y>=<value>`` and ``fitted_best_<x>_spread``; a best on the grid's
+    edge or next to a diverged cell keeps its grid value (it is flagged).
     Without ``row_best`` the summary is each facet's best cell."""
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -64,6 +70,8 @@ def heatmap(
     for axis in (x, y) + ((facet,) if facet else ()):
         if axis not in runs.columns:
             raise ValueError(f"heatmap: {axis!r} is not an axis of the study; axes: {[c for c in runs.columns if c not in ('run_id', 'seed', 'status')]}")
+    if fit_best and row_best is None:
+        raise ValueError("heatmap: fit_best refines each row's best x, so it needs row_best (the split to choose on)")
     table = final_values(metrics, runs, split, metric)
     if as_error:
         table["value"] = 1.0 - table["value"]
@@ -82,7 +90,7 @@ def heatmap(
             raise ValueError(f"heatmap: row_best={row_best!r}: no run recorded ({row_best}, {metric})")
         # a cell where any seed diverged cannot be a row's best
         mean_choice = table_choice.groupby(group_cols, as_index=False, sort=True).agg(value=("value", lambda v: float(np.mean(v))))
-        choice = row_bests(mean_choice, x, y, [facet] if facet else [])
+        choice = row_bests(mean_choice, x, y, [facet] if facet else [], log_x)
     facets = list(dict.fromkeys(table[facet])) if facet else [None]
     vmin, vmax = np.nanmin(plotted["value"]), np.nanmax(plotted["value"])
     fig, axes = plt.subplots(1, len(facets), figsize=(4.6 * len(facets), 3.9), squeeze=False)
@@ -101,7 +109,7 @@ def heatmap(
         fig.suptitle(title)
     fig.tight_layout()
     if row_best is not None:
-        return fig, plotted, per_seed_row_bests(table_choice, x, y, facet, log_x)
+        return fig, plotted, per_seed_row_bests(table_choice, x, y, facet, log_x, fit_best)
     best = plotted.sort_values("value").groupby(facet if facet else (lambda _: 0), as_index=False).first() if facet else plotted.nsmallest(1, "value")
     return fig, plotted, best
 
@@ -127,9 +135,10 @@ def _label_bad_cells(ax, part, grid, x, y, chance, as_error, percent) -> None:
             ax.text(cx, cy + 0.35, "chance", ha="center", va="center", fontsize=5, color="red")
 
 
-def row_bests(table: pd.DataFrame, x: str, y: str, keys: list[str]) -> pd.DataFrame:
-    """Per (keys..., y): the x with the lowest value (NaN values skipped), and
-    whether it lies on the edge of the x grid (or no x has a value)."""
+def row_bests(table: pd.DataFrame, x: str, y: str, keys: list[str], log_x: bool = True) -> pd.DataFrame:
+    """Per (keys..., y): the x with the lowest value (NaN values skipped),
+    whether it lies on the edge of the x grid (or no x has a value), and
+    ``fitted``: the best refined by a parabola (``parabola_vertex``)."""
     import pandas as pd
 
     grid = sorted(table[x].unique())
@@ -138,24 +147,59 @@ def row_bests(table: pd.DataFrame, x: str, y: str, keys: list[str]) -> pd.DataFr
         finite = group[np.isfinite(group["value"])]
         best = finite.loc[finite["value"].idxmin(), x] if len(finite) else np.nan
         on_edge = bool(not len(finite) or best in (grid[0], grid[-1]))
-        rows.append(dict(zip(keys + [y], key if isinstance(key, tuple) else (key,)), best=best, on_edge=on_edge))
+        fitted = best
+        if not on_edge:
+            values = group.set_index(x)["value"]
+            i = grid.index(best)
+            # a cell missing from the row (or diverged) leaves the grid value
+            neighbours = [values.get(grid[i - 1], np.nan), values.get(grid[i + 1], np.nan)]
+            if np.isfinite(neighbours).all():
+                points = [grid[i - 1], best, grid[i + 1]]
+                where = np.log10(points) if log_x else np.asarray(points, dtype=float)
+                vertex = parabola_vertex(where, [neighbours[0], values[best], neighbours[1]])
+                fitted = 10.0 ** vertex if log_x else vertex
+        rows.append(dict(zip(keys + [y], key if isinstance(key, tuple) else (key,)), best=best, on_edge=on_edge,
+                         fitted=fitted))
     return pd.DataFrame(rows)
 
 
-def per_seed_row_bests(table: pd.DataFrame, x: str, y: str, facet: str | None, log_x: bool) -> pd.DataFrame:
-    """One row per (facet, seed): each y-row's best x, the edge flags, and the spread of the best x."""
+def parabola_vertex(x, y) -> float:
+    """The x of the vertex of the parabola through three points whose middle
+    one is the lowest (so the vertex lies between its neighbours); x[1]
+    itself when the three values are equal (no curvature to locate it)."""
+    (x0, x1, x2), (y0, y1, y2) = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if not x0 < x1 < x2 or y1 > min(y0, y2):
+        raise ValueError(f"parabola_vertex: needs increasing x and the lowest value in the middle, got x={x}, y={y}")
+    # Lagrange form: the derivative of the interpolating parabola set to zero
+    num = (x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)
+    den = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
+    return x1 if den == 0 else float(x1 - 0.5 * num / den)
+
+
+def per_seed_row_bests(table: pd.DataFrame, x: str, y: str, facet: str | None, log_x: bool,
+                       fit_best: bool = False) -> pd.DataFrame:
+    """One row per (facet, seed): each y-row's best x, the edge flags, and the
+    spread of the best x (with ``fit_best``, also of the fitted best x)."""
     import pandas as pd
 
+    def spread(values):
+        values = values.astype(float)
+        values = np.log10(values) if log_x else values
+        return float(values.max() - values.min()) if values.notna().all() else np.nan
+
     keys = ([facet] if facet else []) + ["seed"]
-    bests = row_bests(table, x, y, keys)
+    bests = row_bests(table, x, y, keys, log_x)
     out = []
     for key, group in bests.groupby(keys, sort=True):
         record = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
         for row in group.itertuples(index=False):
             record[f"best {x} at {y}={getattr(row, y):g}"] = row.best
-        values = group["best"].astype(float)
-        values = np.log10(values) if log_x else values
-        record[f"best_{x}_spread"] = float(values.max() - values.min()) if values.notna().all() else np.nan
+        if fit_best:
+            for row in group.itertuples(index=False):
+                record[f"fitted best {x} at {y}={getattr(row, y):g}"] = row.fitted
+        record[f"best_{x}_spread"] = spread(group["best"])
+        if fit_best:
+            record[f"fitted_best_{x}_spread"] = spread(group["fitted"])
         record["edge_bests"] = int(group["on_edge"].sum())
         record["best_on_edge"] = bool(group["on_edge"].any())
         out.append(record)
