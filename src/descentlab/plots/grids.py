@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -101,10 +102,16 @@ def heatmap(
                     cbar=ax is axes[0][-1], cbar_kws={"label": quantity}, annot_kws={"fontsize": 7})
         _label_bad_cells(ax, part, grid, x, y, chance, as_error, percent)
         if row_best is not None:
-            _mark_row_bests(ax, choice[choice[facet] == value] if facet else choice, grid, x, y, edge_marker)
+            rows_choice = choice[choice[facet] == value] if facet else choice
+            _mark_row_bests(ax, rows_choice, grid, x, y, edge_marker)
+            if fit_best:
+                _draw_fitted_bests(ax, rows_choice, grid, y, log_x)
         ax.set_title(str(value) if value is not None else "")
         ax.set_xlabel(x)
         ax.set_ylabel(y)
+        # plain numbers, horizontal: rotated labels such as 1e-05 and 0.0001 run into each other
+        ax.set_yticklabels([_tick(v) for v in grid.index], rotation=0)
+        ax.set_xticklabels([_tick(v) for v in grid.columns])
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -112,6 +119,11 @@ def heatmap(
         return fig, plotted, per_seed_row_bests(table_choice, x, y, facet, log_x, fit_best)
     best = plotted.sort_values("value").groupby(facet if facet else (lambda _: 0), as_index=False).first() if facet else plotted.nsmallest(1, "value")
     return fig, plotted, best
+
+
+def _tick(value) -> str:
+    """A grid value as a plain tick label (0.0001, 1e-05, 0.3; a label that is not a number as it is)."""
+    return f"{value:g}" if isinstance(value, numbers.Real) else str(value)
 
 
 def _cell_position(grid, x_value, y_value) -> tuple[float, float]:
@@ -215,3 +227,19 @@ def _mark_row_bests(ax, choice, grid, x, y, edge_marker) -> None:
         # in the cell's corner, clear of its number
         ax.plot([cx - 0.33], [cy - 0.3], color="white", markeredgecolor="white", markersize=5, markeredgewidth=1.2,
                 linestyle="none", **edge_marker(row.on_edge))
+
+
+def _draw_fitted_bests(ax, choice, grid, y, log_x) -> None:
+    """A line through each row's fitted best x (mean over seeds), placed between
+    the cells' centres as its value lies between their x values (log with ``log_x``)."""
+    columns = np.asarray(grid.columns, dtype=float)
+    where = np.log10(columns) if log_x else columns
+    points = []
+    for row in choice.itertuples(index=False):
+        if np.isfinite(row.fitted):
+            value = np.log10(row.fitted) if log_x else row.fitted
+            points.append((float(np.interp(value, where, np.arange(len(where)))) + 0.5,
+                           list(grid.index).index(getattr(row, y)) + 0.5))
+    if points:
+        xs, ys = zip(*sorted(points, key=lambda p: p[1]))
+        ax.plot(xs, ys, color="white", linestyle="--", linewidth=1.0, marker="D", markersize=3)
