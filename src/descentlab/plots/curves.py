@@ -153,6 +153,12 @@ def learning_curves(
         for text in axes[0][0].get_legend().get_texts():
             if text.get_text() in chosen:
                 text.set_text(f"{text.get_text()}, {'; '.join(sorted(chosen[text.get_text()]))}")
+    if not many and axes[0][0].get_legend() and len(panels) > 1:
+        # on the last panel (an accuracy, rising: its lower right is free), small, clear of the lines
+        legend = axes[0][0].get_legend()
+        handles, texts = legend.legend_handles, [t.get_text() for t in legend.get_texts()]
+        legend.remove()
+        axes[0][-1].legend(handles, texts, title=hue, loc="best", fontsize=7, title_fontsize=7)
     if many and axes[0][0].get_legend():  # many lines: one legend beside the figure
         legend = axes[0][0].get_legend()
         handles, labels = axes[0][0].get_legend_handles_labels()
