@@ -270,6 +270,48 @@ def test_heatmap_row_best_is_chosen_on_its_own_split_per_seed():
     assert (summary[summary.method == "A"]["best lr at wd=0.1"].tolist()) == [0.1, 0.1, 0.01]
 
 
+def test_parabola_vertex_recovers_an_exact_parabola_and_refuses_a_bad_bracket():
+    from descentlab.plots.grids import parabola_vertex
+
+    x = np.array([-3.0, -2.5, -2.0])  # uneven spacing too, below
+    assert parabola_vertex(x, 3.0 * (x + 2.37) ** 2 + 1.0) == pytest.approx(-2.37, abs=1e-12)
+    x = np.array([0.0, 1.0, 3.0])
+    assert parabola_vertex(x, (x - 1.4) ** 2) == pytest.approx(1.4, abs=1e-12)
+    assert parabola_vertex([0.0, 1.0, 2.0], [5.0, 5.0, 5.0]) == 1.0  # flat: no curvature, the middle point
+    assert parabola_vertex([0.0, 1.0, 2.0], [1.0, 1.0, 3.0]) == pytest.approx(0.5)  # a tie: halfway
+    with pytest.raises(ValueError, match="lowest value in the middle"):
+        parabola_vertex([0.0, 1.0, 2.0], [0.0, 1.0, 2.0])
+
+
+def test_heatmap_fit_best_refines_each_rows_best_lr_between_grid_points():
+    # val error is a parabola in log10(lr) with its minimum at 10**-1.8 (wd 0.1) and 10**-1.1 (wd 1):
+    # the grid argmin is 0.01 and 0.1, the fitted bests are the true minima; lr 1e-3 and 1 bound the grid
+    centre = {0.1: -1.8, 1.0: -1.1}
+    grid = (0.001, 0.01, 0.1, 1.0)
+    rows, metrics = [], []
+    for wd in (0.1, 1.0):
+        for lr in grid:
+            for seed in (0, 1):
+                rid = f"{lr}-{wd}-{seed}"
+                rows.append({"run_id": rid, "lr": lr, "wd": wd, "seed": seed, "status": "ok"})
+                val = 0.9 - 0.05 * (np.log10(lr) - centre[wd]) ** 2
+                metrics += [(rid, 10, "val", "accuracy", val), (rid, 10, "test", "accuracy", 0.5)]
+    runs = pd.DataFrame(rows)
+    metrics = pd.DataFrame(metrics, columns=["run_id", "step", "split", "metric", "value"])
+    _, _, summary = FIGURES.get("heatmap")(metrics, runs, {}, x="lr", y="wd", row_best="val", fit_best=True)
+    assert (summary["best lr at wd=0.1"] == 0.01).all() and (summary["best lr at wd=1"] == 0.1).all()
+    assert np.allclose(np.log10(summary["fitted best lr at wd=0.1"]), -1.8)
+    assert np.allclose(np.log10(summary["fitted best lr at wd=1"]), -1.1)
+    assert np.allclose(summary.best_lr_spread, 1.0) and np.allclose(summary.fitted_best_lr_spread, 0.7)
+    # a diverged neighbour leaves the grid value (and a best on the edge is never moved)
+    runs.loc[runs.run_id == "0.001-0.1-1", "status"] = "diverged"
+    _, _, summary = FIGURES.get("heatmap")(metrics, runs, {}, x="lr", y="wd", row_best="val", fit_best=True)
+    assert summary.set_index("seed").loc[1, "fitted best lr at wd=0.1"] == 0.01
+    assert np.isclose(np.log10(summary.set_index("seed").loc[0, "fitted best lr at wd=0.1"]), -1.8)
+    with pytest.raises(ValueError, match="fit_best .* needs row_best"):
+        FIGURES.get("heatmap")(metrics, runs, {}, x="lr", y="wd", fit_best=True)
+
+
 def test_learning_curves_value_at_steps_and_best_of_a_sweep_on_its_edge():
     # the sweep tried lr 0.1, 0.3, 1 for A and 0.1, 0.3 for B; the reruns of the best: A at 0.3, B at 0.3
     sweep = pd.DataFrame([{"run_id": f"{m}{lr}", "method": m, "lr": lr, "seed": 0, "status": "ok"}
@@ -292,6 +334,27 @@ def test_learning_curves_value_at_steps_and_best_of_a_sweep_on_its_edge():
     _, plotted, summary = FIGURES.get("learning_curves")(tuned, sweep, {"t": tuned}, table="t", hue="method",
                                                          panels=panels, where="seed == 2")
     assert set(summary.run_id) == {"A-2", "B-2"} and set(plotted.run_id) == {"A-2", "B-2"}
+
+
+def test_learning_curves_best_of_several_axes_flags_each_axis_edge():
+    # the sweep tried lr 0.1, 0.3, 1 and wd 0, 0.01, 0.1 for A and B; A's best is (0.3, 0.1), B's (1, 0.01)
+    sweep = pd.DataFrame([{"run_id": f"{m}{lr}-{wd}", "method": m, "lr": lr, "wd": wd, "seed": 0, "status": "ok"}
+                          for m in ("A", "B") for lr in (0.1, 0.3, 1.0) for wd in (0.0, 0.01, 0.1)])
+    best = {"A": (0.3, 0.1), "B": (1.0, 0.01)}
+    tuned = pd.DataFrame([(f"{m}-{s}", m, *best[m], s, "ok", step, "train", "loss", 1.0 / (step + 1))
+                          for m in ("A", "B") for s in (1, 2) for step in (0, 10)],
+                         columns=["run_id", "method", "lr", "wd", "seed", "status", "step", "split", "metric", "value"])
+    panels = [{"split": "train", "metric": "loss", "log": True}]
+    fig, _, summary = FIGURES.get("learning_curves")(pd.DataFrame(columns=["run_id", "step", "split", "metric", "value"]),
+                                                     sweep, {"t": tuned}, table="t", hue="method", panels=panels,
+                                                     best_of=["lr", "wd"])
+    flags = summary.set_index("run_id")
+    assert not flags.loc["A-1", "lr_on_edge"] and flags.loc["A-1", "wd_on_edge"]
+    assert flags.loc["B-2", "lr_on_edge"] and not flags.loc["B-2", "wd_on_edge"]
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["A, lr 0.3, wd 0.1 (grid edge)", "B, lr 1.0 (grid edge), wd 0.01"]
+    with pytest.raises(ValueError, match="best_of"):
+        FIGURES.get("learning_curves")(tuned, sweep, {"t": tuned}, table="t", hue="method", best_of=["lr", "momentum"])
 
 
 # -- optimizer benchmark: grids, reruns, winners, profiles -------------------------------------

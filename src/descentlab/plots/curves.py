@@ -59,7 +59,7 @@ def learning_curves(
     table: str | None = None,
     title: str | None = None,
     at_steps: list[int] | None = None,
-    best_of: str | None = None,
+    best_of: str | list[str] | None = None,
     where: str | None = None,
 ):
     """One panel per (split, metric), and one row of panels per ``facet`` value;
@@ -73,10 +73,11 @@ def learning_curves(
     The summary has one row per run: its labels, status and each panel's final
     value; with ``at_steps``, also each panel's value at the last record at or
     before each step K (``<split> <metric> at step K``), for claims about speed.
-    ``best_of`` (an axis, e.g. ``lr``, with ``table``): the curves are the best
-    setting of that axis out of the study's sweep (``runs``); the summary gets
-    ``<axis>_on_edge`` (the chosen value is the smallest or largest the sweep
-    tried for that ``hue``) and the legend says the chosen value.
+    ``best_of`` (an axis, e.g. ``lr``, or a list of axes, with ``table``): the
+    curves are the best setting of those axes out of the study's sweep
+    (``runs``); the summary gets ``<axis>_on_edge`` per axis (the chosen value
+    is the smallest or largest the sweep tried for that ``hue``) and the
+    legend says the chosen values.
     ``where``: a pandas query on the runs (e.g. ``role == 'rerun'``, to leave
     out the run that won the tuning on its own seed)."""
     import matplotlib.pyplot as plt
@@ -87,9 +88,10 @@ def learning_curves(
 
     panels = panels or DEFAULT_PANELS
     sweep = runs
-    if best_of is not None and (table is None or best_of not in sweep.columns):
+    best_axes = [best_of] if isinstance(best_of, str) else list(best_of or ())
+    if best_axes and (table is None or not set(best_axes) <= set(sweep.columns)):
         raise ValueError(f"learning_curves: best_of={best_of!r} needs `table` (the reruns of the best) and "
-                         f"an axis of the study; axes: {label_columns(sweep)}")
+                         f"axes of the study; axes: {label_columns(sweep)}")
     if table is not None:
         source = one_table(tables, table, "learning_curves", required=("run_id", "step", "split", "metric", "value"))
         runs = source.drop(columns=["step", "split", "metric", "value"]).drop_duplicates("run_id")
@@ -136,15 +138,27 @@ def learning_curves(
                 ax.set_yscale("log")
                 plain_log_ticks(ax, "y")
             ax.grid(alpha=0.3)
-    edges = _on_grid_edge(runs, sweep, best_of, hue) if best_of is not None else None
+    edges = None
+    for axis in best_axes:
+        edge = _on_grid_edge(runs, sweep, axis, hue)
+        edges = edge if edges is None else edges.merge(edge, on="run_id")
     if edges is not None and hue is not None and axes[0][0].get_legend():
         chosen = {}
         for row in runs.merge(edges, on="run_id").itertuples(index=False):
-            mark = " (grid edge)" if getattr(row, f"{best_of}_on_edge") else ""
-            chosen.setdefault(str(getattr(row, hue)), set()).add(f"{getattr(row, best_of)}{mark}")
+            setting = []
+            for axis in best_axes:
+                mark = " (grid edge)" if getattr(row, f"{axis}_on_edge") else ""
+                setting.append(f"{axis} {getattr(row, axis)}{mark}")
+            chosen.setdefault(str(getattr(row, hue)), set()).add(", ".join(setting))
         for text in axes[0][0].get_legend().get_texts():
             if text.get_text() in chosen:
-                text.set_text(f"{text.get_text()}, {best_of} {', '.join(sorted(chosen[text.get_text()]))}")
+                text.set_text(f"{text.get_text()}, {'; '.join(sorted(chosen[text.get_text()]))}")
+    if not many and axes[0][0].get_legend() and len(panels) > 1:
+        # on the last panel (an accuracy, rising: its lower right is free), small, clear of the lines
+        legend = axes[0][0].get_legend()
+        handles, texts = legend.legend_handles, [t.get_text() for t in legend.get_texts()]
+        legend.remove()
+        axes[0][-1].legend(handles, texts, title=hue, loc="best", fontsize=7, title_fontsize=7)
     if many and axes[0][0].get_legend():  # many lines: one legend beside the figure
         legend = axes[0][0].get_legend()
         handles, labels = axes[0][0].get_legend_handles_labels()
