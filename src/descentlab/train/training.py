@@ -13,6 +13,7 @@ import torch
 from ..checkpoints import STATE_FORMAT
 from ..data import SplitData
 from ..losses import build_loss
+from ..losses.sequence import PerTokenLoss
 from ..models import build_model
 from ..optim import build_optimizer
 from ..schedules import build_schedule
@@ -57,6 +58,8 @@ class Training:
         self.spec, self.task = spec, data.task
         self.model = build_run_model(spec, data).to(device)
         self.loss_fn = build_loss(spec["loss"], model=self.model)
+        if data.info.get("targets") == "tokens":  # language modelling: the loss over every token
+            self.loss_fn = PerTokenLoss(self.loss_fn)
         self.optimizer = build_optimizer(self.model.parameters(), spec["optimizer"])
         self.multiplier = build_schedule(spec["schedule"], spec["steps"])
         self.instruments = [build_instrument(s) for s in spec["instruments"]] + list(extra_instruments)
