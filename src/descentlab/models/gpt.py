@@ -89,8 +89,9 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         B, T, C = x.shape
-        # (B, T, 3, H, d) -> three (B, H, T, d)
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        # three (B, T, C) -> (B, H, T, d); split (not a permute of one (B, T, 3, H, d) view)
+        # because its backward is one cat straight into the layout the matmul wants
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in self.qkv(x).split(C, dim=2))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rotary is not None:
@@ -159,7 +160,8 @@ class GPT(nn.Module):
             raise ValueError(f"gpt: sequence of {T} tokens is longer than block_size {self.cfg.block_size}")
         x = self.tok_emb(idx)
         if self.pos_emb is not None:
-            x = x + self.pos_emb.weight[:T]
+            # the whole table when T == block_size: a slice would cost a zero-fill and a copy in backward
+            x = x + (self.pos_emb.weight if T == self.cfg.block_size else self.pos_emb.weight[:T])
         rotary = (self.rot_cos, self.rot_sin) if self.cfg.positions == "rotary" else None
         for block in self.blocks:
             x = block(x, rotary)
