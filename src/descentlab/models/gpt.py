@@ -137,9 +137,9 @@ class GPT(nn.Module):
             self.register_buffer("rot_sin", sin, persistent=False)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.head.weight = self.tok_emb.weight
+        # Tied: the head reads the token embedding in forward, no shared Parameter, so
+        # copies of the module (functional_call, batched runs) cannot untie it.
+        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -165,12 +165,13 @@ class GPT(nn.Module):
         rotary = (self.rot_cos, self.rot_sin) if self.cfg.positions == "rotary" else None
         for block in self.blocks:
             x = block(x, rotary)
-        return self.head(self.ln_f(x))
+        x = self.ln_f(x)
+        return F.linear(x, self.tok_emb.weight) if self.head is None else self.head(x)
 
     # -- counts ---------------------------------------------------------------------------
 
     def num_params(self) -> int:
-        """Distinct parameters (a tied head counted once)."""
+        """All parameters (a tied head has none of its own)."""
         return sum(p.numel() for p in self.parameters())
 
     def num_embedding_params(self) -> int:
@@ -179,7 +180,7 @@ class GPT(nn.Module):
         n = self.tok_emb.weight.numel()
         if self.pos_emb is not None:
             n += self.pos_emb.weight.numel()
-        if not self.cfg.tie_embeddings:
+        if self.head is not None:
             n += self.head.weight.numel()
         return n
 
