@@ -77,6 +77,17 @@ def test_milton_corpus_has_a_pinned_hash():
     assert text.startswith("PARADISE LOST\nBOOK I.\n")
     assert "\r" not in text and "\x1a" not in text and "PARADISE REGAIN" in text
     assert hashlib.sha256(text.encode("utf-8")).hexdigest() == MILTON_SHA256
+    data = build_dataset({"name": "charlm", "source": "milton", "archive": _milton_archive(), "block_size": 8})
+    assert data.info["chars"] == sorted(set(text)) and data.info["train_tokens"] == int(len(text) * 0.9)
+
+
+def test_corpus_text_refuses_a_text_that_is_not_the_pinned_one(monkeypatch):
+    from descentlab.data import corpus
+
+    assert corpus.corpus_text("shakespeare") == shakespeare_text()
+    monkeypatch.setitem(corpus.CORPORA, "shakespeare", lambda archive=None: shakespeare_text() + "x")
+    with pytest.raises(RuntimeError, match="not the pinned"):
+        corpus.corpus_text("shakespeare")
 
 
 def test_milton_without_an_archive_says_how_to_get_it(monkeypatch, tmp_path):

@@ -24,6 +24,7 @@ sha256 is pinned in tests/test_charlm_data.py, so any change shows):
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
 import re
@@ -116,8 +117,22 @@ def milton_text(archive: str | os.PathLike | None = None) -> str:
 
 CORPORA = {"shakespeare": lambda archive=None: shakespeare_text(), "milton": milton_text}
 
+# sha256 of each conversion's UTF-8 output: a run's data is the pinned text or an error.
+CORPUS_SHA256 = {
+    "shakespeare": "58b6bee61aedbf40a4c51c3f937b3a835f6a0a3d45ae839b303e252f854d049a",
+    "milton": "f7fd8f87f8af45976feef17e89bbcc79920d031949edb08620ceb5495a4be90a",
+}
+
 
 def corpus_text(source: str, archive: str | os.PathLike | None = None) -> str:
+    """The corpus's plain text, checked against its pinned sha256."""
     if source not in CORPORA:
         raise ValueError(f"unknown corpus {source!r}; valid: {', '.join(sorted(CORPORA))}")
-    return CORPORA[source](archive)
+    text = CORPORA[source](archive)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if digest != CORPUS_SHA256[source]:
+        raise RuntimeError(
+            f"the {source} corpus converts to text with sha256 {digest}, not the pinned {CORPUS_SHA256[source]}: "
+            "different package files, or the conversion changed (then update CORPUS_SHA256 and the test)"
+        )
+    return text
