@@ -220,3 +220,7 @@ def build_dataset(spec: dict) -> SplitData:
     noise = float(spec.pop("label_noise", 0.0))
     data = DATASETS.build(spec)
     return with_label_noise(data, noise, spec.get("seed", 0)) if noise else data
+
+
+# Token streams (nanoGPT's format) and the ``charlm`` dataset; imported last: it registers into DATASETS.
+from . import tokens  # noqa: E402,F401

@@ -86,3 +86,7 @@ def cnn(
 
 def build_model(spec: dict, input_shape: Sequence[int], num_outputs: int) -> nn.Module:
     return MODELS.build(spec, tuple(input_shape), num_outputs)
+
+
+# The small GPT of the language-model studies; imported last: it registers into MODELS.
+from . import gpt  # noqa: E402,F401

@@ -13,6 +13,7 @@ import torch
 from ..checkpoints import STATE_FORMAT
 from ..data import SplitData
 from ..losses import build_loss
+from ..losses.sequence import PerTokenLoss
 from ..models import build_model
 from ..optim import build_optimizer
 from ..schedules import build_schedule
@@ -37,6 +38,14 @@ def build_run_model(spec: dict[str, Any], data: SplitData) -> torch.nn.Module:
     return model
 
 
+def build_run_loss(spec: dict[str, Any], data: SplitData, model: torch.nn.Module) -> torch.nn.Module:
+    """The run's loss; on token data (``info["targets"] == "tokens"``, e.g.
+    ``charlm``) applied over every token. Analyses that recompute a run's loss
+    should build it here too."""
+    loss = build_loss(spec["loss"], model=model)
+    return PerTokenLoss(loss) if data.info.get("targets") == "tokens" else loss
+
+
 def _call_if_present(obj: Any, method: str) -> None:
     fn = getattr(obj, method, None)
     if callable(fn):
@@ -56,7 +65,7 @@ class Training:
     ):
         self.spec, self.task = spec, data.task
         self.model = build_run_model(spec, data).to(device)
-        self.loss_fn = build_loss(spec["loss"], model=self.model)
+        self.loss_fn = build_run_loss(spec, data, self.model)
         self.optimizer = build_optimizer(self.model.parameters(), spec["optimizer"])
         self.multiplier = build_schedule(spec["schedule"], spec["steps"])
         self.instruments = [build_instrument(s) for s in spec["instruments"]] + list(extra_instruments)
