@@ -139,7 +139,7 @@ def _check_trace_args(rtol, blocks, min_probes, max_hvps) -> None:
 def hessian_trace(model: nn.Module, loss_fn: LossFn, x, y, rtol: float | None = 1e-3, *, blocks: str = "module",
                   min_probes: int = 4, max_hvps: int = 2000, seed: int = 0, chunk_size: int | None = None,
                   ggn_chunk_size: int | None = 1024, dtype: torch.dtype | str | None = None) -> TraceResult:
-    """tr H of the mean loss over (x, y): tr G exactly (``ggn_trace``) plus a stochastic estimate of tr(H - G).
+    """tr H of the mean loss over (x, y): tr G exactly (``ggn_trace``) plus an unbiased estimate of tr(H - G).
 
     H = G + R with R = sum_k (dL/df_k) Hess f_k (the outputs' curvature weighted by the
     loss gradient). The residual's trace is the sum of the traces of its diagonal blocks
@@ -149,65 +149,73 @@ def hessian_trace(model: nn.Module, loss_fn: LossFn, x, y, rtol: float | None = 
     Cross-block terms of R never enter, so their variance does not either: for a network
     that is piecewise linear in each module's parameters (ReLU MLPs and CNNs, eval-mode
     BatchNorm) every R_bb is zero, every sample is 0 and the estimate is tr G with
-    standard error 0 after ``min_probes`` probes per block. For smooth networks (tanh,
-    GELU, ...) R_bb is not zero and probes continue.
+    standard error 0. For smooth networks (tanh, GELU, ...) R_bb is not zero.
 
-    Guarantees: with ``rtol=None`` each block gets exactly ``min_probes`` probes and the
-    estimate is unbiased for any model and loss that ``ggn_trace`` accepts (mean of
-    per-example losses, deterministic model). With ``rtol`` the probes go, one at a time,
-    to the block whose variance of the mean they reduce most, until the estimated standard
-    error is at most ``rtol * |estimate|`` (``converged=True``) or ``max_hvps`` products are
-    spent (``converged=False``, the estimate and its standard error still reported). The
-    stop and the allocation use the samples, so this is an estimate with a stated standard
-    error, not a bound; the error is within a few standard errors, not within ``rtol``. A
-    trace near zero cannot meet a relative tolerance: the budget is spent.
+    Guarantees: the estimate is unbiased for any model and loss that ``ggn_trace``
+    accepts (mean of per-example losses, deterministic model). ``rtol=None``: exactly
+    ``min_probes`` probes per block, averaged. With ``rtol`` (Stein's two-stage procedure):
+    ``min_probes`` pilot probes per block give each block's sample variance s_b^2 and a
+    pilot estimate t; then n_b = ceil(s_b * sum(s) / (rtol * |t|)^2) fresh probes per block
+    (at least 1; Neyman allocation, planned standard error <= rtol * |t|), and only the
+    fresh probes enter the estimate, so the sample-dependent stop adds no bias (a stop on
+    the running standard error relative to the running estimate was measurably biased
+    upwards). ``converged`` is False when that plan did not fit in ``max_hvps`` products
+    (the fresh probes are then cut in proportion). ``stderr`` is sqrt(sum_b s_b^2 / n_b)
+    with s_b^2 pooled over pilot and fresh probes: an estimate, not a bound, so it may
+    exceed the planned rtol * |t| when the pilot underestimated a variance; the error is
+    within a few standard errors, not within ``rtol``.
 
     BatchNorm runs in eval mode (as in ``ggn_trace``); a random model (dropout in training
     mode), empty data and a loss that is not the mean of per-example losses are refused.
     ``chunk_size`` is the residual operator's (None: one kept graph), ``ggn_chunk_size``
-    ``ggn_trace``'s. ``parts`` holds the GGN trace and, per block, (mean, standard error,
-    probes) of its residual trace; ``samples`` all the residual samples, block by block.
+    ``ggn_trace``'s. ``parts`` holds the GGN trace, the pilot estimate and, per block,
+    (mean, standard error, pilot probes, fresh probes) of its residual trace; ``samples``
+    the residual samples that enter the estimate, block by block.
     """
     from .trace_exact import ggn_trace  # trace_exact imports TraceResult from here
 
     _check_trace_args(rtol, blocks, min_probes, max_hvps)
     residual = _ResidualOperator(model, loss_fn, x, y, chunk_size=chunk_size, dtype=dtype, batchnorm="eval")
     groups = _parameter_blocks(residual.snapshot, blocks)
-    if min_probes * len(groups) > max_hvps:
-        raise ValueError(f"max_hvps={max_hvps} is below min_probes * blocks = {min_probes} * {len(groups)}")
+    least = (min_probes + (rtol is not None)) * len(groups)
+    if least > max_hvps:
+        raise ValueError(f"max_hvps={max_hvps} is below the {least} products of the first stage "
+                         f"({min_probes} probes per block{' + 1 fresh' if rtol is not None else ''}, "
+                         f"{len(groups)} blocks)")
     ggn = ggn_trace(model, loss_fn, x, y, chunk_size=ggn_chunk_size, dtype=dtype)
     rng = np.random.default_rng(seed)
-    samples: list[list[float]] = [[] for _ in groups]
     z = torch.zeros(residual.num_params, dtype=residual.torch_dtype)
 
-    def probe(b: int) -> None:
-        idx = groups[b][1]
-        z.zero_()
-        z[idx] = torch.from_numpy(rademacher(rng, len(idx), np.float64)).to(z.dtype)
-        rz = residual.matvec_torch(z)
-        samples[b].append(float(torch.dot(z[idx].double(), rz[idx].double())))
+    def probes(b: int, n: int) -> np.ndarray:
+        idx, out = groups[b][1], np.empty(n)
+        for i in range(n):
+            z.zero_()
+            z[idx] = torch.from_numpy(rademacher(rng, len(idx), np.float64)).to(z.dtype)
+            out[i] = float(torch.dot(z[idx].double(), residual.matvec_torch(z)[idx].double()))
+        return out
 
-    for _ in range(min_probes):
-        for b in range(len(groups)):
-            probe(b)
+    pilot = [probes(b, min_probes) for b in range(len(groups))]
+    pilot_estimate = ggn.estimate + sum(float(p.mean()) for p in pilot)
     converged = None
-    while True:
-        var_of_mean = np.array([np.var(s, ddof=1) / len(s) for s in samples])
-        estimate = ggn.estimate + sum(float(np.mean(s)) for s in samples)
-        stderr = float(np.sqrt(var_of_mean.sum()))
-        if rtol is None:
-            break
-        if stderr <= rtol * abs(estimate):
-            converged = True
-            break
-        if residual.n_matvecs >= max_hvps:
-            converged = False
-            break
-        # the next probe where it lowers the variance of the total most: var_b / n_b - var_b / (n_b + 1)
-        counts = np.array([len(s) for s in samples])
-        probe(int(np.argmax(var_of_mean / (counts + 1))))
-    parts = {"ggn": ggn.estimate,
-             "blocks": {name: (float(np.mean(s)), float(np.sqrt(v)), len(s))
-                        for (name, _), s, v in zip(groups, samples, var_of_mean)}}
-    return TraceResult(estimate, stderr, residual.n_matvecs, np.concatenate([np.asarray(s) for s in samples]),
-                       "ggn+residual", converged, parts)
+    if rtol is None:
+        fresh = pilot
+        pilot_estimate = None
+    else:
+        sd = np.array([p.std(ddof=1) for p in pilot])
+        target = rtol * abs(pilot_estimate)
+        plan = (np.ceil(sd * sd.sum() / target**2) if target > 0 else np.full(len(sd), np.inf)) if sd.any() else 0 * sd
+        plan = np.maximum(plan, 1)
+        room = max_hvps - residual.n_matvecs
+        converged = bool(plan.sum() <= room)
+        if not converged:  # cut in proportion, at least one fresh probe per block
+            share = sd / sd.sum() if sd.any() else np.full(len(sd), 1 / len(sd))
+            plan = np.maximum(np.floor(share * (room - len(sd))), 0) + 1
+        fresh = [probes(b, int(n)) for b, n in enumerate(plan)]
+    means = np.array([float(f.mean()) for f in fresh])
+    pooled = [np.concatenate([p, f]) if f is not p else p for p, f in zip(pilot, fresh)]
+    var_of_mean = np.array([q.var(ddof=1) / len(f) for q, f in zip(pooled, fresh)])
+    parts = {"ggn": ggn.estimate, "pilot_estimate": pilot_estimate,
+             "blocks": {name: (float(m), float(np.sqrt(v)), min_probes if rtol is not None else 0, len(f))
+                        for (name, _), m, v, f in zip(groups, means, var_of_mean, fresh)}}
+    return TraceResult(ggn.estimate + float(means.sum()), float(np.sqrt(var_of_mean.sum())), residual.n_matvecs,
+                       np.concatenate(fresh), "ggn+residual", converged, parts)
