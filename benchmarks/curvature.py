@@ -25,9 +25,16 @@ Protocol (every comparison side by side in this one process):
      accuracy is the distance of each quadrature to a float64 Lanczos with two
      full reorthogonalisation passes on a float64 operator (written here, not the
      library's) from that start vector.
+  5. The trace runs on two problems: the one above (ReLU) and the same MLP with tanh
+     (trained the same way), where H - G is not zero and ``hessian_trace`` (exact GGN
+     trace + estimated residual) has something to estimate; each has its own oracle,
+     per-product costs (H, H - G, PyHessian's H, one ``ggn_trace`` call), ladders and
+     interleaved rounds. ``--only trace`` runs just this part and splices it into the
+     existing report (``--out``), keeping the other sections and stamping the date.
 Oracles (float64): lambda_1 from ``eigsh(which='LA', tol=1e-10)`` on our operator with
 its residual, cross-checked against curvlinops; the exact trace from BackPACK's
-``DiagHessian``, cross-checked by Hutch++ within its standard error.
+``DiagHessian`` (exact for Linear/ReLU/Tanh networks), cross-checked by Hutch++ and by
+``hessian_trace`` within their standard errors.
 
 The reference packages are for this benchmark only, installed without their
 dependencies (none may touch torch):
@@ -633,12 +640,24 @@ def trace_benchmark(activation, n, args, skipped, seeds, problem=None):
         tools.append(Tool("hessian-eigenthings", "hutch++", he_hutchpp, pp_ladder))
     if args.trace_anchors and "curvlinops" not in skipped:
         tools.append(Tool("curvlinops", "hutch++", cl_hutchpp, pp_ladder))
+    given = dict(item.split("=") for item in args.given_settings.split(",") if item)
     tol_tool = None
+    kept = []
     for t in tools:
-        if t.tool == "PyHessian":
+        key = f"{activation}.{'pyhessian' if t.tool == 'PyHessian' else t.method.split(' ')[0]}"
+        if given.get(key) == "skip":
+            print(f"  {t.name}: skipped (--given-settings)", flush=True)
+            continue
+        kept.append(t)
+        if key in given:
+            t.setting = type(t.ladder[0])(given[key])
+            t.note = "setting given (--given-settings), from an earlier run's ladder"
+            print(f"  {t.name}: setting {t.setting} given", flush=True)
+        elif t.tool == "PyHessian":
             tol_tool = pyhessian_trace_tools(t, problem, exact, seeds)
         else:
             ladder_search(t, problem, exact, TRACE_TOL, seeds)
+    tools = kept
     rounds = 2 if args.quick else args.trace_rounds
     interleaved(tools, problem, exact, rounds)
     ggn = Tool("descentlab", f"exact GGN trace only ({'= tr H: ReLU' if activation == 'relu' else 'not tr H: tanh'})",
@@ -665,6 +684,12 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="a tiny run to check that the script works")
     parser.add_argument("--only", choices=["trace"], default=None,
                         help="run only this section and splice it into the existing --out file (other sections kept)")
+    parser.add_argument("--given-settings", default="",
+                        help="trace ladders not rerun, e.g. 'relu.hutch++=168,relu.pyhessian=560,tanh.pyhessian=skip': "
+                             "the setting an earlier run's ladder found (the ladders are deterministic: same "
+                             "problem, same seeds), or skip to leave the tool out; the report says which")
+    parser.add_argument("--trace-problems", default="relu,tanh",
+                        help="comma-separated activations of the trace problems (relu: the benchmark's problem)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     load_at_start = os.getloadavg()  # other jobs on the machine: the ratios are interleaved, the seconds are not
@@ -685,7 +710,7 @@ def main(argv=None):
     seeds = 2 if args.quick else args.seeds
     if args.only == "trace":
         sections = []
-        for activation in ("relu", "tanh"):  # the benchmark's problem first, then the smooth one
+        for activation in args.trace_problems.split(","):  # the benchmark's problem first, then the smooth one
             sections.append(trace_benchmark(activation, n, args, skipped, seeds))
             args.load = (load_at_start, os.getloadavg())
             splice_trace_sections(args, sections, time.perf_counter() - started)  # after each: partial results kept
@@ -735,7 +760,7 @@ def main(argv=None):
     interleaved(eig_tools, problem, lam, 2 if args.quick else args.rounds)
 
     trace_sections = [trace_benchmark(activation, n, args, skipped, seeds, problem if activation == "relu" else None)
-                      for activation in ("relu", "tanh")]
+                      for activation in args.trace_problems.split(",")]
 
     print("== SLQ", flush=True)
     slq = slq_compare(problem, 2 if args.quick else args.seeds, 20 if args.quick else args.slq_steps, skipped)
@@ -774,7 +799,7 @@ def results_table(title, tools, target_text, rounds, seeds):
                    f"| {ratio} | {hv_ratio} |")
     out += ["", "Ladders (setting: seeds within target / seeds tried, worst error, median HVPs):", ""]
     for t in tools:
-        trail = "; ".join(f"{s}: {ok}, {e:.1e}, {_f(h, '.0f')}" for s, ok, e, h in t.trail)
+        trail = "; ".join(f"{s}: {ok}, {e:.1e}, {_f(h, '.0f')}" for s, ok, e, h in t.trail) or t.note
         out.append(f"- {t.name}: {trail}")
     if best is not None and pyh is not None:
         out += ["", f"Best descentlab ({best.method}) vs PyHessian: {med(pyh.seconds) / med(best.seconds):.2f}x "
@@ -825,7 +850,8 @@ def splice_trace_sections(args, sections, wall):
     end = text.index("## Spectral density", start)
     stamp = (f"Trace section regenerated by `benchmarks/curvature.py --only trace` on "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} in {wall / 60:.1f} min "
-             f"({'QUICK RUN (n=300)' if args.quick else 'full problems'}, {len(sections)} of 2 problems done); "
+             f"({'QUICK RUN (n=300)' if args.quick else 'full problems'}, problems done: "
+             f"{', '.join(sec.info['activation'] for sec in sections)}); "
              f"load average (1, 5, 15 min) {'/'.join(f'{v:.1f}' for v in args.load[0])} at the start, "
              f"{'/'.join(f'{v:.1f}' for v in args.load[1])} at the end, on {os.cpu_count()} cores. The other "
              "sections are from the run dated above.")

@@ -184,13 +184,13 @@ def hessian_trace(model: nn.Module, loss_fn: LossFn, x, y, rtol: float | None = 
                          f"{len(groups)} blocks)")
     ggn = ggn_trace(model, loss_fn, x, y, chunk_size=ggn_chunk_size, dtype=dtype)
     rng = np.random.default_rng(seed)
-    z = torch.zeros(residual.num_params, dtype=residual.torch_dtype)
+    z = torch.zeros(residual.num_params, dtype=residual.torch_dtype, device=residual.snapshot.device)
 
     def probes(b: int, n: int) -> np.ndarray:
         idx, out = groups[b][1], np.empty(n)
         for i in range(n):
             z.zero_()
-            z[idx] = torch.from_numpy(rademacher(rng, len(idx), np.float64)).to(z.dtype)
+            z[idx] = torch.from_numpy(rademacher(rng, len(idx), np.float64)).to(device=z.device, dtype=z.dtype)
             out[i] = float(torch.dot(z[idx].double(), residual.matvec_torch(z)[idx].double()))
         return out
 
