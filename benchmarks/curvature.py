@@ -30,7 +30,9 @@ Protocol (every comparison side by side in this one process):
      trace + estimated residual) has something to estimate; each has its own oracle,
      per-product costs (H, H - G, PyHessian's H, one ``ggn_trace`` call), ladders and
      interleaved rounds. ``--only trace`` runs just this part and splices it into the
-     existing report (``--out``), keeping the other sections and stamping the date.
+     existing report (``--out``), keeping the other sections and stamping the date;
+     ``--given-settings`` takes a trace tool's setting from an earlier run's ladder (the
+     ladders are deterministic) or skips the tool, and the report's ladder line says so.
 Oracles (float64): lambda_1 from ``eigsh(which='LA', tol=1e-10)`` on our operator with
 its residual, cross-checked against curvlinops; the exact trace from BackPACK's
 ``DiagHessian`` (exact for Linear/ReLU/Tanh networks), cross-checked by Hutch++ and by
@@ -635,7 +637,8 @@ def trace_benchmark(activation, n, args, skipped, seeds, problem=None):
              Tool("descentlab", "hutch++", ours_hutchpp, pp_ladder)]
     if "pyhessian" not in skipped:
         tools.append(Tool("PyHessian", "hutchinson, tol=0 (fixed budget)", pyh_trace_fixed,
-                          [200, 280, 400, 560, 800, 1120, 1600] if not args.quick else [50, 100, 200, 400, 800]))
+                          [50, 70, 100, 140, 200, 280, 400, 560, 800, 1120, 1600] if not args.quick
+                          else [50, 100, 200, 400, 800]))
     if args.trace_anchors and "hessian_eigenthings" not in skipped:
         tools.append(Tool("hessian-eigenthings", "hutch++", he_hutchpp, pp_ladder))
     if args.trace_anchors and "curvlinops" not in skipped:
