@@ -18,12 +18,12 @@ from .ntk import empirical_ntk, ntk_eigenvalues
 from .operators import CurvatureOperator, FisherOperator, GGNOperator, HessianOperator
 from .per_example import jacobian, per_example_gradients
 from .sharpness import adaptive_sharpness, hessian_sharpness
-from .trace import TraceResult, hutchinson, hutchpp
+from .trace import TraceResult, hessian_trace, hutchinson, hutchpp
 
 __all__ = [
     "CurvatureOperator", "HessianOperator", "GGNOperator", "FisherOperator",
     "EigenResult", "top_eigenvalues", "bottom_eigenvalues", "power_iteration",
-    "TraceResult", "hutchinson", "hutchpp", "ggn_trace",
+    "TraceResult", "hutchinson", "hutchpp", "hessian_trace", "ggn_trace",
     "SpectralDensity", "spectral_density", "lanczos_tridiagonal",
     "exact_hessian", "exact_spectrum",
     "per_example_gradients", "jacobian", "empirical_ntk", "ntk_eigenvalues",
