@@ -2,7 +2,7 @@
 
 Merges: uniform soup, TIES (density 0.2) and DARE (drop 0.9, summed as task
 arithmetic) over N = 8 and 32 fine-tuned checkpoints of a ~1M-parameter MLP
-(5 Linear layers, 1,051,904 parameters, float32), plus the pretrained base for
+(5 Linear layers, 1,050,880 parameters, float32), plus the pretrained base for
 TIES and DARE. The checkpoints are raw state-dict files (``torch.save``) in a
 scratch folder; every tool reads the SAME files:
 
@@ -59,7 +59,7 @@ import time
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "results" / "merge.md"
-LAYERS = (256, 512, 512, 512, 512, 256)  # Linear widths: 5 layers, 1,051,904 parameters
+LAYERS = (256, 512, 512, 512, 512, 256)  # Linear widths: 5 layers, 1,050,880 parameters
 TIES_DENSITY = 0.2
 DARE_DROP = 0.9
 RULES = ("uniform", "ties", "dare")
@@ -71,8 +71,11 @@ TOOLS = ("ours", "mergekit", "mergekit-lazy", "stack-all")
 def write_checkpoints(folder: Path, n: int) -> None:
     """base.pt and ft_<i>.pt: a random MLP and n 'fine-tunings' (base + small noise)."""
     import torch
-    from descentlab.checkpoints import save_atomic
 
+    # plain torch.save under the final name: mergekit's --lazy-unpickle reader takes the archive's
+    # internal folder from the file name up to its first dot, so it cannot read files written under a
+    # temporary name and renamed (descentlab.checkpoints.save_atomic's "x.pt.tmp" stores "x.pt/...").
+    save_atomic = torch.save
     g = torch.Generator().manual_seed(0)
     base = {}
     for i, (fan_in, fan_out) in enumerate(zip(LAYERS[:-1], LAYERS[1:])):
