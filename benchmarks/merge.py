@@ -291,6 +291,20 @@ def write_table(merges, matching, args, load_start, load_end, mk_version) -> str
             diff = f"{r['diff']:.1e}" if "diff" in r else "differs by design"
             line += f" | {r['ours'][0] / r['mergekit'][0]:.2f} | {diff}"
         lines.append(line + " |")
+    lines += ["", "Against the targets (computed from the table above):", ""]
+    by = {(r["rule"], r["n"]): r for r in merges}
+    ns = sorted({r["n"] for r in merges})
+    for r in merges:
+        if "mergekit" in r and r["ours"][0] > r["mergekit"][0]:
+            lines.append(f"- SLOWER than mergekit: {r['rule']} N={r['n']}, {r['ours'][0]:.3f} s vs "
+                         f"{r['mergekit'][0]:.3f} s ({r['ours'][0] / r['mergekit'][0]:.2f}x).")
+    if len(ns) > 1:
+        lo, hi = ns[0], ns[-1]
+        for rule in RULES:
+            if (rule, lo) in by and (rule, hi) in by:
+                growth = ", ".join(f"{t} {mb(by[(rule, lo)][t][1])} -> {mb(by[(rule, hi)][t][1])} MiB"
+                                   for t in tools if t in by[(rule, lo)])
+                lines.append(f"- {rule}: peak memory from N={lo} to N={hi}: {growth}.")
     lines += ["", "## Weight matching (Git Re-Basin) time vs width", "",
               f"`weight_matching` between two independently initialised MLPs 40 -> w -> w -> w -> 10 (3 permutations, "
               f"coordinate descent to convergence, seed 0), median of {args.repeats} (min, max) seconds, one thread.", "",
