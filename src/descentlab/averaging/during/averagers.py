@@ -163,10 +163,9 @@ class SWA:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.average.load_state_dict(state["average"])
         if state["scheduler"] is not None:
-            self.scheduler = self._swalr()  # its first step writes the groups' lr: put back below
+            # Its first step writes the groups' lr; ``set_lr`` at the resumed step puts back ``group_lrs``.
+            self.scheduler = self._swalr()
             self.scheduler.load_state_dict(state["scheduler"])
-            for group, value in zip(self.optimizer.param_groups, state["group_lrs"]):
-                group["lr"] = value
         self.lr_step, self.group_lrs = state["lr_step"], list(state["group_lrs"])
 
 
