@@ -6,7 +6,14 @@ SWA and the EMAs are ``torch.optim.swa_utils.AveragedModel``s (SWA's learning
 rate: ``SWALR``; its BatchNorm statistics: ``update_bn``). Integer buffers
 (BatchNorm's ``num_batches_tracked``) are carried from the model, never
 averaged as floats: ``AveragedModel(use_buffers=True)`` would pass them to the
-averaging function, whose integer path rounds.
+averaging function, whose integer path truncates.
+
+``Averaged`` updates an ``AveragedModel`` through its own ``multi_avg_fn`` on
+tensor lists grouped once: ``update_parameters`` regroups, detaches and moves
+every tensor on every call; on the MNIST-1D MLP that Python work cost more
+than the 5% of a step the issue allows (benchmarks/averaging_overhead.py).
+The first update, which copies, is ``update_parameters`` itself, and the
+averaging function gets the same arguments, so the numbers are its, bit for bit.
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ from collections import deque
 from typing import Any, Callable
 
 import torch
-from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, update_bn
+from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, get_swa_avg_fn, get_swa_multi_avg_fn, update_bn
+from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
 
 from .config import scaled_decay
 from .power_ema import FORMAT as POSTHOC_FORMAT
@@ -30,7 +38,7 @@ def floats_averaged_integers_carried(average: Callable) -> Callable:
     integer ones (grouped apart by dtype) take the model's value."""
 
     @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: int | torch.Tensor) -> None:
         if averaged[0].is_floating_point() or averaged[0].is_complex():
             average(averaged, current, n_averaged)
         else:
@@ -39,11 +47,75 @@ def floats_averaged_integers_carried(average: Callable) -> Callable:
     return update
 
 
+class Averaged:
+    """An ``AveragedModel`` of ``model`` (``.average``; its state is the state
+    saved) updated by ``update()``: parameters, and buffers when ``use_buffers``
+    (else the model's buffers are copied, as ``AveragedModel`` does). Without a
+    ``multi_avg_fn`` it is ``AveragedModel``'s default, the equal-weight mean, which
+    it computes per device as there: ``get_swa_multi_avg_fn`` (a lerp) where foreach
+    kernels run, else ``get_swa_avg_fn`` tensor by tensor (CPU; other rounding)."""
+
+    def __init__(self, model: torch.nn.Module, multi_avg_fn: Callable | None, use_buffers: bool):
+        self.model, self.multi_avg_fn = model, multi_avg_fn
+        self.average = AveragedModel(model, multi_avg_fn=multi_avg_fn, use_buffers=use_buffers)
+        own, theirs = list(self.average.module.parameters()), list(model.parameters())
+        if use_buffers:
+            own, theirs = own + list(self.average.module.buffers()), theirs + list(model.buffers())
+            self.copied: tuple[list, list] = ([], [])
+        else:
+            self.copied = ([b.detach() for b in self.average.module.buffers()], [b.detach() for b in model.buffers()])
+        if len(own) != len(theirs):
+            raise ValueError(f"averaged model has {len(own)} tensors, the model {len(theirs)}")
+        groups: dict[tuple, tuple[list, list]] = {}
+        for a, b in zip(own, theirs):
+            pair = groups.setdefault((a.device, a.dtype), ([], []))
+            pair[0].append(a.detach())
+            pair[1].append(b.detach())
+        self.groups = [(self._averaging(device), own, theirs) for (device, _), (own, theirs) in groups.items()]
+        self.n = 0  # updates so far (the AveragedModel's n_averaged, as an int)
+
+    def update(self) -> None:
+        if self.n == 0:
+            self.average.update_parameters(self.model)
+        else:
+            for average, own, theirs in self.groups:  # the count as update_parameters passes it
+                average(own, theirs, self.average.n_averaged)
+            if self.copied[0]:
+                torch._foreach_copy_(*self.copied)
+            self.average.n_averaged += 1
+        self.n += 1
+
+    def _averaging(self, device: torch.device) -> Callable:
+        if self.multi_avg_fn is not None:
+            return self.multi_avg_fn
+        if device.type in _get_foreach_kernels_supported_devices():
+            return get_swa_multi_avg_fn()
+        mean = get_swa_avg_fn()
+
+        @torch.no_grad()
+        def one_by_one(own: list[torch.Tensor], theirs: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+            for a, b in zip(own, theirs):
+                a.copy_(mean(a, b, n_averaged))
+
+        return one_by_one
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.average.module
+
+    def state_dict(self) -> Weights:
+        return _clone(self.average.state_dict())
+
+    def load_state_dict(self, state: Weights) -> None:
+        self.average.load_state_dict(state)
+        self.n = int(self.average.n_averaged)
+
+
 def power_function_average(gamma: float) -> Callable:
     """EDM2's power-function EMA step; ``n_averaged`` updates came before this one."""
 
     @torch.no_grad()
-    def average(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+    def average(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: int | torch.Tensor) -> None:
         torch._foreach_lerp_(averaged, current, 1.0 - power_beta(float(n_averaged) + 1.0, gamma))
 
     return average
@@ -61,21 +133,19 @@ class EMA:
     def __init__(self, cfg: dict[str, Any], model: torch.nn.Module, batch_size: int, **_: Any):
         self.name = cfg["name"]
         self.decay = scaled_decay(cfg["decay"], cfg["scale_with_batch"], batch_size)
-        self.average = AveragedModel(
-            model, multi_avg_fn=floats_averaged_integers_carried(get_ema_multi_avg_fn(self.decay)), use_buffers=True,
-        )
+        self.average = Averaged(model, floats_averaged_integers_carried(get_ema_multi_avg_fn(self.decay)), use_buffers=True)
 
     def observe(self, step: int, model: torch.nn.Module, epoch_end: bool) -> None:
-        self.average.update_parameters(model)
+        self.average.update()
 
     def eval_modules(self) -> list[tuple[str, torch.nn.Module]]:
-        return [(self.name, self.average.module)] if int(self.average.n_averaged) else []
+        return [(self.name, self.average.module)] if self.average.n else []
 
     def final(self) -> Any:
         return _clone(self.average.module.state_dict())
 
     def state_dict(self) -> dict[str, Any]:
-        return {"average": _clone(self.average.state_dict())}
+        return {"average": self.average.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.average.load_state_dict(state["average"])
@@ -106,7 +176,8 @@ class SWA:
                  x_train: torch.Tensor, **_: Any):
         self.name, self.start, self.every = cfg["name"], cfg["start"], cfg["every"]
         self.cfg, self.optimizer = cfg, optimizer
-        self.average = AveragedModel(model, use_buffers=False)  # buffers copied; update_bn recomputes BN's
+        # AveragedModel's default averaging; buffers copied, update_bn recomputes BatchNorm's.
+        self.average = Averaged(model, None, use_buffers=False)
         self.scratch = copy.deepcopy(model)
         self.bn_batches = x_train.split(batch_size)
         self.scheduler: SWALR | None = None
@@ -115,7 +186,7 @@ class SWA:
 
     def observe(self, step: int, model: torch.nn.Module, epoch_end: bool) -> None:
         if step >= self.start and (step - self.start) % self.every == 0:
-            self.average.update_parameters(model)
+            self.average.update()
 
     def _evaluable(self) -> torch.nn.Module:
         self.scratch.load_state_dict(self.average.module.state_dict())
@@ -123,10 +194,10 @@ class SWA:
         return self.scratch
 
     def eval_modules(self) -> list[tuple[str, torch.nn.Module]]:
-        return [(self.name, self._evaluable())] if int(self.average.n_averaged) else []
+        return [(self.name, self._evaluable())] if self.average.n else []
 
     def final(self) -> Any:
-        return _clone(self._evaluable().state_dict()) if int(self.average.n_averaged) else None
+        return _clone(self._evaluable().state_dict()) if self.average.n else None
 
     def set_lr(self, at_step: int) -> bool:
         """Set the lr of the step after ``at_step``; False before ``start`` or without an SWA lr."""
@@ -157,7 +228,7 @@ class SWA:
 
     def state_dict(self) -> dict[str, Any]:
         scheduler = None if self.scheduler is None else self.scheduler.state_dict()
-        return {"average": _clone(self.average.state_dict()), "scheduler": scheduler,
+        return {"average": self.average.state_dict(), "scheduler": scheduler,
                 "lr_step": self.lr_step, "group_lrs": list(self.group_lrs)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -217,32 +288,31 @@ class PosthocEMA:
         self.sigma_rels = [float(s) for s in cfg["sigma_rels"]]
         self.gammas = [sigma_rel_to_gamma(s) for s in self.sigma_rels]
         self.profiles = [
-            AveragedModel(model, multi_avg_fn=floats_averaged_integers_carried(power_function_average(g)), use_buffers=True)
-            for g in self.gammas
+            Averaged(model, floats_averaged_integers_carried(power_function_average(g)), use_buffers=True) for g in self.gammas
         ]
         self.snapshots: list[dict[str, Any]] = []
         self.step = -1
 
     def observe(self, step: int, model: torch.nn.Module, epoch_end: bool) -> None:
         for profile in self.profiles:
-            profile.update_parameters(model)
+            profile.update()
         self.step = step
         if step > 0 and step % self.every == 0:
             self._snapshot()
 
     def _snapshot(self) -> None:
-        t = int(self.profiles[0].n_averaged)
+        t = self.profiles[0].n
         for sigma, gamma, profile in zip(self.sigma_rels, self.gammas, self.profiles):
             self.snapshots.append({"step": self.step, "t": t, "sigma_rel": sigma, "gamma": gamma,
                                    "weights": _clone(profile.module.state_dict())})
 
     def eval_modules(self) -> list[tuple[str, torch.nn.Module]]:
-        if not int(self.profiles[0].n_averaged):
+        if not self.profiles[0].n:
             return []
         return [(f"{self.name}_{sigma:g}", profile.module) for sigma, profile in zip(self.sigma_rels, self.profiles)]
 
     def final(self) -> Any:
-        if not int(self.profiles[0].n_averaged):
+        if not self.profiles[0].n:
             return None
         if not self.snapshots or self.snapshots[-1]["step"] != self.step:
             self._snapshot()
@@ -250,7 +320,7 @@ class PosthocEMA:
                 "snapshots": self.snapshots}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"profiles": [_clone(p.state_dict()) for p in self.profiles], "step": self.step,
+        return {"profiles": [p.state_dict() for p in self.profiles], "step": self.step,
                 "snapshots": [{**s, "weights": _clone(s["weights"])} for s in self.snapshots]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

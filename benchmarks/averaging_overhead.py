@@ -1,0 +1,166 @@
+"""Cost of in-training weight averagers on a training step of the MNIST-1D MLP.
+
+Two measurements, each side by side in one process with the configurations
+interleaved (none, ema, swa, ..., none, ema, ...) so machine load hits all
+alike; medians of the ratios to "none" are reported:
+
+- per step: ``Training.take_step()`` (minibatch, forward, backward, optimizer
+  step, then the averagers' update) timed over ``--steps`` steps of a built run;
+- whole run: ``train_run`` with evaluation off (``eval_every: 0``), so what is
+  added is the averagers' updates, SWA's lr, their evaluation at the last step,
+  their resume-point state and their final files.
+
+SWA averages every step from step 0 with its SWALR learning rate (its most
+expensive setting); the EMA is updated every step. Memory: the bytes of the
+tensors each averager holds at the end (its state), next to the model's.
+
+    python benchmarks/averaging_overhead.py [--steps 2000] [--repeats 7]
+
+Writes benchmarks/results/averaging_overhead.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from descentlab.data import build_dataset
+from descentlab.spec import validate
+from descentlab.train import train_run
+from descentlab.train.training import Training
+
+OUT = Path(__file__).resolve().parent / "results" / "averaging_overhead.md"
+
+CONFIGS = {
+    "none": [],
+    "ema": [{"kind": "ema", "decay": 0.999}],
+    "swa": [{"kind": "swa", "start": 0, "every": 1, "lr": 0.02}],
+    "ema + swa": [{"kind": "ema", "decay": 0.999}, {"kind": "swa", "start": 0, "every": 1, "lr": 0.02}],
+    "switch_ema": [{"kind": "switch_ema", "decay": 0.999}],
+    "lawa (k 5, every 10)": [{"kind": "lawa", "k": 5, "every": 10}],
+    "posthoc_ema (2 profiles, snapshots every 100)": [{"kind": "posthoc_ema", "snapshot_every": 100}],
+}
+TARGETS = ("ema", "swa", "ema + swa")  # the issue's target: at most +5%
+
+
+def spec(steps: int, averaging: list) -> dict:
+    return {
+        "dataset": {"name": "mnist1d", "n_samples": 5000},
+        "model": {"name": "mlp", "width": 100, "depth": 2},
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        "batch_size": 64,
+        "steps": steps,
+        "eval_every": 0,
+        "averaging": averaging,
+    }
+
+
+def time_steps(s: dict, data, steps: int) -> tuple[float, int]:
+    """Seconds for ``steps`` steps of a built run, and the bytes its averagers hold then."""
+    run = Training(validate(s), data, torch.device("cpu"))
+    run.averagers.observe(0, run.model, epoch_end=False)
+    run.set_lr(0)
+    start = time.perf_counter()
+    for _ in range(steps):
+        run.take_step()
+        run.set_lr(run.step)
+    seconds = time.perf_counter() - start
+    return seconds, state_bytes(run.averagers.state_dict())
+
+
+def state_bytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(state_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(state_bytes(v) for v in obj)
+    return 0
+
+
+def time_run(s: dict, data) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        train_run(s, data, tmp, progress=False)
+        return time.perf_counter() - start
+
+
+def interleaved(measure, repeats: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    for _ in range(repeats):
+        for name in CONFIGS:
+            times[name].append(measure(name))
+    return times
+
+
+def ratio_rows(times: dict[str, list[float]]) -> list[str]:
+    rows = []
+    for name, values in times.items():
+        ratios = [v / base for v, base in zip(values, times["none"])]
+        r = statistics.median(ratios)
+        rows.append(f"| {name} | {statistics.median(values):.3f} | {r:.3f} | {min(ratios):.3f}–{max(ratios):.3f} | {100 * (r - 1):+.1f}% |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = build_dataset(spec(1, [])["dataset"])
+    held: dict[str, int] = {}
+
+    def per_step(name: str) -> float:
+        seconds, held[name] = time_steps(spec(args.steps, CONFIGS[name]), data, args.steps)
+        return seconds
+
+    for name in CONFIGS:  # warm up
+        time_steps(spec(50, CONFIGS[name]), data, 50)
+    step_times = interleaved(per_step, args.repeats)
+    print(step_times, flush=True)
+    run_times = interleaved(lambda name: time_run(spec(args.steps, CONFIGS[name]), data), args.repeats)
+    print(run_times, flush=True)
+    model_bytes = state_bytes(dict(Training(validate(spec(1, [])), data, torch.device("cpu")).model.state_dict()))
+    header = "| averagers | median time (s) | ratio to none (median) | ratio range | overhead |"
+    lines = [
+        "# In-training weight averaging: overhead on a training step",
+        "",
+        f"MNIST-1D MLP (40-100-100-10), SGD (momentum 0.9), batch 64, {args.steps} steps, {args.threads} thread(s), "
+        f"median of {args.repeats} repeats, configurations interleaved. Target (issue 11): EMA and SWA updates "
+        "add at most 5% to a training step. Command: `python benchmarks/averaging_overhead.py`.",
+        "",
+        f"## Per step (`Training.take_step`, {args.steps} steps of a built run)",
+        "",
+        header,
+        "|---|---|---|---|---|",
+        *ratio_rows(step_times),
+        "",
+        "## Whole run (`train_run`, evaluation off; the averagers' evaluation at the last step, resume points and files included)",
+        "",
+        header,
+        "|---|---|---|---|---|",
+        *ratio_rows(run_times),
+        "",
+        f"## Memory: tensors each configuration's averagers hold after {args.steps} steps (the model: {model_bytes / 1024:.1f} KiB)",
+        "",
+        "| averagers | bytes held | in models |",
+        "|---|---|---|",
+        *[f"| {name} | {b / 1024:.1f} KiB | {b / model_bytes:.2f} |" for name, b in held.items()],
+        "",
+    ]
+    met = all(float(row.split("|")[3]) <= 1.05 for row in ratio_rows(step_times) if row.split("|")[1].strip() in TARGETS)
+    lines.append(f"Per-step target (EMA, SWA, both: at most +5%): {'met' if met else 'NOT met'}.")
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text("\n".join(lines) + "\n")
+    print(OUT.read_text())
+
+
+if __name__ == "__main__":
+    main()
