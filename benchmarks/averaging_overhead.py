@@ -4,17 +4,21 @@ Two measurements, each side by side in one process with the configurations
 interleaved (none, ema, swa, ..., none, ema, ...) so machine load hits all
 alike; medians of the ratios to "none" are reported:
 
-- per step: ``Training.take_step()`` (minibatch, forward, backward, optimizer
-  step, then the averagers' update) timed over ``--steps`` steps of a built run;
-- whole run: ``train_run`` with evaluation off (``eval_every: 0``), so what is
-  added is the averagers' updates, SWA's lr, their evaluation at the last step,
-  their resume-point state and their final files.
+- per step: one built run per configuration; ``Training.take_step()``
+  (minibatch, forward, backward, optimizer step, then the averagers' update)
+  and the next step's lr, timed in blocks of ``--block`` steps, a block of
+  each configuration in turn, ``--rounds`` rounds (short interleaved blocks:
+  on a shared machine the load changes within seconds);
+- whole run: ``train_run`` of ``--steps`` steps with evaluation off
+  (``eval_every: 0``), so what is added is the averagers' updates, SWA's lr,
+  their evaluation at the last step, their resume-point state and their
+  final files; ``--repeats`` interleaved repeats.
 
 SWA averages every step from step 0 with its SWALR learning rate (its most
 expensive setting); the EMA is updated every step. Memory: the bytes of the
 tensors each averager holds at the end (its state), next to the model's.
 
-    python benchmarks/averaging_overhead.py [--steps 2000] [--repeats 7]
+    python benchmarks/averaging_overhead.py [--block 100] [--rounds 41] [--steps 1000] [--repeats 5]
 
 Writes benchmarks/results/averaging_overhead.md.
 """
@@ -22,6 +26,7 @@ Writes benchmarks/results/averaging_overhead.md.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -60,17 +65,20 @@ def spec(steps: int, averaging: list) -> dict:
     }
 
 
-def time_steps(s: dict, data, steps: int) -> tuple[float, int]:
-    """Seconds for ``steps`` steps of a built run, and the bytes its averagers hold then."""
+def built_run(s: dict, data) -> Training:
     run = Training(validate(s), data, torch.device("cpu"))
     run.averagers.observe(0, run.model, epoch_end=False)
     run.set_lr(0)
+    return run
+
+
+def time_steps(run: Training, steps: int) -> float:
+    """Seconds for the next ``steps`` steps of ``run``."""
     start = time.perf_counter()
     for _ in range(steps):
         run.take_step()
         run.set_lr(run.step)
-    seconds = time.perf_counter() - start
-    return seconds, state_bytes(run.averagers.state_dict())
+    return time.perf_counter() - start
 
 
 def state_bytes(obj) -> int:
@@ -109,46 +117,49 @@ def ratio_rows(times: dict[str, list[float]]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--block", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=41)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = build_dataset(spec(1, [])["dataset"])
-    held: dict[str, int] = {}
-
-    def per_step(name: str) -> float:
-        seconds, held[name] = time_steps(spec(args.steps, CONFIGS[name]), data, args.steps)
-        return seconds
-
-    for name in CONFIGS:  # warm up
-        time_steps(spec(50, CONFIGS[name]), data, 50)
-    step_times = interleaved(per_step, args.repeats)
+    total = args.block * (args.rounds + 1)
+    runs = {name: built_run(spec(total, CONFIGS[name]), data) for name in CONFIGS}
+    for name in CONFIGS:  # warm up (imports, allocator, the first artifacts written)
+        time_steps(runs[name], args.block)
+        time_run(spec(50, CONFIGS[name]), data)
+    step_times = interleaved(lambda name: time_steps(runs[name], args.block) / args.block, args.rounds)
+    held = {name: state_bytes(run.averagers.state_dict()) for name, run in runs.items()}
     print(step_times, flush=True)
     run_times = interleaved(lambda name: time_run(spec(args.steps, CONFIGS[name]), data), args.repeats)
     print(run_times, flush=True)
     model_bytes = state_bytes(dict(Training(validate(spec(1, [])), data, torch.device("cpu")).model.state_dict()))
-    header = "| averagers | median time (s) | ratio to none (median) | ratio range | overhead |"
+    header = "| averagers | median time | ratio to none (median) | ratio range | overhead |"
     lines = [
         "# In-training weight averaging: overhead on a training step",
         "",
-        f"MNIST-1D MLP (40-100-100-10), SGD (momentum 0.9), batch 64, {args.steps} steps, {args.threads} thread(s), "
-        f"median of {args.repeats} repeats, configurations interleaved. Target (issue 11): EMA and SWA updates "
-        "add at most 5% to a training step. Command: `python benchmarks/averaging_overhead.py`.",
+        f"MNIST-1D MLP (40-100-100-10), SGD (momentum 0.9), batch 64, {args.threads} thread(s), configurations "
+        "interleaved, medians of the ratios to no averager. Target (issue 11): EMA and SWA updates "
+        "add at most 5% to a training step. Command: `python benchmarks/averaging_overhead.py "
+        f"--block {args.block} --rounds {args.rounds} --steps {args.steps} --repeats {args.repeats}` "
+        f"(load average at the start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; other jobs shared the machine).",
         "",
-        f"## Per step (`Training.take_step`, {args.steps} steps of a built run)",
+        f"## Per step (`Training.take_step`; {args.rounds} rounds of a {args.block}-step block per configuration; time in ms a step)",
         "",
         header,
         "|---|---|---|---|---|",
-        *ratio_rows(step_times),
+        *ratio_rows({k: [1000 * t for t in v] for k, v in step_times.items()}),
         "",
-        "## Whole run (`train_run`, evaluation off; the averagers' evaluation at the last step, resume points and files included)",
+        f"## Whole run (`train_run`, {args.steps} steps, {args.repeats} repeats, evaluation off; the averagers' "
+        "evaluation at the last step, resume points and files included; time in s)",
         "",
         header,
         "|---|---|---|---|---|",
         *ratio_rows(run_times),
         "",
-        f"## Memory: tensors each configuration's averagers hold after {args.steps} steps (the model: {model_bytes / 1024:.1f} KiB)",
+        f"## Memory: tensors each configuration's averagers hold after {total} steps (the model: {model_bytes / 1024:.1f} KiB)",
         "",
         "| averagers | bytes held | in models |",
         "|---|---|---|",

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from scipy.integrate import quad
-from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, update_bn
+from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, get_swa_multi_avg_fn, update_bn
 
 from descentlab.averaging.during import (
     EMA,
@@ -236,8 +236,10 @@ def bare_sgd(spec, data, after_step):
 
 @pytest.mark.parametrize("model", [SPEC["model"], BN_MODEL], ids=["mlp", "bn_cnn"])
 def test_swa_equals_swa_utils_driven_by_hand(data, tmp_path, model):
-    """AveragedModel updated at start, start + every, ...; SWALR created at start and
-    stepped after every later step; update_bn over the training data in minibatches."""
+    """AveragedModel (the SWA mean as a lerp) updated at start, start + every, ...;
+    SWALR created at start and stepped after every later step; update_bn over the
+    training data in minibatches. AveragedModel's CPU default (another formula
+    for the same mean) agrees to rounding."""
     start, every = 24, 4
     spec = dict(SPEC, model=model, seed=0, eval_every=0,
                 averaging=[{"kind": "swa", "start": start, "every": every, "lr": 0.01, "anneal_steps": 10, "anneal": "linear"}])
@@ -246,9 +248,11 @@ def test_swa_equals_swa_utils_driven_by_hand(data, tmp_path, model):
 
     def after_step(step, model, opt):
         if step == 0:
-            swa["model"] = AveragedModel(model)
+            swa["model"] = AveragedModel(model, multi_avg_fn=get_swa_multi_avg_fn())
+            swa["default"] = AveragedModel(model)
         if step >= start and (step - start) % every == 0:
             swa["model"].update_parameters(model)
+            swa["default"].update_parameters(model)
         if step == start:
             held["sched"] = SWALR(opt, swa_lr=0.01, anneal_epochs=10, anneal_strategy="linear")
         elif step > start:
@@ -256,6 +260,7 @@ def test_swa_equals_swa_utils_driven_by_hand(data, tmp_path, model):
 
     model = bare_sgd(spec, data, after_step)
     update_bn(data.x["train"].split(spec["batch_size"]), swa["model"].module)
+    update_bn(data.x["train"].split(spec["batch_size"]), swa["default"].module)
     for name, value in load(tmp_path / "final.pt").items():
         assert torch.equal(value, model.state_dict()[name]), name
     expected = swa["model"].module.state_dict()
@@ -263,6 +268,7 @@ def test_swa_equals_swa_utils_driven_by_hand(data, tmp_path, model):
     assert ours.keys() == expected.keys()
     for name, value in ours.items():
         assert torch.equal(value, expected[name]), name
+        torch.testing.assert_close(value, swa["default"].module.state_dict()[name], rtol=0, atol=1e-6)
     lr = metrics(tmp_path).query("metric == 'lr'").set_index("step")["value"]
     assert lr[20] == 0.05 and lr[60] == pytest.approx(0.01, rel=1e-12)
 
@@ -356,6 +362,14 @@ AVERAGERS = {
 }
 
 
+def flat_weights(path):
+    """A final file's tensors by name; a post-hoc EMA record's as <snapshot>.<step>.<name>."""
+    obj = read_torch_file(path)
+    if "snapshots" not in obj:
+        return obj
+    return {f"{i}.{s['step']}.{k}": v for i, s in enumerate(obj["snapshots"]) for k, v in s["weights"].items()}
+
+
 @pytest.mark.parametrize("kind", sorted(AVERAGERS))
 def test_each_averager_resumes_bit_for_bit(data, tmp_path, kind):
     spec = dict(SPEC, model=BN_MODEL, resume_every=5, log_every=3, eval_every=10, averaging=[AVERAGERS[kind]])
@@ -365,13 +379,8 @@ def test_each_averager_resumes_bit_for_bit(data, tmp_path, kind):
     result = train_run(spec, data, tmp_path / "cut")
     assert 25 <= result.resumed_from < 60
     pd.testing.assert_frame_equal(metrics(tmp_path / "whole"), metrics(tmp_path / "cut"))
-    name = f"final.{AVERAGERS[kind]['kind']}.pt"
-    for file in ("final.pt", name):
-        a, b = read_torch_file(tmp_path / "whole" / file), read_torch_file(tmp_path / "cut" / file)
-        if "snapshots" in a:
-            assert [s["step"] for s in a["snapshots"]] == [s["step"] for s in b["snapshots"]]
-            a = {f"{i}.{k}": v for i, s in enumerate(a["snapshots"]) for k, v in s["weights"].items()}
-            b = {f"{i}.{k}": v for i, s in enumerate(b["snapshots"]) for k, v in s["weights"].items()}
+    for file in ("final.pt", f"final.{AVERAGERS[kind]['kind']}.pt"):
+        a, b = flat_weights(tmp_path / "whole" / file), flat_weights(tmp_path / "cut" / file)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), file
 
 
@@ -407,3 +416,51 @@ def test_batched_training_trains_averaging_runs_one_by_one(data, tmp_path):
     for file in ("final.pt", "final.ema.pt"):
         a, b = load(tmp_path / "j0" / file), load(tmp_path / "alone" / file)
         assert all(torch.equal(a[k], b[k]) for k in a), file
+
+
+def test_a_killed_process_with_every_averager_resumes_bit_for_bit(tmp_path):
+    """A real SIGKILL mid-run (as tests/test_train.py's), every kind at once."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    averaging = [dict(a, name=k) for k, a in AVERAGERS.items()]
+    spec = dict(SPEC, model=BN_MODEL, steps=3000, resume_every=50, eval_every=500, log_every=50, averaging=averaging)
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    cmd = [sys.executable, "-m", "descentlab.cli", "train", "--spec", str(spec_file), "--device", "cpu"]
+    state = tmp_path / "cut" / ".resume" / "state.pt"
+    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "cut")], stdout=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut" / "status.json").exists(), "finished before it could be killed; raise steps"
+    out = subprocess.run(cmd + ["--out", str(tmp_path / "cut")], capture_output=True, text=True, check=True)
+    assert 0 < json.loads(out.stdout)["resumed_from"] < 3000
+    subprocess.run(cmd + ["--out", str(tmp_path / "whole")], capture_output=True, check=True)
+    pd.testing.assert_frame_equal(metrics(tmp_path / "whole"), metrics(tmp_path / "cut"))
+    for name in ["final.pt"] + [f"final.{k}.pt" for k in AVERAGERS]:
+        a, b = flat_weights(tmp_path / "whole" / name), flat_weights(tmp_path / "cut" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_a_loss_that_reads_the_model_is_bound_to_the_averaged_weights(data, tmp_path):
+    """norm_loss's penalty is of the weights evaluated: loss@ema at the last step
+    equals the loss of final.ema.pt's weights computed afresh."""
+    from descentlab.losses import build_loss
+    from descentlab.train.evaluation import evaluate
+
+    loss = {"name": "norm_loss", "base": {"name": "cross_entropy"}, "coefficient": 0.5}
+    spec = dict(SPEC, loss=loss, averaging=[{"kind": "ema", "decay": 0.8}])
+    train_run(spec, data, tmp_path)
+    model = build_model(spec["model"], data.input_shape, data.num_outputs)
+    model.load_state_dict(load(tmp_path / "final.ema.pt"))
+    expected = evaluate(model, build_loss(loss, model=model), data.x["val"], data.y["val"], data.task)["loss"]
+    m = metrics(tmp_path)
+    ours = m[(m.step == 60) & (m.split == "val") & (m.metric == "loss@ema")].value.item()
+    assert ours == pytest.approx(expected, rel=1e-6)

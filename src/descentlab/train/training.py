@@ -162,9 +162,12 @@ class Training:
 
     def _evaluate_module(self, module: torch.nn.Module) -> list[tuple[str, str, float]]:
         """``(split, metric, value)`` of ``module`` on the spec's evaluation splits."""
+        loss_fn = self.loss_fn
+        if module is not self.model and any(hasattr(m, "bind_model") for m in loss_fn.modules()):
+            loss_fn = build_loss(self.spec["loss"], model=module)  # norm_loss: the penalty of the weights evaluated
         rows = []
         for split in self.spec["eval_splits"]:
-            for metric, value in evaluate(module, self.loss_fn, self.x[split], self.y[split], self.task).items():
+            for metric, value in evaluate(module, loss_fn, self.x[split], self.y[split], self.task).items():
                 # On the training split, "full_" tells the whole-set evaluation
                 # apart from the running mean of minibatch losses ("loss").
                 rows.append((split, f"full_{metric}" if split == "train" else metric, value))
