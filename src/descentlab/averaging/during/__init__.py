@@ -8,7 +8,16 @@ holds: it shows each averager the model at the run's start step and after
 every step, lets SWA set the learning rate, evaluates the averaged weights at
 the run's evaluation steps (metrics ``<metric>@<name>``, split as the run's),
 and carries their state in resume points. A finished run saves each
-averager's final weights as ``final.<name>.pt`` next to ``final.pt``.
+averager's final weights as ``final.<name>.pt`` next to ``final.pt`` (SWA's
+with BatchNorm statistics recomputed; post-hoc EMA's: a record of its
+snapshots, for ``reconstruct_posthoc_ema``; an averager that never averaged,
+e.g. SWA in a run that diverged before its start: a marker file).
+
+Runs with averagers train one by one in a batched job (``why_not_batched``).
+A child run (``init``) starts its averagers afresh at its start step, also
+with ``restore: all``: the parent's averager states are not carried over.
+Post-hoc EMA keeps its snapshots in memory and in every resume point
+(2 models per snapshot).
 
 The averagers see the model's training-mode weights (for Schedule-Free: y,
 not the published average). Evaluating them never touches the run's random
