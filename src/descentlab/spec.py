@@ -39,6 +39,10 @@ DEFAULT_SPEC: dict[str, Any] = {
     "init": None,  # {"run": id, "step": k, "restore": weights|optimizer|all, "exclude": [prefix]}: start from another run
 }
 
+# Keys a spec may give that are left out of its canonical form when empty, so
+# adding them did not rename the runs that existed before them.
+OPTIONAL_KEYS = ("averaging",)  # [{"kind": swa|ema|switch_ema|lawa|posthoc_ema, ...}]: descentlab.averaging.during
+
 INIT_KEYS = ("run", "step", "restore", "exclude")
 RESTORE_MODES = ("weights", "optimizer", "all")
 
@@ -91,12 +95,18 @@ def _normalise(value: Any) -> Any:
 
 def canonical(spec: dict[str, Any]) -> dict[str, Any]:
     """The spec with defaults filled in and values normalised (see module doc)."""
-    unknown = sorted(set(spec) - set(DEFAULT_SPEC))
+    unknown = sorted(set(spec) - set(DEFAULT_SPEC) - set(OPTIONAL_KEYS))
     if unknown:
         raise SpecError(
-            f"unknown run-spec key(s) {unknown}; valid keys: {', '.join(sorted(DEFAULT_SPEC))}"
+            f"unknown run-spec key(s) {unknown}; valid keys: {', '.join(sorted([*DEFAULT_SPEC, *OPTIONAL_KEYS]))}"
         )
     merged = deep_merge(DEFAULT_SPEC, spec)
+    if merged.get("averaging") in ([], None):
+        merged.pop("averaging", None)
+    elif "averaging" in merged:
+        from .averaging.during.config import canonical_averaging
+
+        merged["averaging"] = canonical_averaging(merged["averaging"])
     for key in COMPONENT_KEYS:
         if not isinstance(merged[key], dict) or "name" not in merged[key]:
             raise SpecError(f"{key} must be a mapping with a 'name', got {merged[key]!r}")
@@ -368,6 +378,13 @@ def validate(spec: dict[str, Any], where: str = "run spec") -> dict[str, Any]:
                 regs[key].build(spec[key])
         except (TypeError, ValueError) as err:
             raise SpecError(f"{where}: {key} {spec[key]}: {err}") from None
+    if "averaging" in spec:
+        from .averaging.during.config import check_averaging
+
+        try:
+            check_averaging(spec["averaging"], spec["steps"], spec["batch_size"])
+        except ValueError as err:
+            raise SpecError(f"{where}: {err}") from None
     from .train.instruments import INSTRUMENTS
 
     for inst in spec["instruments"]:

@@ -34,7 +34,8 @@ SAM and ASAM, whose step needs a second gradient at a perturbed point, get a
 batched closure: a second batched pass (``sam_update``); their runs batch
 only with each other. Not batched (trained alone, see ``why_not_batched``):
 AdaHessian (it backpropagates through the gradient), losses that read the
-model's parameters (``norm_loss``), subspace runs.
+model's parameters (``norm_loss``), subspace runs, runs with weight averagers
+(``averaging``: their averagers see one run's model, not a row of the stack).
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def why_not_batched(spec: dict[str, Any]) -> str | None:
         return f"loss {spec['loss']['name']!r} reads the model's parameters"
     if spec["subspace"] is not None:
         return "subspace runs are not batched"
+    if spec.get("averaging"):
+        return "runs with weight averagers (averaging) are not batched"
     return None
 
 

@@ -176,6 +176,7 @@ def _start(run: Training, out: Path, rid: str) -> None:
     """What a run does at its first step (0, or a child's start step): evaluate
     and checkpoint, leaving the training weights exactly as they were."""
     spec = run.spec
+    run.averagers.observe(run.step, run.model, epoch_end=False)  # they start from the start step's weights
     with run.training_weights_kept():
         if spec["eval_every"]:
             run.evaluate()
@@ -253,6 +254,9 @@ def _finish(out: Path, spec: dict[str, Any], rid: str, identity: dict[str, str],
     """Final weights and markers into .resume/, the small finished record over the
     resume point (the optimizer state goes), then the declared outputs."""
     save_atomic(run.eval_weights(), out / outputs.RESUME_FINAL)
+    for name, final in run.averagers.finals().items():  # final.<name>.pt; a marker if it never averaged
+        message = f"run {rid}: averager {name} took no weights before the run ended at step {run.step}"
+        save_atomic(diverged_marker(message) if final is None else final, out / outputs.RESUME_DIR / name)
     unreached = [s for s in spec["checkpoints"] if s > run.step]
     outputs.write_markers(out, unreached, lambda k: f"run {rid} diverged at step {run.diverged_at}; no weights at step {k}")
     record = resume.finished_record(identity, run.status, run.step, run.diverged_at, run.reason, run.rows, train_seconds)
@@ -265,6 +269,8 @@ def _finish_untrained(out: Path, spec: dict[str, Any], rid: str, identity: dict[
     """A child whose parent diverged before its start: recorded as diverged, no metrics, marker files."""
     message = f"run {rid} did not train ({reason}); it has no weights"
     save_atomic(diverged_marker(message), out / outputs.RESUME_FINAL)
+    for name in outputs.averager_finals(spec):
+        save_atomic(diverged_marker(message), out / outputs.RESUME_DIR / name)
     outputs.write_markers(out, list(spec["checkpoints"]), lambda k: f"run {rid} did not train ({reason}); no weights at step {k}")
     record = resume.finished_record(identity, "diverged", start, start, reason, [], 0.0)
     record["sizes"] = outputs.source_sizes(out, spec)

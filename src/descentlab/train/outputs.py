@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..averaging.during.config import final_files as averager_finals
 from ..checkpoints import diverged_marker, save_atomic, state_path, weights_path
 from ..spec import canonical
 
@@ -39,6 +40,7 @@ def output_files(out_dir: str | os.PathLike, spec: dict[str, Any]) -> list[Path]
     """Every file a finished run writes (the workflow declares these)."""
     out = Path(out_dir)
     files = [out / "spec.json", out / "metrics.parquet", out / "final.pt", out / "status.json"]
+    files += [out / name for name in averager_finals(canonical(spec))]
     for step in canonical(spec)["checkpoints"]:
         files += [weights_path(out, step), state_path(out, step)]
     return files
@@ -74,7 +76,7 @@ def link_or_copy(src: Path, dst: Path) -> None:
 
 def clear_resume_checkpoints(out: Path) -> None:
     """Before a fresh start: no checkpoint of an earlier, different run may survive."""
-    for relative in ("checkpoints", "final.pt"):
+    for relative in ("checkpoints", "final.pt", *(p.name for p in (out / RESUME_DIR).glob("final.*.pt"))):
         path = out / RESUME_DIR / relative
         if path.is_dir():
             for file in path.iterdir():
@@ -100,7 +102,8 @@ def write_markers(out: Path, steps: list[int], message_for: Any) -> None:
 
 
 def _sources(out: Path, spec: dict[str, Any]) -> list[Path]:
-    return [out / RESUME_FINAL] + [resume_copy(out, p) for p in checkpoint_files(spec)]
+    finals = [RESUME_FINAL] + [RESUME_DIR / name for name in averager_finals(spec)]
+    return [out / p for p in finals] + [resume_copy(out, p) for p in checkpoint_files(spec)]
 
 
 def source_sizes(out: Path, spec: dict[str, Any]) -> dict[str, int]:
@@ -133,9 +136,11 @@ def write_outputs(out: Path, spec: dict[str, Any], rid: str, record: dict[str, A
     metrics.to_parquet(tmp, index=False)
     os.replace(tmp, out / "metrics.parquet")
     link_or_copy(out / RESUME_FINAL, out / "final.pt")
+    for name in averager_finals(spec):
+        link_or_copy(out / RESUME_DIR / name, out / name)
     for relative in checkpoint_files(spec):
         link_or_copy(resume_copy(out, relative), out / relative)
-    written = [Path("spec.json"), Path("metrics.parquet"), Path("final.pt"), *checkpoint_files(spec)]
+    written = [Path("spec.json"), Path("metrics.parquet"), Path("final.pt"), *map(Path, averager_finals(spec)), *checkpoint_files(spec)]
     status = {
         "run_id": rid,
         "status": record["status"],

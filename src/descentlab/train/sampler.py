@@ -28,6 +28,10 @@ class BatchSampler:
         self.pos += self.batch_size
         return idx
 
+    def epoch_ended(self) -> bool:
+        """Whether the last batch drawn ended its epoch (the next draw starts a new permutation)."""
+        return self.full_batch or self.pos + self.batch_size > self.n
+
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(), "perm": None if self.perm is None else self.perm.cpu(), "pos": self.pos}
 

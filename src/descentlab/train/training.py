@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from ..averaging.during import Averagers
 from ..checkpoints import STATE_FORMAT
 from ..data import SplitData
 from ..losses import build_loss
@@ -82,6 +83,7 @@ class Training:
         self.lr = 0.0  # the first group's learning rate for the next step
         self.status, self.diverged_at, self.reason = "ok", None, None
         self._xb, self._yb = self.x["train"], self.y["train"]
+        self.averagers = Averagers(spec.get("averaging", []), self.model, self.optimizer, self.sampler.batch_size, self.x["train"])
 
     # -- one step ----------------------------------------------------------------------
 
@@ -90,6 +92,8 @@ class Training:
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
         self.lr = self.base_lrs[0] * factor
+        if self.averagers.set_lr(at_step):  # SWA's learning rate from its start on
+            self.lr = self.optimizer.param_groups[0]["lr"]
 
     def _closure(self) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
@@ -117,6 +121,7 @@ class Training:
         for inst in self.instruments:
             for metric, value in inst(self.step, self.model, self.loss_fn, self.x["train"], self.y["train"]).items():
                 self.rows.append((self.step, "train", metric, float(value)))
+        self.averagers.observe(self.step, self.model, epoch_end=self.sampler.epoch_ended())
 
     def log_window(self) -> None:
         """Record the mean minibatch loss since the last log and the step's lr."""
@@ -157,16 +162,25 @@ class Training:
 
     def evaluate(self) -> None:
         """Record val/test (and whole-train) metrics at this step; a non-finite loss diverges."""
-        finite = True
         with self.eval_weights_in_model():
-            for split in self.spec["eval_splits"]:
-                for metric, value in evaluate(self.model, self.loss_fn, self.x[split], self.y[split], self.task).items():
-                    # On the training split, "full_" tells the whole-set evaluation
-                    # apart from the running mean of minibatch losses ("loss").
-                    self.rows.append((self.step, split, f"full_{metric}" if split == "train" else metric, value))
-                    finite &= math.isfinite(value)
-        if not finite:
+            rows = self._evaluate_module(self.model)
+        # The averagers' weights are evaluated alongside; their values never diverge the run.
+        self.rows += [(self.step, *row) for row in rows + self.averagers.evaluate(self._evaluate_module)]
+        if not all(math.isfinite(value) for _, _, value in rows):
             self.mark_diverged()
+
+    def _evaluate_module(self, module: torch.nn.Module) -> list[tuple[str, str, float]]:
+        """``(split, metric, value)`` of ``module`` on the spec's evaluation splits."""
+        loss_fn = self.loss_fn
+        if module is not self.model and any(hasattr(m, "bind_model") for m in loss_fn.modules()):
+            loss_fn = build_loss(self.spec["loss"], model=module)  # norm_loss: the penalty of the weights evaluated
+        rows = []
+        for split in self.spec["eval_splits"]:
+            for metric, value in evaluate(module, loss_fn, self.x[split], self.y[split], self.task).items():
+                # On the training split, "full_" tells the whole-set evaluation
+                # apart from the running mean of minibatch losses ("loss").
+                rows.append((split, f"full_{metric}" if split == "train" else metric, value))
+        return rows
 
     def eval_weights(self) -> dict[str, torch.Tensor]:
         with self.eval_weights_in_model():
@@ -187,6 +201,7 @@ class Training:
             "base_lrs": list(self.base_lrs),
             "window_loss": self.window_loss.detach().cpu().clone(),
             "window_n": self.window_n,
+            "averagers": self.averagers.state_dict(),
         }
 
     def optimizer_state_dict(self) -> dict[str, Any]:
@@ -211,3 +226,4 @@ class Training:
         self.load_sampler_rng_instruments(state)
         self.base_lrs = list(state["base_lrs"])
         self.step = state["step"]
+        self.averagers.load_state_dict(state["averagers"])
