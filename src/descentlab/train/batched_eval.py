@@ -74,20 +74,22 @@ class BatchedEvaluation:
     def _metrics(self, rows: list[int], x: torch.Tensor, y: torch.Tensor, task: str) -> list[dict[str, float]]:
         whole = rows == list(range(len(self.runs)))
         n = x.shape[0]
-        total, correct = [0.0] * len(rows), [0] * len(rows)
+        total, correct, n_targets = [0.0] * len(rows), [0] * len(rows), 0
         for start in range(0, n, CHUNK):
             xc, yc = x[start:start + CHUNK], y[start:start + CHUNK]
             out = self.stack.outputs(xc, batched_x=False, training=False, rows=None if whole else rows)
             losses = self.stack.losses(out, yc, batched_y=False, rows=rows).tolist()
             total = [t + loss * xc.shape[0] for t, loss in zip(total, losses)]
             if task == "classification":
-                hits = (out.argmax(dim=2) == yc).sum(dim=1).tolist()
+                # one target per example, or one per token (sequences): as evaluate()
+                hits = (out.argmax(dim=-1) == yc).flatten(1).sum(dim=1).tolist()
                 correct = [c + h for c, h in zip(correct, hits)]
+                n_targets += yc.numel()
         results = []
         for k in range(len(rows)):
             values = {"loss": total[k] / n}
             if task == "classification":
-                values["accuracy"] = correct[k] / n
+                values["accuracy"] = correct[k] / n_targets
             results.append(values)
         return results
 
