@@ -1,4 +1,4 @@
-"""Weight averaging during training (descentlab.averaging.during), checked
+"""Weight averaging during training (descentlab.train.averagers), checked
 against independent answers: closed forms (EMA's geometric sum, LAWA's mean
 of the last k, the scaling rule's rho^kappa), swa_utils driven by hand in a
 bare loop, EDM2's published gamma values and numerical quadrature, and a
@@ -13,7 +13,7 @@ import torch
 from scipy.integrate import quad
 from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, get_swa_multi_avg_fn, update_bn
 
-from descentlab.averaging.during import (
+from descentlab.train.averagers import (
     EMA,
     LAWA,
     PosthocEMA,

@@ -59,11 +59,20 @@ def test_lazily_imported_training_code_changes_the_fingerprint(package):
     assert training_code_fingerprint(package) != after_instrument
 
 
-@pytest.mark.parametrize("edited", ["plots/curves.py", "plots/__init__.py", "analyses/curvature.py", "cli.py", "studies.py"])
+@pytest.mark.parametrize("edited", ["plots/curves.py", "plots/__init__.py", "analyses/curvature.py", "cli.py", "studies.py",
+                                    "averaging/barriers.py", "averaging/task_vectors.py", "scaling/chinchilla.py"])
 def test_plots_analyses_and_cli_do_not_retrain(package, edited):
     before = training_code_fingerprint(package)
     touch(package / edited)
     assert training_code_fingerprint(package) == before
+
+
+def test_in_training_averagers_retrain_and_the_merge_code_does_not(package):
+    before = training_code_fingerprint(package)
+    touch(package / "averaging" / "__init__.py")  # the merge library
+    assert training_code_fingerprint(package) == before
+    touch(package / "train" / "averagers" / "averagers.py")
+    assert training_code_fingerprint(package) != before
 
 
 def test_every_registered_optimizer_module_is_covered(package):

@@ -41,7 +41,7 @@ DEFAULT_SPEC: dict[str, Any] = {
 
 # Keys a spec may give that are left out of its canonical form when empty, so
 # adding them did not rename the runs that existed before them.
-OPTIONAL_KEYS = ("averaging",)  # [{"kind": swa|ema|switch_ema|lawa|posthoc_ema, ...}]: descentlab.averaging.during
+OPTIONAL_KEYS = ("averaging",)  # [{"kind": swa|ema|switch_ema|lawa|posthoc_ema, ...}]: descentlab.train.averagers
 
 INIT_KEYS = ("run", "step", "restore", "exclude")
 RESTORE_MODES = ("weights", "optimizer", "all")
@@ -104,7 +104,7 @@ def canonical(spec: dict[str, Any]) -> dict[str, Any]:
     if merged.get("averaging") in ([], None):
         merged.pop("averaging", None)
     elif "averaging" in merged:
-        from .averaging.during.config import canonical_averaging
+        from .train.averagers.config import canonical_averaging
 
         merged["averaging"] = canonical_averaging(merged["averaging"])
     for key in COMPONENT_KEYS:
@@ -379,7 +379,7 @@ def validate(spec: dict[str, Any], where: str = "run spec") -> dict[str, Any]:
         except (TypeError, ValueError) as err:
             raise SpecError(f"{where}: {key} {spec[key]}: {err}") from None
     if "averaging" in spec:
-        from .averaging.during.config import check_averaging
+        from .train.averagers.config import check_averaging
 
         try:
             check_averaging(spec["averaging"], spec["steps"], spec["batch_size"])

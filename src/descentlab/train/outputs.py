@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..averaging.during.config import final_files as averager_finals
+from .averagers.config import final_files as averager_finals
 from ..checkpoints import diverged_marker, save_atomic, state_path, weights_path
 from ..spec import canonical
 

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from ..averaging.during import Averagers
+from .averagers import Averagers
 from ..checkpoints import STATE_FORMAT
 from ..data import SplitData
 from ..losses import build_loss

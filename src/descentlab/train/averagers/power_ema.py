@@ -76,7 +76,7 @@ def reconstruct_posthoc_ema(record: dict[str, Any] | str, sigma_rel: float, step
     import torch
 
     if not isinstance(record, dict):
-        from ...checkpoints import CorruptArtifact, read_torch_file
+        from ..checkpoints import CorruptArtifact, read_torch_file
 
         path, record = record, read_torch_file(record)
         if not isinstance(record, dict) or record.get("format") != FORMAT:
