@@ -66,8 +66,6 @@ def heatmap(
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from .style import edge_marker
-
     for axis in (x, y) + ((facet,) if facet else ()):
         if axis not in runs.columns:
             raise ValueError(f"heatmap: {axis!r} is not an axis of the study; axes: {[c for c in runs.columns if c not in ('run_id', 'seed', 'status')]}")
@@ -103,7 +101,7 @@ def heatmap(
         _label_bad_cells(ax, part, grid, x, y, chance, as_error, percent)
         if row_best is not None:
             rows_choice = choice[choice[facet] == value] if facet else choice
-            _mark_row_bests(ax, rows_choice, grid, x, y, edge_marker)
+            _mark_row_bests(ax, rows_choice, grid, x, y)
             if fit_best:
                 _draw_fitted_bests(ax, rows_choice, grid, y, log_x)
         ax.set_title(str(value) if value is not None else "")
@@ -218,15 +216,17 @@ def per_seed_row_bests(table: pd.DataFrame, x: str, y: str, facet: str | None, l
     return pd.DataFrame(out)
 
 
-def _mark_row_bests(ax, choice, grid, x, y, edge_marker) -> None:
-    """A circle on each row's best x (mean over seeds on the choosing split); open on the grid's edge."""
+def _mark_row_bests(ax, choice, grid, x, y) -> None:
+    """A white outline around each row's best cell (mean over seeds on the choosing
+    split): solid inside the grid, dashed on its edge."""
+    from matplotlib.patches import Rectangle
+
     for row in choice.itertuples(index=False):
         if not np.isfinite(row.best):
             continue
         cx, cy = _cell_position(grid, row.best, getattr(row, y))
-        # in the cell's corner, clear of its number
-        ax.plot([cx - 0.33], [cy - 0.3], color="white", markeredgecolor="white", markersize=5, markeredgewidth=1.2,
-                linestyle="none", **edge_marker(row.on_edge))
+        ax.add_patch(Rectangle((cx - 0.47, cy - 0.47), 0.94, 0.94, fill=False, edgecolor="white",
+                               linewidth=2.0, linestyle="--" if row.on_edge else "-"))
 
 
 def _draw_fitted_bests(ax, choice, grid, y, log_x) -> None:
