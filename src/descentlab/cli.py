@@ -69,35 +69,40 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish(command: str, markdown: str, readme: Path | None, header: str, done: str) -> int:
+    """Print ``markdown``, or write it with ``header`` into the README block ``command``."""
+    from .readme_blocks import replace_block
+
+    if readme is None:
+        print(markdown)
+        return 0
+    try:
+        readme.write_text(replace_block(readme.read_text(), command, header + "\n\n" + markdown))
+    except (OSError, ValueError) as err:
+        print(f"descentlab {command}: {readme}: {err}", file=sys.stderr)
+        return 2
+    print(f"{readme}: {command} table updated ({done})")
+    return 0
+
+
 def _cmd_claims(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .claims import markdown_table, update_readme
+    from .claims import markdown_table
 
     try:
         table = pd.read_csv(args.claims, keep_default_na=False)
     except (OSError, ValueError) as err:
         print(f"descentlab claims: cannot read {args.claims}: {err}", file=sys.stderr)
         return 2
-    markdown = markdown_table(table)
-    if args.readme is None:
-        print(markdown)
-        return 0
     held = int((table["holds"] == "yes").sum())
     scales = ", ".join(sorted(set(table["scale"].astype(str)))) or "(none)"
     header = (f"{held} of {len(table)} claims hold at scale {scales} "
               f"(regenerate: `descentlab claims {args.claims} --readme {args.readme}`).")
-    try:
-        args.readme.write_text(update_readme(args.readme.read_text(), markdown, header))
-    except (OSError, ValueError) as err:
-        print(f"descentlab claims: {args.readme}: {err}", file=sys.stderr)
-        return 2
-    print(f"{args.readme}: claims table updated ({held} of {len(table)} hold)")
-    return 0
+    return _publish("claims", markdown_table(table), args.readme, header, f"{held} of {len(table)} hold")
 
 
 def _cmd_timings(args: argparse.Namespace) -> int:
-    from .readme_blocks import replace_block
     from .timings import markdown_table, per_study, read_job_benchmarks
 
     try:
@@ -105,19 +110,9 @@ def _cmd_timings(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"descentlab timings: {args.results}: {err}", file=sys.stderr)
         return 2
-    markdown = markdown_table(table)
-    if args.readme is None:
-        print(markdown)
-        return 0
     header = (f"Per study, from the job benchmark files of `{args.results}` "
               f"(regenerate: `descentlab timings {args.results} --readme {args.readme}`).")
-    try:
-        args.readme.write_text(replace_block(args.readme.read_text(), "timings", header + "\n\n" + markdown))
-    except (OSError, ValueError) as err:
-        print(f"descentlab timings: {args.readme}: {err}", file=sys.stderr)
-        return 2
-    print(f"{args.readme}: timings table updated ({len(table)} rows)")
-    return 0
+    return _publish("timings", markdown_table(table), args.readme, header, f"{len(table)} rows")
 
 
 def build_parser() -> argparse.ArgumentParser:
