@@ -73,13 +73,15 @@ def _assemble(base: StateDict, delta: dict[str, torch.Tensor], lam: float) -> St
     return {k: (v + lam * delta[k].to(v.dtype)) if k in delta else v.clone() for k, v in base.items()}
 
 
-def task_arithmetic(base: Source, finetuned: Iterable[Source], lam: float = 1.0, carry: Iterable[str] = ()) -> StateDict:
-    """theta_0 + lam * sum_i (theta_i - theta_0), one fine-tuned model at a time."""
-    theta0, carry = _base(base, carry)
+def _sum_task_vectors(theta0: StateDict, finetuned: Iterable[Source], carry: frozenset[str],
+                      transform=None) -> dict[str, torch.Tensor]:
+    """sum_i transform(i, theta_i - theta_0), reading one fine-tuned model at a time."""
     total: dict[str, torch.Tensor] | None = None
-    for state in iter_states(finetuned, reference=theta0):
+    for i, state in enumerate(iter_states(finetuned, reference=theta0)):
         tau = _tau(state, theta0, carry)
         del state
+        if transform is not None:
+            tau = transform(i, tau)
         if total is None:
             total = tau
         else:
@@ -87,7 +89,13 @@ def task_arithmetic(base: Source, finetuned: Iterable[Source], lam: float = 1.0,
                 total[k].add_(v)
     if total is None:
         raise ValueError("no fine-tuned models were given to merge")
-    return _assemble(theta0, total, float(lam))
+    return total
+
+
+def task_arithmetic(base: Source, finetuned: Iterable[Source], lam: float = 1.0, carry: Iterable[str] = ()) -> StateDict:
+    """theta_0 + lam * sum_i (theta_i - theta_0), one fine-tuned model at a time."""
+    theta0, carry = _base(base, carry)
+    return _assemble(theta0, _sum_task_vectors(theta0, finetuned, carry), float(lam))
 
 
 def ties_threshold(tau: dict[str, torch.Tensor], density: float) -> float:
@@ -211,15 +219,5 @@ def dare_merge(base: Source, finetuned: Iterable[Source], drop: float, seed: int
             return _elect_and_merge(theta0, finetuned, lambda i, tau: dare(tau, drop, seed, i), lam, carry)
         return _elect_and_merge(theta0, finetuned, _trimmer(density, lambda i, tau: dare(tau, drop, seed, i)),
                                 lam, carry)
-    total: dict[str, torch.Tensor] | None = None
-    for i, state in enumerate(iter_states(finetuned, reference=theta0)):
-        tau = dare(_tau(state, theta0, carry), drop, seed, i)
-        del state
-        if total is None:
-            total = tau
-        else:
-            for k, v in tau.items():
-                total[k].add_(v)
-    if total is None:
-        raise ValueError("no fine-tuned models were given to merge")
+    total = _sum_task_vectors(theta0, finetuned, carry, lambda i, tau: dare(tau, drop, seed, i))
     return _assemble(theta0, total, float(lam))
