@@ -163,6 +163,14 @@ def gaussian_mixture(
     return _classification(xs, ys, n_classes, (dim,), {"source": "generated"})
 
 
+def teacher_weights(dim: int, teacher_width: int, num_outputs: int, teacher_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher of ``teacher_student(..., teacher_seed=s)``: (w1, w2), y = tanh(x @ w1) @ w2."""
+    rng = np.random.default_rng(teacher_seed)
+    w1 = rng.standard_normal((dim, teacher_width)) / np.sqrt(dim)
+    w2 = rng.standard_normal((teacher_width, num_outputs)) / np.sqrt(teacher_width)
+    return w1, w2
+
+
 @DATASETS.register("teacher_student")
 def teacher_student(
     n_samples: int = 4000,
@@ -173,12 +181,22 @@ def teacher_student(
     seed: int = 0,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
+    teacher_seed: int | None = None,
 ) -> SplitData:
-    """Regression on the outputs of a random one-hidden-layer tanh teacher, plus Gaussian noise."""
+    """Regression on the outputs of a random one-hidden-layer tanh teacher, plus Gaussian noise.
+
+    ``teacher_seed`` (default None: the teacher is drawn from ``seed``'s stream
+    after the inputs, so it changes with ``n_samples``) draws the teacher from
+    its own stream (:func:`teacher_weights`): datasets of any size and sample
+    seed then share one teacher, as scaling-law studies need.
+    """
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n_samples, dim))
-    w1 = rng.standard_normal((dim, teacher_width)) / np.sqrt(dim)
-    w2 = rng.standard_normal((teacher_width, num_outputs)) / np.sqrt(teacher_width)
+    if teacher_seed is None:
+        w1 = rng.standard_normal((dim, teacher_width)) / np.sqrt(dim)
+        w2 = rng.standard_normal((teacher_width, num_outputs)) / np.sqrt(teacher_width)
+    else:
+        w1, w2 = teacher_weights(dim, teacher_width, num_outputs, teacher_seed)
     y = np.tanh(x @ w1) @ w2 + noise * rng.standard_normal((n_samples, num_outputs))
     xs, ys = _split(x.astype(np.float32), y.astype(np.float32), seed, val_fraction, test_fraction)
     return SplitData(
