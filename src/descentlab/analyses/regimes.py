@@ -155,6 +155,11 @@ def _check_regimes(regimes: dict) -> None:
         missing = {"sizes", "fixed"} - set(grid)
         if missing:
             raise ValueError(f"scaling_regimes: regime {name!r} lacks {sorted(missing)}")
+        extra = set(grid) - {"sizes", "fixed", "seeds"}
+        if extra:
+            raise ValueError(f"scaling_regimes: regime {name!r} has unknown key(s) {sorted(extra)}; valid: fixed, seeds, sizes")
+        if "seeds" in grid and int(grid["seeds"]) < 2:
+            raise ValueError(f"scaling_regimes: regime {name!r} needs at least 2 seeds, got {grid['seeds']}")
         sizes = list(grid["sizes"])
         if len(sizes) < 4 or sorted(set(sizes)) != sizes or min(sizes) < 1:
             raise ValueError(f"scaling_regimes: {name!r} sizes must be at least 4 increasing positive integers, got {sizes}")
@@ -182,7 +187,8 @@ def scaling_regimes(
     confidence: float = 0.95,
 ) -> pd.DataFrame:
     """Test losses of random-feature students (rows ``record == 'loss'``: regime, dim, x, seed,
-    loss) and the fitted exponent per (regime, dim) (rows ``record == 'fit'``: alpha with its
+    loss; ``seeds`` per regime unless its entry gives its own) and the fitted exponent per (regime, dim)
+    (rows ``record == 'fit'``: alpha with its
     bootstrap interval, E, A, the fit's convergence, and 4/d)."""
     import pandas as pd
 
@@ -204,7 +210,8 @@ def scaling_regimes(
             resource, held = REGIMES[name]
             sizes = [int(s) for s in grid["sizes"]]
             points = []
-            for s in range(int(seeds)):
+            n_seeds = int(grid.get("seeds", seeds))  # the variance-limited regimes need more
+            for s in range(n_seeds):
                 curve = regime_curve(int(dim), resource, sizes, int(grid["fixed"]), s, teacher, x_test, y_test, ridge,
                                      hold_other=name.startswith("variance"))
                 for size, loss in zip(sizes, curve):
@@ -215,7 +222,7 @@ def scaling_regimes(
             fit = fit_exponent(table.x.to_numpy(), table.loss.to_numpy(), table.seed.to_numpy(),
                                n_resamples=int(n_resamples), confidence=confidence)
             fits.append({"record": "fit", "regime": name, "resource": resource, "dim": int(dim), "fixed": int(grid["fixed"]),
-                         "held": held, "n_seeds": int(seeds), "four_over_d": 4.0 / int(dim),
+                         "held": held, "n_seeds": n_seeds, "four_over_d": 4.0 / int(dim),
                          "target_variance": float(y_test.var()), **fit})
     fits = pd.DataFrame(fits)
     fits["interval_holds_four_over_d"] = (fits.alpha_lower <= fits.four_over_d) & (fits.four_over_d <= fits.alpha_upper)
