@@ -46,5 +46,14 @@ def top_eigenvalue(every: int = 10, n_examples: int | None = None, tol: float = 
     return TopEigenvalue(every=every, n_examples=n_examples, tol=tol, **kwargs)
 
 
+@INSTRUMENTS.register("noise_scale")
+def noise_scale(every: int = 10, n_examples: int = 512, seed: int = 0, **kwargs):
+    """Gradient noise scale B_simple (McCandlish et al.) every ``every`` steps on a fixed
+    training subset; see ``descentlab.curvature.noise_instrument.NoiseScale``."""
+    from ..curvature.noise_instrument import NoiseScale
+
+    return NoiseScale(every=every, n_examples=n_examples, seed=seed, **kwargs)
+
+
 def build_instrument(spec: dict):
     return INSTRUMENTS.build(spec)
