@@ -185,16 +185,24 @@ def scaling_regimes(
     ridge: float = 1e-10,
     n_resamples: int = 200,
     confidence: float = 0.95,
+    threads: int = 1,
 ) -> pd.DataFrame:
     """Test losses of random-feature students (rows ``record == 'loss'``: regime, dim, x, seed,
     loss; ``seeds`` per regime unless its entry gives its own) and the fitted exponent per (regime, dim)
     (rows ``record == 'fit'``: alpha with its
     bootstrap interval, E, A, the fit's convergence, and 4/d)."""
+    from threadpoolctl import threadpool_limits
+
+    del runs, device  # a standalone experiment
+    with threadpool_limits(limits=int(threads)):  # the job's threads bound numpy's BLAS too
+        return _scaling_regimes(dims, regimes, seeds, teacher_width, teacher_seed, n_test, ridge, n_resamples, confidence)
+
+
+def _scaling_regimes(dims, regimes, seeds, teacher_width, teacher_seed, n_test, ridge, n_resamples, confidence) -> pd.DataFrame:
     import pandas as pd
 
     from ..data import teacher_weights
 
-    del runs, device  # a standalone experiment
     if not regimes:
         raise ValueError("scaling_regimes: give regimes: {name: {sizes: [...], fixed: n}}")
     _check_regimes(regimes)

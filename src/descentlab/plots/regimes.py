@@ -15,8 +15,8 @@ XLABEL = {"D": "training examples D", "P": "features (width) P"}
 
 @FIGURES.register("scaling_regimes")
 def scaling_regimes_figure(metrics, runs, tables, table: str | None = None, title: str | None = None):
-    """One panel per regime: the mean test loss over seeds per dim (points; bars min-max over
-    seeds), and the fit E + A x^-alpha (line). Variance-limited panels draw the excess L - E
+    """One panel per regime: the mean test loss over seeds per dim (points; bars two standard
+    errors of that mean), and the fit E + A x^-alpha (line). Variance-limited panels draw the excess L - E
     over the fitted limit E (slope -1 expected), resolution-limited ones L itself. Summary:
     the fit rows of the analysis (alpha, interval, E, A, convergence, 4/d)."""
     import matplotlib.pyplot as plt
@@ -32,11 +32,12 @@ def scaling_regimes_figure(metrics, runs, tables, table: str | None = None, titl
         for dim, group in points[points.regime == regime].groupby("dim"):
             fit = fits[(fits.regime == regime) & (fits.dim == dim)].iloc[0]
             colour = color_for(f"d = {dim}")
-            stats = group.groupby("x").loss.agg(["mean", "min", "max"]).reset_index()
+            stats = group.groupby("x").loss.agg(["mean", "sem", "count"]).reset_index()
             offset = fit.E if variance else 0.0
             y = stats["mean"] - offset
             shown = y > 0  # an excess at or below the fitted limit cannot go on a log axis
-            ax.errorbar(stats.x[shown], y[shown], yerr=[(stats["mean"] - stats["min"])[shown], (stats["max"] - stats["mean"])[shown]],
+            low = np.minimum(2 * stats["sem"], 0.95 * y)  # a bar reaching below zero is cut at 5% of the point
+            ax.errorbar(stats.x[shown], y[shown], yerr=[low[shown], (2 * stats["sem"])[shown]],
                         fmt="o", color=colour, capsize=2, ms=4,
                         label=f"d = {dim}: alpha {fit.alpha:.2f} [{fit.alpha_lower:.2f}, {fit.alpha_upper:.2f}]")
             grid = np.geomspace(stats.x.min(), stats.x.max(), 50)
@@ -53,12 +54,14 @@ def scaling_regimes_figure(metrics, runs, tables, table: str | None = None, titl
         ax.set_xlabel(XLABEL[resource])
         ax.set_ylabel("test loss minus fitted limit E" if variance else "test loss (MSE)")
         other = "P" if resource == "D" else "D"
-        ax.set_title(f"{regime}\n({other} = {held} held, {'1/x' if variance else '4/d dotted'} expected)", fontsize=9)
+        n = points[points.regime == regime].seed.nunique()
+        ax.set_title(f"{regime}: {other} = {held} held, n = {n} seeds\n({'slope -1' if variance else 'slope -4/d (dotted)'} expected)",
+                     fontsize=9)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, title="95% interval over seeds", title_fontsize=7)
-    n_seeds = points.seed.nunique()
     fig.suptitle(f"{title + chr(10) if title else ''}Random-feature students of a tanh teacher: loss vs data and width "
-                 f"(points: mean of {n_seeds} seeds, bars min-max; lines: fitted E + A x^-alpha)", fontsize=9)
+                 f"(points: mean over seeds, bars: 2 standard errors, cut at 5% of the point when longer; lines: fitted "
+                 f"E + A x^-alpha)", fontsize=9)
     fig.tight_layout()
     import pandas as pd
 
