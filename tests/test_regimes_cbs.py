@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from descentlab.analyses import ANALYSES
-from descentlab.analyses.critical_batch import crossing_step, fit_tradeoff, log_interpolate, tune
+from descentlab.analyses.critical_batch import crossing_step, fit_tradeoff, noise_scale_near, tune
 from descentlab.analyses.regimes import fit_exponent, fit_last_layer, next_dim_columns, seed_bootstrap_counts
 from descentlab.data import build_dataset, teacher_weights
 from descentlab.plots import FIGURES
@@ -115,9 +115,15 @@ def test_crossing_step_interpolates_and_censors():
     assert np.isnan(crossing_step([0, 10, 20], [2.0, np.nan, 0.5], 1.0))  # diverged before
 
 
-def test_log_interpolate_is_geometric():
-    assert log_interpolate([0, 10], [10.0, 1000.0], 5) == pytest.approx(100.0)
-    assert np.isnan(log_interpolate([0, 10], [10.0, 1000.0], 11))
+def test_noise_scale_near_averages_numerator_and_denominator_in_the_window():
+    steps = np.array([10.0, 20, 30, 40, 50])
+    trace = np.array([1.0, 2.0, 4.0, 6.0, 100.0])
+    g2 = np.array([1.0, 0.1, 0.3, 0.1, 1.0])
+    b, n = noise_scale_near(steps, trace, g2, at=30.0)  # window [24, 37.5]: only step 30
+    assert (b, n) == (pytest.approx(4.0 / 0.3), 1)
+    b, n = noise_scale_near(steps, trace, g2, at=35.0)  # [28, 43.75]: steps 30, 40
+    assert n == 2 and b == pytest.approx((4.0 + 6.0) / 2 / ((0.3 + 0.1) / 2))  # not the mean of the ratios
+    assert np.isnan(noise_scale_near(steps, trace, g2, at=float("nan"))[0])
 
 
 def test_fit_tradeoff_recovers_the_hyperbola():
@@ -170,7 +176,9 @@ class FakeRun:
         self.labels = {"batch": batch, "lr": lr, "seed": seed}
         self.spec = {"batch_size": batch, "log_every": 1, "optimizer": {"lr": lr}, "seed": seed}
         self.status = "ok"
-        rows = [(s, "train", "loss", v) for s, v in curve] + [(s, "train", "b_simple", v) for s, v in (noise or [])]
+        rows = [(s, "train", "loss", v) for s, v in curve]
+        for s, v in noise or []:  # B_simple = tr(Sigma) / |G|^2 = v
+            rows += [(s, "train", "b_simple", v), (s, "train", "trace_sigma", 2.0 * v), (s, "train", "grad_sq_norm", 2.0)]
         self.table = pd.DataFrame(rows, columns=["step", "split", "metric", "value"])
 
     def metrics(self):

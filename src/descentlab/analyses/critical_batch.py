@@ -8,7 +8,8 @@ E = B S to the target are reported on disjoint ``reporting_seeds`` at that lr.
 The paper's tradeoff (S/S_min - 1)(E/E_min - 1) = 1 is, with E = B S, the
 curve S = S_min (1 + B_crit / B), B_crit = E_min / S_min; it is fitted by least
 squares on log S. The noise scale B_simple (an in-training instrument,
-``noise_scale``) is read where the runs of ``noise_batch`` reach the target.
+``noise_scale``) is read where the runs of ``noise_batch`` reach the target
+(its measurements within a factor 1.25 of that step, averaged as tr(Sigma) and |G|^2).
 
 Steps-to-target come from the training loss the loop logs: the mean of the
 minibatch losses of the ``log_every`` steps before a log step s, each taken
@@ -44,14 +45,22 @@ def crossing_step(positions: np.ndarray, losses: np.ndarray, target: float) -> f
     return float("nan")
 
 
-def log_interpolate(positions: np.ndarray, values: np.ndarray, at: float) -> float:
-    """``values`` (positive) at ``at``, interpolated linearly in log value; NaN outside the positions."""
-    positions, values = np.asarray(positions, dtype=float), np.asarray(values, dtype=float)
-    keep = np.isfinite(values) & (values > 0)
-    positions, values = positions[keep], values[keep]
-    if len(positions) == 0 or not np.isfinite(at) or at < positions[0] or at > positions[-1]:
-        return float("nan")
-    return float(np.exp(np.interp(at, positions, np.log(values))))
+def noise_scale_near(steps: np.ndarray, trace_sigma: np.ndarray, grad_sq_norm: np.ndarray, at: float,
+                     window: float = 1.25) -> tuple[float, int]:
+    """B_simple near step ``at``: mean tr(Sigma) over mean |G|^2 of the measurements with step in
+    [at / window, at * window] (the numerator and denominator are averaged before the ratio, as
+    McCandlish et al. advise, since single estimates of |G|^2 are noisy). Returns (B, count); NaN, 0
+    when ``at`` is not finite or no measurement falls in the window."""
+    steps = np.asarray(steps, dtype=float)
+    if not np.isfinite(at):
+        return float("nan"), 0
+    near = (steps >= at / window) & (steps <= at * window)
+    if not near.any():
+        return float("nan"), 0
+    g2 = float(np.mean(np.asarray(grad_sq_norm, dtype=float)[near]))
+    if not g2 > 0:
+        return float("nan"), int(near.sum())
+    return float(np.mean(np.asarray(trace_sigma, dtype=float)[near])) / g2, int(near.sum())
 
 
 def fit_tradeoff(batch: Sequence[float], steps: Sequence[float]) -> dict[str, float]:
@@ -114,14 +123,16 @@ def _run_rows(runs, target: float, batch_axis: str, lr_axis: str) -> pd.DataFram
         positions = loss.step.to_numpy(dtype=float) - (k + 1) / 2.0
         diverged = run.status != "ok"
         steps = float("nan") if diverged else crossing_step(positions, loss.value.to_numpy(), target)
-        noise = m[(m.split == "train") & (m.metric == "b_simple")].sort_values("step")
-        b_simple = log_interpolate(noise.step.to_numpy(dtype=float), noise.value.to_numpy(), steps) if len(noise) else float("nan")
+        noise = m[(m.split == "train") & m.metric.isin(["trace_sigma", "grad_sq_norm"])]
+        noise = noise.pivot_table(index="step", columns="metric", values="value").sort_index()
+        b_simple, n_near = (noise_scale_near(noise.index.to_numpy(), noise.trace_sigma.to_numpy(), noise.grad_sq_norm.to_numpy(), steps)
+                            if len(noise) else (float("nan"), 0))
         batch = int(run.spec["batch_size"])
         rows.append({"record": "run", "run_id": run.run_id, "batch": run.labels.get(batch_axis), "batch_size": batch,
                      "lr_label": run.labels.get(lr_axis), "lr": float(run.spec["optimizer"]["lr"]), "seed": int(run.spec["seed"]),
                      "status": run.status, "diverged": diverged, "steps_to_target": steps, "examples_to_target": steps * batch,
                      "reached": bool(np.isfinite(steps)), "final_train_loss": float(loss.value.iloc[-1]) if len(loss) else np.nan,
-                     "b_simple_at_target": b_simple, "has_noise_scale": bool(len(noise))})
+                     "b_simple_at_target": b_simple, "noise_measurements_used": n_near, "has_noise_scale": bool(len(noise))})
     return pd.DataFrame(rows)
 
 
@@ -143,7 +154,8 @@ def critical_batch(
     ``batch`` (tuned lr, on-edge flag, geometric-mean steps and examples over the reporting seeds
     at that lr, the fitted S and E), ``fit`` (S_min, E_min, B_crit with bootstrap intervals over
     reporting seeds, B_noise = geometric mean of B_simple at the target over the reporting runs of
-    ``noise_batch`` at its tuned lr, and B_crit / B_noise)."""
+    ``noise_batch`` at its tuned lr (each run's from its measurements within a factor 1.25 of its
+    steps-to-target, :func:`noise_scale_near`), and B_crit / B_noise)."""
     import pandas as pd
 
     del device

@@ -14,7 +14,7 @@ from .style import color_for, edge_marker, plain_log_ticks
 def critical_batch_figure(metrics, runs, tables, table: str | None = None, title: str | None = None):
     """Three panels: steps-to-target vs batch (reporting seeds, their geometric mean, the fit);
     examples vs steps with the hyperbola (S/Smin - 1)(E/Emin - 1) = 1; B_simple against the
-    training loss along the noise-scale runs, with Bcrit and the target. Summary: the analysis'
+    step along the noise-scale runs, with where each reaches the target and Bcrit. Summary: the analysis'
     batch and fit rows."""
     import matplotlib.pyplot as plt
     import pandas as pd
@@ -53,21 +53,18 @@ def critical_batch_figure(metrics, runs, tables, table: str | None = None, title
     noise_runs = per_run[per_run.has_noise_scale & per_run.run_id.isin(reported.run_id)]
     traces = []
     for _, r in noise_runs.iterrows():
-        m = metrics[metrics.run_id == r.run_id]
-        bs = m[(m.split == "train") & (m.metric == "b_simple")].set_index("step").value
-        loss = m[(m.split == "train") & (m.metric == "loss")].set_index("step").value
-        both = pd.concat({"b_simple": bs, "loss": loss}, axis=1).interpolate(limit_area="inside").dropna()
-        both = both[both.index.isin(bs.index)]
-        ax.plot(both.loss, both.b_simple, color=color_for("SGD"), lw=1, alpha=0.8)
-        traces.append(both.reset_index().assign(run_id=r.run_id))
+        m = metrics[(metrics.run_id == r.run_id) & (metrics.split == "train") & (metrics.metric == "b_simple")].sort_values("step")
+        line, = ax.plot(m.step, m.value, color=color_for("SGD"), lw=0.8, alpha=0.6)
+        ax.axvline(r.steps_to_target, color=line.get_color(), ls=":", lw=0.8)
+        traces.append(m.assign(run_id=r.run_id))
     ax.axhline(fit.B_crit, color="black", ls="--", lw=1, label=f"Bcrit {fit.B_crit:.0f} [{fit.B_crit_lower:.0f}, {fit.B_crit_upper:.0f}]")
     ax.axhspan(fit.B_crit_lower, fit.B_crit_upper, color="grey", alpha=0.15)
-    ax.axvline(fit.target, color="grey", ls=":", lw=1, label=f"target loss {fit.target:g}")
     if np.isfinite(fit.B_noise):
-        ax.plot([fit.target], [fit.B_noise], "s", color="black", label=f"B_simple at target {fit.B_noise:.0f}")
-    ax.set(yscale="log", xlabel="training loss (log window mean)", ylabel="noise scale B_simple")
-    ax.invert_xaxis()
-    ax.set_title(f"noise scale along the batch-{fit.noise_batch:g} runs (n = {len(noise_runs)})", fontsize=9)
+        ax.plot(noise_runs.steps_to_target, noise_runs.b_simple_at_target, "s", color="black",
+                label=f"B_simple at target (geo. mean {fit.B_noise:.0f})")
+    ax.set(yscale="log", xlabel="step", ylabel="noise scale B_simple (1,024 examples)")
+    ax.set_title(f"noise scale along the batch-{fit.noise_batch:g} runs at their tuned lr (n = {len(noise_runs)});\n"
+                 f"dotted: each run reaches loss {fit.target:g}", fontsize=9)
     ax.legend(fontsize=7)
     for a in axes:
         plain_log_ticks(a)
