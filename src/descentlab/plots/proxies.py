@@ -28,6 +28,15 @@ def lr_sensitivity(final_losses, initial_loss: float) -> tuple[float, float]:
     return float(capped.mean() - best), best
 
 
+def decade_ticks(ax) -> None:
+    """A log y axis spanning many decades: ticks at powers of ten, written 10^k."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.yaxis.set_major_locator(LogLocator(base=10, numticks=10))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos=None: f"$10^{{{math.log10(v):.0f}}}$"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def _final(metrics, split: str, metric: str):
     """run_id -> the run's last (split, metric) value."""
     part = metrics[(metrics["split"] == split) & (metrics["metric"] == metric)]
@@ -160,7 +169,7 @@ def lr_sensitivity_figure(
             ax.plot(curve.index, curve.values, color=color_for(setting), label=setting)
         ax.set(yscale="log", xlabel="step", title=f"width {width:g}, lr {top_lr:g}",
                ylabel="largest attention logit" if col == 0 else None)
-        plain_log_ticks(ax, "y")
+        decade_ticks(ax)
     ax = axes[0, -1]
     for setting in settings:
         part = summary[summary[setting_axis] == setting].groupby(width_axis)["lr_sensitivity"].mean()
@@ -170,20 +179,20 @@ def lr_sensitivity_figure(
     ax.minorticks_off()
     ax = axes[1, -1]
     for setting in settings:
-        ids = runs[(runs[setting_axis] == setting) & (runs[lr_axis] == top_lr)]["run_id"]
-        part = growth[(growth["metric"] == "mean_log_partition") & growth["run_id"].isin(ids)]
-        merged = part.merge(runs[["run_id", width_axis]], on="run_id")
-        for width, w_part in merged.groupby(width_axis):
-            curve = w_part.groupby("step")["value"].mean()
-            ax.plot(curve.index, curve.values, color=color_for(setting), lw=0.8 + 0.5 * widths.index(width),
-                    label=setting if width == widths[-1] else None)
+        part = summary[summary[setting_axis] == setting].groupby(width_axis)["abs_log_partition_top_lr"].mean()
+        ax.plot(part.index, part.values, "-o", color=color_for(setting))
     ax.axhline(0, color="0.6", ls=":", lw=1)
-    ax.set(xlabel="step", ylabel="mean log Z of the output", title=f"output log-partition, lr {top_lr:g}\n(thicker: wider)")
-    axes[0, 0].legend(fontsize=7, title=f"n = {seeds} seed{'s' if seeds != 1 else ''}; x: diverged;\n"
-                      "star: best lr (open: grid edge)", title_fontsize=7)
+    ax.set(xscale="log", xlabel="width (n_embd)", ylabel="final mean |log Z| of the output",
+           title=f"Output log-partition at lr {top_lr:g}")
+    ax.set_xticks(widths, [f"{w:g}" for w in widths])
+    ax.minorticks_off()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(settings), fontsize=8, bbox_to_anchor=(0.5, 0.955),
+               title=f"n = {seeds} seed{'s' if seeds != 1 else ''} per point; x: diverged (drawn at the initial loss, dotted); "
+                     "star: best lr (open: on the grid's edge)", title_fontsize=8, frameon=False)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
     fig.suptitle(title or "Without qk-layernorm, loss rises at high learning rates as attention logits grow")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     plotted = per_run.drop(columns=[c for c in ("dir", "data") if c in per_run.columns])
     return fig, plotted, summary
