@@ -106,7 +106,7 @@ def lr_sensitivity_figure(
     setting (an x at the initial loss for a diverged run); last panel: LR
     sensitivity vs width. Bottom row, one panel per width: the largest
     attention logit vs step at the highest lr, one line per setting (log
-    scale); last panel: the mean output log-partition vs step at that lr.
+    scale); last panel: the final mean |log Z| of the output at that lr vs width.
     A run's loss at step 0 is the paper's L0 that caps a bad run (the runs must
     evaluate at step 0, which the training loop does).
     The summary (``proxies_summary``) holds the numbers of the claims."""
