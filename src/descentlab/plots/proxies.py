@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from . import FIGURES
-from .style import color_for, edge_marker, plain_log_ticks
+from .style import color_for, edge_marker
 
 
 def lr_sensitivity(final_losses, initial_loss: float) -> tuple[float, float]:
@@ -140,7 +140,8 @@ def lr_sensitivity_figure(
 
     settings = list(dict.fromkeys(runs[setting_axis]))
     widths = sorted(runs[width_axis].unique())
-    top_lr = runs[lr_axis].max()
+    lrs = sorted(runs[lr_axis].unique())
+    top_lr = lrs[-1]
     seeds = runs["seed"].nunique()
     fig, axes = plt.subplots(2, len(widths) + 1, figsize=(3.3 * (len(widths) + 1), 6.6), squeeze=False)
     for col, width in enumerate(widths):
@@ -159,7 +160,8 @@ def lr_sensitivity_figure(
         ax.axhline(initial_loss, color="0.6", ls=":", lw=1)
         ax.set(xscale="log", xlabel="peak learning rate", title=f"width {width:g}",
                ylabel=f"final {split} loss" if col == 0 else None)
-        plain_log_ticks(ax, "x")
+        ax.set_xticks(lrs, [f"{lr:g}" for lr in lrs], rotation=45)  # the grid itself: no crowded 1-2-5 ticks
+        ax.minorticks_off()
         ax = axes[1, col]
         top_runs = runs[(runs[width_axis] == width) & (runs[lr_axis] == top_lr)]
         for setting in settings:
