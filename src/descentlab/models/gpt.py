@@ -87,7 +87,8 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = nn.LayerNorm(cfg.head_dim, bias=cfg.bias) if cfg.qk_layernorm else None
         self.k_norm = nn.LayerNorm(cfg.head_dim, bias=cfg.bias) if cfg.qk_layernorm else None
 
-    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def queries_keys_values(self, x: torch.Tensor, rotary) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v as (B, H, T, d), normalised and rotated as attention sees them."""
         B, T, C = x.shape
         # three (B, T, C) -> (B, H, T, d); split (not a permute of one (B, T, 3, H, d) view)
         # because its backward is one cat straight into the layout the matmul wants
@@ -97,8 +98,22 @@ class CausalSelfAttention(nn.Module):
         if rotary is not None:
             cos, sin = rotary[0][:T], rotary[1][:T]
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.queries_keys_values(x, rotary)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+    def max_logit(self, x: torch.Tensor, rotary) -> torch.Tensor:
+        """The largest |q.k| / sqrt(d) over heads and causal (query, key) pairs: the
+        attention logit whose growth Wortsman et al. (arXiv 2309.14322) track."""
+        q, k, _ = self.queries_keys_values(x, rotary)
+        logits = (q @ k.transpose(-1, -2)).abs() / math.sqrt(self.head_dim)
+        T = x.shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        return logits.masked_fill(~causal, 0.0).amax()
 
 
 class MLP(nn.Module):
@@ -153,6 +168,20 @@ class GPT(nn.Module):
                 nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * self.cfg.n_layer))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self._forward(idx)[0]
+
+    @torch.no_grad()
+    def logit_growth(self, idx: torch.Tensor) -> dict[str, float]:
+        """The two logit growths Wortsman et al. (arXiv 2309.14322) tie to
+        instability: ``max_attention_logit`` (the largest |q.k| / sqrt(d) of any
+        layer, head and causal pair) and ``mean_log_partition`` (the mean over
+        tokens of log Z = logsumexp of the output logits; it drifts from 0 in
+        output-logit divergence, which z-loss penalises)."""
+        logits, attention = self._forward(idx, track_attention=True)
+        return {"max_attention_logit": float(torch.stack(attention).amax()),
+                "mean_log_partition": float(torch.logsumexp(logits.float(), dim=-1).mean())}
+
+    def _forward(self, idx: torch.Tensor, track_attention: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if idx.ndim != 2:
             raise ValueError(f"gpt: input must be (batch, time) token ids, got shape {tuple(idx.shape)}")
         T = idx.shape[1]
@@ -163,10 +192,13 @@ class GPT(nn.Module):
             # the whole table when T == block_size: a slice would cost a zero-fill and a copy in backward
             x = x + (self.pos_emb.weight if T == self.cfg.block_size else self.pos_emb.weight[:T])
         rotary = (self.rot_cos, self.rot_sin) if self.cfg.positions == "rotary" else None
+        attention = []
         for block in self.blocks:
+            if track_attention:
+                attention.append(block.attn.max_logit(block.ln1(x), rotary))
             x = block(x, rotary)
         x = self.ln_f(x)
-        return F.linear(x, self.tok_emb.weight) if self.head is None else self.head(x)
+        return (F.linear(x, self.tok_emb.weight) if self.head is None else self.head(x)), attention
 
     # -- counts ---------------------------------------------------------------------------
 

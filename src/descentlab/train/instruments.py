@@ -55,5 +55,25 @@ def noise_scale(every: int = 10, n_examples: int = 512, seed: int = 0, **kwargs)
     return NoiseScale(every=every, n_examples=n_examples, seed=seed, **kwargs)
 
 
+@INSTRUMENTS.register("logit_growth")
+class LogitGrowth:
+    """Every ``every`` steps, the model's ``logit_growth`` on its first
+    ``n_examples`` training inputs (fixed, so the curve follows the weights, not
+    the sample): for the GPT, the largest attention logit and the mean output
+    log-partition (Wortsman et al., arXiv 2309.14322, Sections 3.1-3.2)."""
+
+    def __init__(self, every: int = 10, n_examples: int = 32):
+        if every < 1 or n_examples < 1:
+            raise ValueError(f"logit_growth: every and n_examples must be >= 1, got {every}, {n_examples}")
+        self.every, self.n_examples = every, n_examples
+
+    def __call__(self, step, model, loss_fn, x, y) -> dict[str, float]:
+        if step % self.every:
+            return {}
+        if not hasattr(model, "logit_growth"):
+            raise ValueError(f"instrument logit_growth: model {type(model).__name__} has no attention logits (use model gpt)")
+        return model.logit_growth(x[: self.n_examples])
+
+
 def build_instrument(spec: dict):
     return INSTRUMENTS.build(spec)
