@@ -118,13 +118,14 @@ def test_matching_barriers_of_a_permuted_copy_are_zero_after_matching_and_match_
         hand_loss, hand_error = _hand_barriers(state, copy, x[split], y[split])
         assert naive["loss_barrier"] == pytest.approx(hand_loss, abs=1e-5)
         assert naive["error_barrier"] == pytest.approx(hand_error, abs=1e-9)
-        # brute force: the smallest barrier over every reordering of the copy's hidden units
-        best = min(_hand_barriers(state, _permute(copy, torch.tensor(q1), torch.tensor(q2)), x[split], y[split])[0]
-                   for q1 in itertools.permutations(range(3)) for q2 in itertools.permutations(range(3)))
-        assert best == pytest.approx(0.0, abs=1e-9)
-        assert matched["loss_barrier"] == pytest.approx(best, abs=1e-6)
+        assert matched["loss_barrier"] == pytest.approx(0.0, abs=1e-6)
         assert matched["loss_a"] == pytest.approx(matched["loss_b"], abs=1e-6)
     assert table[(table["split"] == "train") & (table["alignment"] == "none")]["loss_barrier"].iloc[0] > 0.05
+    # brute force: the smallest barrier over every reordering of the copy's hidden units is zero (the original
+    # order), and it is the one weight matching found
+    best = min(_hand_barriers(state, _permute(copy, torch.tensor(q1), torch.tensor(q2)), x["train"], y["train"], n_points=5)[0]
+               for q1 in itertools.permutations(range(3)) for q2 in itertools.permutations(range(3)))
+    assert best == pytest.approx(0.0, abs=1e-9)
 
 
 def test_fork_barriers_pair_children_per_fork_step_with_layerwise_rows_and_diverged_pairs(tmp_path):
@@ -211,3 +212,28 @@ def test_layer_summary_gives_each_layer_the_whole_networks_barrier():
     summary = layer_summary(_fork_table())
     full = summary[summary["layer"] == "all"]
     assert (full["full_error_barrier"] == full["error_barrier_mean"]).all()
+
+
+def test_bn_reset_recomputes_batchnorm_statistics_on_the_training_split_at_every_point(tmp_path):
+    from descentlab.averaging import barrier_table, path_table
+    from descentlab.models import cnn
+
+    data_path, x, y = _data(tmp_path)
+    states = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        net = cnn((DIM,), CLASSES, channels=4, depth=1, batchnorm=True)
+        net = _train(net.train(), x["train"], y["train"], steps=30, seed=seed)
+        states.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+    runs = [_run(tmp_path, data_path, f"bn{s}", states[s], s) for s in (0, 1)]
+    for run in runs:
+        run.spec = dict(run.spec, model={"name": "cnn", "channels": 4, "depth": 1, "batchnorm": True})
+    kept = matching_barriers(runs, splits=["test"], bn_reset=False)
+    reset = matching_barriers(runs, splits=["test"], bn_reset=True)
+    torch.manual_seed(0)
+    model = cnn((DIM,), CLASSES, channels=4, depth=1, batchnorm=True)
+    expected = barrier_table(path_table(model, states, {"test": (x["test"], y["test"])}, F.cross_entropy,
+                                        n_points=11, bn_data=x["train"]))
+    got = reset[reset["alignment"] == "none"].iloc[0]
+    assert got["loss_barrier"] == pytest.approx(float(expected["loss_barrier"].iloc[0]), abs=1e-6)
+    assert got["loss_barrier"] != pytest.approx(float(kept[kept["alignment"] == "none"]["loss_barrier"].iloc[0]), abs=1e-4)
