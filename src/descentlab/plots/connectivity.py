@@ -94,6 +94,7 @@ def instability_barriers(
             ax.set_xscale("symlog", linthresh=min(positive), linscale=0.5)
         ax.set_xticks(steps)
         ax.set_xticklabels([f"{s:g}" for s in steps])
+        ax.margins(x=0.06)  # keep the points at both ends of the grid inside the frame
         ax.set_xlabel("parent step k at which the two runs were forked")
         ax.set_ylabel(f"{split} {VALUE_NAMES[value]}")
         ax.set_title(f"{split} {VALUE_NAMES[value]} between the two children", fontsize=10)
