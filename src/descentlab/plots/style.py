@@ -30,6 +30,10 @@ KNOWN = {
     # losses and averaging/merging methods
     "cross_entropy": "#1f77b4", "squentropy": "#2ca02c", "label_smoothing": "#ff7f0e", "mse": "#d62728",
     "uniform soup": "#2ca02c", "greedy soup": "#1b9e77", "SWA": "#d62728", "EMA": "#9467bd", "LAWA": "#8c564b",
+    "last iterate": "#333333", "continued SGD": "#7f7f7f", "Switch EMA": "#7570b3", "post-hoc EMA": "#c5b0d5",
+    "no alignment": "#7f7f7f", "weight matching": "#1b9e77", "error barrier": "#d62728", "loss barrier": "#1f77b4",
+    # the settings of small-scale-proxies (Wortsman et al.)
+    "qk-layernorm + z-loss": "#1f77b4", "no qk-layernorm": "#d62728", "no z-loss": "#ff7f0e",
 }
 _LOWER = {k.lower(): v for k, v in KNOWN.items()}
 
