@@ -75,7 +75,8 @@ def wsd_loss_curves(metrics, runs, tables, table: str | None = None, title: str 
             for what, target in ((metric, ax), ("lr", lr_ax)):
                 curve = rows[rows["metric"] == what].groupby("step", as_index=False)["value"].mean()
                 style = "--" if name == CONSTANT else "-"
-                target.plot(curve["step"], curve["value"], style, color=color_for(name), label=name if what == metric else None, lw=1.4)
+                target.plot(curve["step"], curve["value"], style, color=color_for(name), label=name if what == metric else None,
+                            lw=2.2 if name == WSD else 1.4, marker="." if name == WSD else None)
                 plotted.append(curve.assign(length=length, schedule=name, metric=what))
             bad = subset[subset["status"] != "ok"]
             mark_diverged(ax, bad["steps"])
