@@ -143,8 +143,9 @@ def wsd_cooldown_fraction(metrics, runs, tables, steps: int | None = None, table
     for shape, group in summary.groupby("cooldown"):
         stats = group.groupby("cooldown_fraction")["final_val_loss"].agg(["mean", "std"]).reset_index()
         name = f"WSD {shape}"
+        marker = edge_marker(False) if shape == "1-sqrt" else {"marker": "s", "markeredgecolor": "black"}
         ax.errorbar(stats["cooldown_fraction"], stats["mean"], yerr=stats["std"].fillna(0), color=color_for(name), capsize=3,
-                    linestyle="-" if len(stats) > 1 else "none", label=f"{name} cooldown", **edge_marker(False))
+                    linestyle="-" if len(stats) > 1 else "none", label=f"{name} cooldown", ms=7, **marker)
         bad = group[group["status"] != "ok"]
         mark_diverged(ax, bad["cooldown_fraction"])
     best = summary["best_fraction"].iloc[0]
@@ -155,6 +156,7 @@ def wsd_cooldown_fraction(metrics, runs, tables, steps: int | None = None, table
                 **edge_marker(True))
     ax.set_xscale("log")
     plain_log_ticks(ax, "x")
+    ax.set_xticks(sorted(summary["cooldown_fraction"].unique()))  # every fraction tried, labelled
     ax.set_xlabel("cooldown fraction of training (log)")
     ax.set_ylabel("final validation loss")
     ax.grid(alpha=0.3)
