@@ -2,8 +2,9 @@
 
 A study names the runs its runs grow from in a ``parents:`` section, each a
 spec of its own (the study's base, the parent's ``set``, and, for the axes
-listed in ``follow``, the settings of the child's own axis entries), so a
-reader sees what a parent is without any hash. A run refers to a parent by
+listed in ``follow``, the settings of the child's own axis entries; ``seed``
+in ``follow``: one parent per child seed, trained with it), so a reader sees
+what a parent is without any hash. A run refers to a parent by
 name in two places:
 
 - ``init: {parent: NAME, step: K | final, restore: weights | optimizer | all,
@@ -70,9 +71,11 @@ class ParentResolver:
         self._cache: dict[tuple, tuple[str, dict[str, Any]]] = {}
         axes = set(self.study.get("axes", {}))
         for name, parent in self.parents.items():
-            unknown = sorted(set(parent.get("follow", [])) - axes)
+            unknown = sorted(set(parent.get("follow", [])) - axes - {"seed"})
             if unknown:
                 raise LineageError(f"{self.where}: parent {name!r} follows axes {unknown} that the study does not have; axes: {sorted(axes)}")
+            if "seed" in parent.get("follow", []) and "seed" in parent:
+                raise LineageError(f"{self.where}: parent {name!r} follows the seed and gives its own seed {parent['seed']}; keep one")
 
     def resolve(self, spec: dict[str, Any], entries: dict[str, tuple[Any, dict[str, Any]]], where: str, stack: tuple[str, ...] = ()) -> dict[str, Any]:
         """``spec`` with every ``{parent: NAME}`` replaced by the parent's run id."""
@@ -85,7 +88,7 @@ class ParentResolver:
         if isinstance(norms, dict):
             if set(norms) != {"parent"}:
                 raise LineageError(f"{where}: schedule.grad_norms must be a list of numbers, a path, or {{parent: NAME}}; got {norms!r}")
-            rid, _ = self._parent(norms["parent"], entries, where, stack)
+            rid, _ = self._parent(norms["parent"], entries, where, stack, spec.get("seed"))
             spec["schedule"] = dict(schedule, grad_norms={"run": rid})
         return spec
 
@@ -95,7 +98,7 @@ class ParentResolver:
         unknown = sorted(set(init) - {"parent", "step", "restore", "exclude"})
         if unknown:
             raise LineageError(f"{where}: init does not take {unknown}; it takes parent, step, restore, exclude")
-        rid, parent = self._parent(init["parent"], entries, where, stack)
+        rid, parent = self._parent(init["parent"], entries, where, stack, child.get("seed"))
         restore = init.get("restore", "weights")
         if restore not in RESTORE_MODES:
             raise LineageError(f"{where}: init.restore must be one of {', '.join(RESTORE_MODES)}, got {restore!r}")
@@ -127,14 +130,17 @@ class ParentResolver:
             raise LineageError(f"{where}: init.exclude must be a list of parameter-name prefixes, got {exclude!r}")
         return {"run": rid, "step": step, "restore": restore, "exclude": sorted(exclude)}
 
-    def _parent(self, name: Any, entries, where: str, stack) -> tuple[str, dict[str, Any]]:
+    def _parent(self, name: Any, entries, where: str, stack, child_seed: int | None = None) -> tuple[str, dict[str, Any]]:
         if name not in self.parents:
             raise LineageError(f"{where}: unknown parent {name!r}; the study's parents: {sorted(self.parents) or '(none)'}")
         if name in stack:
             raise LineageError(f"{where}: parents form a cycle: {' -> '.join(stack + (name,))}")
         parent = self.parents[name]
-        follow = parent.get("follow", [])
-        key = (name, tuple(json.dumps(entries[a][1], sort_keys=True, default=str) for a in follow))
+        # following "seed": one parent per child seed, trained with it (paired replicates)
+        follows_seed = "seed" in parent.get("follow", [])
+        follow = [a for a in parent.get("follow", []) if a != "seed"]
+        seed = child_seed if follows_seed else parent.get("seed", self.default_seed)
+        key = (name, seed, tuple(json.dumps(entries[a][1], sort_keys=True, default=str) for a in follow))
         if key in self._cache:
             return self._cache[key]
         spec = {k: v for k, v in self.base.items() if k != "init"}  # a parent does not inherit its child's start
@@ -145,7 +151,6 @@ class ParentResolver:
             labels[axis] = label
         spec = deep_merge(spec, parent.get("set", {}))
         spec = deep_merge(spec, parent.get("scales", {}).get(self.scale, {}).get("set", {}))
-        seed = parent.get("seed", self.default_seed)
         here = f"{self.where} (scale {self.scale}, parent {name!r}{', ' + str(labels) if labels else ''})"
         spec = self.resolve(dict(spec, seed=seed), entries, here, stack + (name,))
         try:
