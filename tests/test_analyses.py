@@ -445,6 +445,47 @@ def test_tuned_curves_report_the_reruns_only_with_winners_and_wins():
     assert (summary["n_problems"] == 2).all()
 
 
+def three_seed_table(finals):
+    """A rerun_best-like table with reruns only: ``finals`` maps (problem,
+    optimizer) to the final test losses of seeds 1, 2, 3 (NaN: diverged)."""
+    rows = []
+    for (prob, opt), values in finals.items():
+        for seed, last in zip((1, 2, 3), values):
+            status = "diverged" if np.isnan(last) else "ok"
+            for step, value in ((10, 2.0), (20, last)):
+                if not np.isnan(value):
+                    rows.append({"problem": prob, "optimizer": opt, "lr": 1, "seed": seed, "role": "rerun", "status": status,
+                                 "run_id": f"{prob}{opt}{seed}", "step": step, "split": "test", "metric": "loss", "value": value})
+    return pd.DataFrame(rows)
+
+
+def test_tuned_summary_compares_each_optimizer_with_the_winner_and_a_reference_seed_by_seed():
+    from scipy import stats
+
+    nan = np.nan
+    finals = {("P", "A"): (1.0, 1.1, 1.2), ("P", "B"): (1.5, 1.7, 1.6), ("P", "C"): (1.05, 1.2, 1.2),
+              ("Q", "A"): (2.0, 2.1, 2.2), ("Q", "B"): (1.0, 1.2, 1.1), ("Q", "C"): (1.0, nan, 1.1)}
+    _, _, summary = FIGURES.get("tuned_curves")(None, None, {"tuned": three_seed_table(finals)}, reference="A")
+    s = summary.set_index(["problem", "optimizer"])
+    # B - A on P, seed by seed: 0.5, 0.6, 0.4; the 95% t-interval by scipy, independently
+    diffs = np.array([0.5, 0.6, 0.4])
+    low, high = stats.t.interval(0.95, 2, loc=diffs.mean(), scale=stats.sem(diffs))
+    assert s.loc[("P", "B"), "gap_to_winner"] == pytest.approx(0.5)
+    assert s.loc[("P", "B"), ["gap_to_winner_low", "gap_to_winner_high"]].tolist() == pytest.approx([low, high])
+    assert s.loc[("P", "B"), "beaten_by_winner"] and not s.loc[("P", "A"), "beaten_by_winner"]  # the winner itself
+    assert not s.loc[("P", "C"), "beaten_by_winner"]  # 0.05, 0.1, 0: its interval reaches below 0
+    assert s.loc[("Q", "C"), "beaten_by_winner"]  # a diverged seed against a winner with none
+    assert s.loc[("P", "A"), "problems_beaten"] == 1 and s.loc[("Q", "B"), "problems_beaten"] == 1
+    # against the reference A: gain = A - B, positive when B is better
+    assert s.loc[("Q", "B"), "gain_over_ref"] == pytest.approx(1.0) and s.loc[("Q", "B"), "beats_ref"]
+    assert not s.loc[("P", "B"), "beats_ref"] and s.loc[("P", "B"), "gain_over_ref"] == pytest.approx(-0.5)
+    assert not s.loc[("Q", "C"), "beats_ref"]  # better on its two finite seeds, but one diverged
+    assert s.loc[("Q", "B"), "problems_beating_ref"] == 1 and (s["reference"] == "A").all()
+    assert not s.loc[("P", "A"), "beats_ref"]  # no better than itself
+    with pytest.raises(ValueError, match="reference 'Z' is not a optimizer"):
+        FIGURES.get("tuned_curves")(None, None, {"tuned": three_seed_table(finals)}, reference="Z")
+
+
 def test_tuned_figures_refuse_a_table_without_reruns():
     table = benchmark_table()
     with pytest.raises(ValueError, match="no rows with role in \\['rerun'\\]"):

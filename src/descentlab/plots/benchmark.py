@@ -277,6 +277,8 @@ def tuned_curves(
     groups: dict[str, list[str]] | None = None,
     log_y: bool = True,
     title: str | None = None,
+    reference: str | None = None,
+    confidence: float = 0.95,
 ):
     """Learning curves of each solver at its tuned setting, read from a
     ``rerun_best`` table (rows of ``roles``: by default the reruns only, whose
@@ -291,7 +293,9 @@ def tuned_curves(
     sd, min, max over seeds; the tuned setting and ``on_edge`` when the table
     has them; ``rank`` in the problem (diverged last), ``winner`` (rank 1),
     ``wins`` (problems the solver wins), ``worst_rank`` (its worst rank over
-    problems) and ``n_problems``."""
+    problems) and ``n_problems``; the paired comparisons over seeds of
+    ``paired_to`` (``confidence`` t-intervals) with the problem's winner and,
+    with ``reference`` (a solver), with that solver."""
     import pandas as pd
 
     data = rerun_rows(one_table(tables, table, "tuned_curves", required=(problem, solver, "seed", "step", "split", "metric", "value", "status")), roles, "tuned_curves")
@@ -336,12 +340,16 @@ def tuned_curves(
     if title:
         fig.suptitle(f"{title}\n(seeds {', '.join(map(str, seeds))}: line = geometric mean, band = lowest to highest seed; "
                      "open circle: tuned lr on the edge of its grid; x: a diverged seed)", fontsize=10)
-    summary = tuned_summary(sel, problem, solver, "min" if metric == "loss" else "max")
+    summary = tuned_summary(sel, problem, solver, "min" if metric == "loss" else "max", reference, confidence)
     return fig, sel.reset_index(drop=True), summary
 
 
-def tuned_summary(sel: pd.DataFrame, problem: str, solver: str, mode: str) -> pd.DataFrame:
-    """Per (problem, solver): final value over seeds, rank, winner, wins."""
+def tuned_summary(sel: pd.DataFrame, problem: str, solver: str, mode: str, reference: str | None = None,
+                  confidence: float = 0.95) -> pd.DataFrame:
+    """Per (problem, solver): final value over seeds, rank, winner, wins, and
+    the paired comparisons of ``paired_to``: against the problem's winner
+    (``beaten_by_winner``, ``problems_beaten``) and, with ``reference``,
+    against that solver (``beats_ref``, ``problems_beating_ref``)."""
     import pandas as pd
 
     last = sel.sort_values("step").groupby([problem, solver, "seed"], as_index=False, sort=False).last()
@@ -362,6 +370,61 @@ def tuned_summary(sel: pd.DataFrame, problem: str, solver: str, mode: str) -> pd
     out["wins"] = out.groupby(solver)["winner"].transform("sum").astype(int)
     out["worst_rank"] = out.groupby(solver)["rank"].transform("max").astype(int)
     out["n_problems"] = out[problem].nunique()
+    return paired_to(out, last, problem, solver, mode, reference, confidence)
+
+
+def _paired(mine: pd.Series, theirs: pd.Series, sign: float, confidence: float) -> tuple[float, float, float, int]:
+    """(mean, low, high, pairs) of ``sign * (theirs - mine)`` over the seeds
+    both have a final value for: positive means ``mine`` is better."""
+    from ..claims import t_interval
+
+    common = mine.dropna().index.intersection(theirs.dropna().index)
+    if len(common) == 0:
+        return math.nan, math.nan, math.nan, 0
+    diffs = [sign * (float(theirs[k]) - float(mine[k])) for k in common]
+    mean, low, high = t_interval(diffs, confidence)
+    return mean, low, high, len(common)
+
+
+def paired_to(out: pd.DataFrame, last: pd.DataFrame, problem: str, solver: str, mode: str,
+              reference: str | None, confidence: float) -> pd.DataFrame:
+    """Each (problem, solver) of ``out`` compared seed by seed (pairs matched
+    on the rerun seed) with the problem's winner and with ``reference``: the
+    two-sided ``confidence`` t-interval of the mean paired difference, signed
+    so that positive means the other one is better (winner) or this solver is
+    better (reference), as in the claims' ``paired`` check. A solver with a
+    diverged seed counts as beaten by a winner with none, and never beats the
+    reference. Columns: ``gap_to_winner`` [``_low``, ``_high``],
+    ``beaten_by_winner`` (interval above 0), ``problems_beaten`` (per solver);
+    with ``reference``: ``reference``, ``gain_over_ref`` [``_low``, ``_high``],
+    ``beats_ref``, ``problems_beating_ref`` (per solver)."""
+    sign = 1.0 if mode == "min" else -1.0
+    finals = {key: part.set_index("seed")["value"].astype(float) for key, part in last.groupby([problem, solver], sort=False)}
+    if reference is not None and str(reference) not in set(map(str, out[solver])):
+        raise ValueError(f"tuned_curves: reference {reference!r} is not a {solver}: {sorted(map(str, out[solver].unique()))}")
+    gaps, beaten, gains, beats = [], [], [], []
+    for row in out.itertuples(index=False):
+        prob, name = getattr(row, problem), getattr(row, solver)
+        mine = finals[(prob, name)]
+        winner = out[(out[problem] == prob) & out["winner"]][solver].iloc[0]
+        theirs = finals[(prob, winner)]
+        gap = _paired(theirs, mine, sign, confidence) if winner != name else (0.0, 0.0, 0.0, len(mine))
+        gaps.append(gap[:3])
+        beaten.append(bool(mine.isna().any() and not theirs.isna().any()) or (np.isfinite(gap[1]) and gap[1] > 0))
+        if reference is not None:
+            ref = finals[(prob, next(n for n in out[solver] if str(n) == str(reference)))]
+            gain = _paired(mine, ref, sign, confidence)
+            gains.append(gain[:3])
+            beats.append(not mine.isna().any() and (bool(ref.isna().any()) or (np.isfinite(gain[1]) and gain[1] > 0)))
+    out = out.copy()
+    out["gap_to_winner"], out["gap_to_winner_low"], out["gap_to_winner_high"] = zip(*gaps) if gaps else ([], [], [])
+    out["beaten_by_winner"] = beaten
+    out["problems_beaten"] = out.groupby(solver)["beaten_by_winner"].transform("sum").astype(int)
+    if reference is not None:
+        out["reference"] = str(reference)
+        out["gain_over_ref"], out["gain_over_ref_low"], out["gain_over_ref_high"] = zip(*gains)
+        out["beats_ref"] = beats
+        out["problems_beating_ref"] = out.groupby(solver)["beats_ref"].transform("sum").astype(int)
     return out
 
 
