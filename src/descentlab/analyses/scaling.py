@@ -91,20 +91,27 @@ def _fit_points(points: "pd.DataFrame") -> "pd.DataFrame":
     return ok
 
 
-def _held_out_mask(points: "pd.DataFrame", hold_out: int, budget_axis: str | None) -> np.ndarray:
-    """Runs of the ``hold_out`` largest compute budgets (``budget_axis`` labels; else the largest C)."""
+def _held_out_mask(points: "pd.DataFrame", hold_out: int, axis: str | None, by: str = "C") -> np.ndarray:
+    """Runs of the ``hold_out`` largest groups by ``by`` (N or C): groups are the
+    ``axis`` labels (compared by their geometric-mean ``by``), else single runs."""
     if hold_out < 0:
         raise ValueError(f"hold_out must be >= 0, got {hold_out}")
+    if by not in SIZES:
+        raise ValueError(f"hold out by must be one of {SIZES}, got {by!r}")
     if hold_out == 0:
         return np.zeros(len(points), dtype=bool)
-    if budget_axis is None:
-        c = points["C"].to_numpy()
-        return c >= np.sort(c)[len(c) - hold_out]
-    if budget_axis not in points.columns:
-        raise ValueError(f"budget_axis {budget_axis!r} is not an axis of the runs; have {list(points.columns)}")
-    by_budget = points.groupby(budget_axis)["C"].apply(lambda c: float(np.exp(np.log(c).mean())))
-    largest = by_budget.sort_values().index[-hold_out:]
-    return points[budget_axis].isin(largest).to_numpy()
+    if axis is None:
+        size = points[by].to_numpy()
+        if hold_out >= len(size):
+            raise ValueError(f"holding out {hold_out} of {len(size)} runs leaves nothing to fit")
+        return size >= np.sort(size)[len(size) - hold_out]
+    if axis not in points.columns:
+        raise ValueError(f"hold-out axis {axis!r} is not an axis of the runs; have {list(points.columns)}")
+    by_group = points.groupby(axis)[by].apply(lambda v: float(np.exp(np.log(v).mean())))
+    if hold_out >= len(by_group):
+        raise ValueError(f"holding out {hold_out} of the {len(by_group)} {axis} groups leaves nothing to fit")
+    largest = by_group.sort_values().index[-hold_out:]
+    return points[axis].isin(largest).to_numpy()
 
 
 # -- Chinchilla L(N, D) -----------------------------------------------------------------------
@@ -327,12 +334,14 @@ def sequence_loss(model, x, y, batch: int = 256) -> float:
 
 @ANALYSES.register("loss_to_loss")
 def loss_to_loss(runs, device: str = "cpu", *, second: str = "pydoc", archive: str | None = None, windows: int = 256,
-                 params: str = "total", hold_out: int = 1, split: str = "val") -> "pd.DataFrame":
+                 params: str = "total", hold_out: int = 1, hold_out_axis: str | None = None, hold_out_by: str = "N",
+                 split: str = "val") -> "pd.DataFrame":
     """Per run: its final ``split`` loss on its own (training) distribution, L0, and the
     loss of its final weights on ``windows`` evenly spaced windows of the ``second``
     text (characters outside the model's vocabulary removed; the fraction is in
     ``removed_fraction``), L1. Then L1 = K (L0 - E0)^kappa + E1 fitted on all runs but
-    the ``hold_out`` largest by compute C = 6ND, predicting those (``predicted``,
+    the ``hold_out`` largest groups of ``hold_out_axis`` (else single runs) by
+    ``hold_out_by`` (N: the largest models; or C), predicting those (``predicted``,
     ``relative_error``), and on every run (``predicted_all``). Rows ``part == "run"``,
     ``"parameter"`` (K, kappa, E0, E1 of each ``fit``) and ``"convergence"``."""
     import pandas as pd
@@ -361,7 +370,7 @@ def loss_to_loss(runs, device: str = "cpu", *, second: str = "pydoc", archive: s
     points["removed_fraction"] = removed
     points["second"] = second
     usable = points["status"].eq("ok").to_numpy() & np.isfinite(points["loss1"].to_numpy())
-    held = _held_out_mask(points, hold_out, None) & usable
+    held = _held_out_mask(points, hold_out, hold_out_axis, hold_out_by) & usable
     rows, conv = [], []
     for name, mask in (("all", usable), ("without held-out", usable & ~held)):
         if name != "all" and not held.any():
