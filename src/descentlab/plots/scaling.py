@@ -257,16 +257,17 @@ def loss_to_loss_figure(metrics, runs, tables, table: str | None = None, size_ax
     ax.set_title("Loss-to-loss: L1 = K (L0 - E0)^kappa + E1")
     ax.legend(fontsize=7)
     held = ok[ok["held_out"].astype(bool)]
-    ax2.plot(held["N"], 100 * held["relative_error"], "o", mfc="none")
+    ax2.plot(held["C"], 100 * held["relative_error"], "o", mfc="none")
     ax2.axhline(0, color="k", lw=0.8)
     for bound in (-2, 2):
         ax2.axhline(bound, color="0.5", ls=":", lw=0.8)
     ax2.set_xscale("log")
     plain_log_ticks(ax2, "x")
-    ax2.set_xlabel("N (parameters)")
+    ax2.set_xlabel("C = 6ND of the held-out run (FLOPs)")
     ax2.set_ylabel("(predicted - observed) / observed, %")
-    ax2.set_title("Held-out largest-compute runs")
-    fig.suptitle(title or "Loss on a second text predicted from the training loss")
+    sizes_held = ", ".join(str(v) for v in held[size_axis].unique())
+    ax2.set_title(f"Held-out runs (largest model: {sizes_held}),\npredicted by the fit on the smaller models")
+    fig.suptitle(title or f"Loss on {second} predicted from the loss on {first} (one point per model and budget)")
     fig.tight_layout()
     summary = pts[["run_id", size_axis, "N", "D", "C", "loss0", "loss1", "predicted", "predicted_all", "relative_error",
                    "held_out", "status"] + [c for c in pts.columns if c in ("budget", "seed")]]
