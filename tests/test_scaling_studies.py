@@ -250,3 +250,22 @@ def test_chinchilla_panels_summary_reads_the_analyses(fake_points):
     assert len(plotted) == 24
     import matplotlib.pyplot as plt
     plt.close(fig)
+
+
+def test_loss_to_loss_figure_summary_has_one_row_per_run():
+    from descentlab.plots.scaling import loss_to_loss_figure
+
+    points = isoflop_points()
+    l0 = points["loss"].to_numpy()
+    rows = points.rename(columns={"loss": "loss0"}).assign(part="run", loss1=2.0 * (l0 - 1.0) ** 1.2 + 1.5,
+                                                          held_out=points["model"] == "m5")
+    rows["predicted"] = np.where(rows["held_out"], rows["loss1"] * 1.01, np.nan)
+    rows["predicted_all"] = rows["loss1"]
+    rows["relative_error"] = rows["predicted"] / rows["loss1"] - 1
+    params = pd.DataFrame([{"part": "parameter", "fit": "all", "parameter": p, "estimate": v}
+                           for p, v in (("K", 2.0), ("kappa", 1.2), ("E0", 1.0), ("E1", 1.5))])
+    fig, plotted, summary = loss_to_loss_figure(None, None, {"l2l": pd.concat([rows, params], ignore_index=True)})
+    assert len(summary) == 24 and summary["held_out"].sum() == 4
+    assert summary.loc[summary["held_out"], "relative_error"].to_numpy() == pytest.approx(0.01)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
