@@ -149,6 +149,12 @@ def test_chinchilla_fit_on_the_public_data_reproduces_the_replication():
     assert runs.loc[held, "C"].min() >= runs.loc[~held, "C"].max()
 
 
+def test_the_shipped_public_data_is_the_test_data():
+    shipped = sa.public_csv_path(sa.PUBLIC_CSV)
+    assert shipped.read_bytes() == DATA.read_bytes()
+    assert sa.public_csv_path("a/b.csv") == Path("a/b.csv")
+
+
 def test_chinchilla_fit_names_a_missing_csv():
     with pytest.raises(FileNotFoundError, match="does not exist"):
         sa.chinchilla_fit([], csv="no/such.csv")

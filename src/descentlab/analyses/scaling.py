@@ -126,12 +126,26 @@ def _grid(starts: str):
     raise ValueError(f"starts must be 'full' or 'small', got {starts!r}")
 
 
+# Shipped with the package (a copy of tests/data/chinchilla_svg_extracted.csv, see the README there),
+# so the workflow reads it from any working directory.
+PUBLIC_CSV = "package:chinchilla_svg_extracted.csv"
+
+
+def public_csv_path(csv: str) -> Path:
+    """``package:NAME``: a file of ``descentlab/scaling/data``; else a path (relative: to the working directory)."""
+    if csv.startswith("package:"):
+        from importlib.resources import files
+
+        return Path(str(files("descentlab.scaling").joinpath("data", csv.removeprefix("package:"))))
+    return Path(csv)
+
+
 def _public_points(csv: str, drop_highest_loss: int) -> "pd.DataFrame":
     import pandas as pd
 
     from ..scaling import replication_points
 
-    path = Path(csv)
+    path = public_csv_path(csv)
     if not path.is_file():
         raise FileNotFoundError(f"chinchilla_fit: csv {csv!r} does not exist (relative paths are read from {Path.cwd()})")
     n, d, l = replication_points(pd.read_csv(path), drop_highest_loss=drop_highest_loss)
