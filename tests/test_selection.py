@@ -324,3 +324,19 @@ def test_a_study_with_a_bad_reference_is_refused_before_any_work(tmp_path):
         path.write_text(yaml.safe_dump(study))
         with pytest.raises(StudyError, match=match):
             load_study(path)
+
+
+def test_only_keeps_the_listed_values_and_names_what_the_sweep_lacks(tmp_path):
+    runs = [fake_run(tmp_path, {"loss": l, "lr": lr, "seed": 0}, v)
+            for l in ("ce", "sq", "mse") for lr, v in ((0.1, 0.6), (1.0, 0.7 if l == "ce" else 0.5))]
+    plan = functools.partial(plan_selection, study="toy", trained_elsewhere={}, group_runs=functools.partial(group_runs, max_runs_per_job=64))
+    sel = {"name": "at-ce-lr", "group_by": ["loss"], "metric": "accuracy", "mode": "max", "seeds": [5],
+           "reference": {"axis": "loss", "value": "ce"}, "only": {"loss": ["ce", "sq"]}}
+    record = plan(runs, sel)
+    assert [c["cell"] for c in record["cells"]] == [{"loss": "ce"}, {"loss": "sq"}]
+    reruns = [Run.from_dict(r) for r in record["runs"] if r["role"] == "rerun"]
+    assert sorted((r.labels["loss"], r.labels["lr"], r.labels["seed"]) for r in reruns) == [("ce", 1.0, 5), ("sq", 1.0, 5)]
+    with pytest.raises(ValueError, match=r"only: loss values \['squentropy'\] are not in the sweep; values: \['ce', 'mse', 'sq'\]"):
+        plan(runs, dict(sel, only={"loss": ["ce", "squentropy"]}))
+    with pytest.raises(ValueError, match=r"only: 'optimizer' is not an axis of the sweep; axes: \['loss', 'lr'\]"):
+        plan(runs, dict(sel, only={"optimizer": ["sgd"]}))

@@ -9,7 +9,8 @@ setting is then trained again with the selection's ``seeds``, which must be
 disjoint from the tuning seeds (reporting on a seed that took part in the
 choice would report its luck). With ``reference`` every value of one axis is
 run at the setting chosen for one of its values (e.g. every loss at
-cross-entropy's tuned lr).
+cross-entropy's tuned lr); with ``only`` the selection sees (and reruns) only
+the sweep runs with the listed labels (e.g. two of four losses).
 
 The workflow runs this in a Snakemake checkpoint (rule ``select_runs``) once
 the sweep has trained; what it writes (``selections/<study>/<name>.json``) is
@@ -168,6 +169,21 @@ def select_best(runs: Sequence[Run], group_by: Sequence[str], split: str, metric
     return {cell: (None if s is None else (s.runs[0], s.value)) for cell, s in select_settings(runs, group_by, split, metric, mode, reference).items()}
 
 
+def only_runs(runs: Sequence[Run], only: dict[str, list] | None) -> list[Run]:
+    """The runs whose label of each axis of ``only`` is one of its listed values
+    (all runs if ``only`` is None); a listed axis or value the sweep lacks is an error."""
+    if only is None:
+        return list(runs)
+    for axis, values in only.items():
+        present = {r.labels[axis] for r in runs if axis in r.labels}
+        if not present:
+            raise ValueError(f"only: {axis!r} is not an axis of the sweep; axes: {sorted({k for r in runs for k in r.labels} - {'seed'})}")
+        missing = [v for v in values if v not in present]
+        if missing:
+            raise ValueError(f"only: {axis} values {missing} are not in the sweep; values: {sorted(map(str, present))}")
+    return [r for r in runs if all(r.labels[axis] in values for axis, values in only.items())]
+
+
 def plan_selection(
     runs: Sequence[Run],
     selection: dict[str, Any],
@@ -176,7 +192,7 @@ def plan_selection(
     trained_elsewhere: dict[str, str],
     group_runs,
 ) -> dict[str, Any]:
-    """The selection's record: per cell, the chosen setting (its first tuning
+    """The selection's record (of the sweep runs ``only`` keeps): per cell, the chosen setting (its first tuning
     run, its mean value over the tuning seeds, and each tuning run's value);
     the tuning runs of the chosen settings (role ``selected``) and their reruns
     with the selection's ``seeds`` as run records; the jobs that train the
@@ -185,6 +201,7 @@ def plan_selection(
     declared run is not trained twice); ``group_runs(runs, prefix=...)`` cuts
     the rest into jobs."""
     group_by = list(selection["group_by"])
+    runs = only_runs(runs, selection.get("only"))
     tuning = sorted({_seed_of(r) for r in runs})
     shared = sorted(set(tuning) & {int(s) for s in selection["seeds"]})
     if shared:
