@@ -122,6 +122,13 @@ def _check_selections(study: dict[str, Any], path: Path) -> None:
         missing = sorted(set(selection["group_by"]) - axes)
         if missing:
             raise StudyError(f"{path}: selection {selection['name']!r} groups by {missing}, which are not axes of the study; axes: {sorted(axes)}")
+        reference = selection.get("reference")
+        if reference is not None:
+            if reference["axis"] not in selection["group_by"]:
+                raise StudyError(f"{path}: selection {selection['name']!r}: reference axis {reference['axis']!r} must be one of group_by {selection['group_by']}")
+            labels = [entry.get("label") for entry in study["axes"][reference["axis"]]]
+            if reference["value"] not in labels:
+                raise StudyError(f"{path}: selection {selection['name']!r}: reference value {reference['value']!r} is not a label of axis {reference['axis']!r}; labels: {labels}")
     for analysis in study["analyses"]:
         if "selection" in analysis and analysis["selection"] not in names:
             raise StudyError(f"{path}: analysis {analysis['name']!r} reads unknown selection {analysis['selection']!r}; the study has: {names}")

@@ -97,9 +97,10 @@ def calibration(runs, device: str = "cpu", split: str = "test", bins: int = 15, 
     squentropy paper's code reports, MSE included); and ``kind = bin`` rows,
     the reliability diagram of the loss's own probabilities (``bins`` bins).
 
-    With a study selection (``selected``: each cell's best run and its reruns),
-    only the reruns are evaluated: the selected run won its cell on validation
-    with the tuning seed, so its test numbers would report its luck; ``runs``
+    With a study selection (``selected``: each cell's chosen setting's tuning
+    runs and its reruns), only the reruns are evaluated: the setting won its
+    cell on validation with the tuning seeds, so their test numbers would
+    report their luck; ``runs``
     (the sweep) is then only the grid that ``edge_axis`` flags the selected
     value against (columns ``grid_low``, ``grid_high``, ``on_edge``, ``edge``,
     as ``rerun_best``).
