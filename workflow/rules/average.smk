@@ -1,0 +1,34 @@
+# Stage 3: merged models (descentlab.merges). One job per merge a study
+# declares: it merges each of the declaration's models from the input runs'
+# final weights into merges/<id>/ (id: the hash of rule, options and inputs),
+# evaluates them on the runs' splits and writes its manifest last. Changing a
+# declaration's options changes only its job's params, so only it reruns.
+
+
+def merge_inputs(wc):
+    merges = PLAN.merges.job(wc.study, wc.merge)
+    reads = sorted({rid for m in merges for rid in m.inputs} | {m.base["run"] for m in merges if m.base})
+    return {
+        "data": sorted({str(m.data) for m in merges}),
+        "runs": sorted({job_manifest(PLAN.group_of[rid]) for rid in reads}),
+    }
+
+
+rule merge:
+    input:
+        unpack(merge_inputs),
+    output:
+        merge_manifest("{study}", "{merge}"),
+    params:
+        merges=lambda wc: [m.to_dict() for m in PLAN.merges.job(wc.study, wc.merge)],
+        device=config["device"],
+        code=CODE_VERSION,
+    threads: config["analysis_threads"]
+    benchmark:
+        benchmark_file(RESULTS, "merges", "{study}/{merge}")
+    log:
+        f"{RESULTS}/logs/merges/{{study}}/{{merge}}.log",
+    conda:
+        ENV
+    script:
+        "../../scripts/merge.py"
