@@ -116,9 +116,10 @@ def _classification(xs, ys, num_classes, input_shape, info) -> SplitData:
     )
 
 
-def _mnist1d_raw(n_samples: int, seed: int, **generator) -> dict:
+def _mnist1d_raw(n_samples: int, seed: int, generator: dict | None = None, train_split: float | None = None) -> dict:
     """``make_dataset`` with the package's defaults but ``generator``'s values;
     it reseeds numpy's and Python's global RNGs, so their states are restored."""
+    generator = dict(generator or {})
     os.environ.setdefault("MPLBACKEND", "Agg")  # mnist1d imports pyplot
     from mnist1d.data import get_dataset_args, make_dataset
 
@@ -129,6 +130,8 @@ def _mnist1d_raw(n_samples: int, seed: int, **generator) -> dict:
                          f"{sorted(set(vars(args)) - {'num_samples', 'seed', 'url'})}")
     for key, value in generator.items():
         setattr(args, key, value)
+    if train_split is not None:
+        args.train_split = train_split
     args.num_samples = int(n_samples)
     args.seed = int(seed)
     np_state, py_state = np.random.get_state(), random.getstate()
@@ -160,7 +163,9 @@ def mnist1d(n_samples: int = 5000, seed: int = 42, val_fraction: float = 0.1, sh
     info = {"source": "mnist1d.make_dataset"}
     if shift:
         n_test = len(raw["y_test"])
-        shifted = _mnist1d_raw(n_test, seed + SHIFT_SEED_OFFSET, train_split=1.0, **shift)
+        if not isinstance(shift, dict):
+            raise ValueError(f"mnist1d shift must be a mapping of generator arguments, got {shift!r}")
+        shifted = _mnist1d_raw(n_test, seed + SHIFT_SEED_OFFSET, shift, train_split=1.0)
         xs["test_shifted"], ys["test_shifted"] = shifted["x"][:n_test], shifted["y"][:n_test]
         info["shift"] = dict(shift)
     return _classification(xs, ys, 10, (raw["x"].shape[1],), info)
