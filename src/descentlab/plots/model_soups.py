@@ -72,12 +72,13 @@ def soup_scatter(metrics, runs, tables, individual: str = "ft", x_split: str = "
     ax.scatter(ok[xs], ok[ys], s=18, color="0.6", label=f"fine-tuned models ({len(ok)})", zorder=2)
     bad = singles[singles["status"] != "ok"]
     best = summary[summary["model"] == BEST_SINGLE]
-    ax.scatter(best["test_accuracy"], best["shifted_accuracy"], s=70, facecolors="none", edgecolors="black",
-               linewidths=1.2, label="best single (on val), per seed", zorder=3)
+    ax.scatter(best["test_accuracy"], best["shifted_accuracy"], s=130, facecolors="none", edgecolors="black",
+               linewidths=1.2, label="best single (on val), per seed", zorder=5)  # on top: a merge equal to it shows inside
     names = [m for m in summary["model"].unique() if m != BEST_SINGLE]
     for i, name in enumerate(names):
         rows = summary[(summary["model"] == name) & (summary["status"] == "ok")]
-        ax.scatter(rows["test_accuracy"], rows["shifted_accuracy"], s=60, marker=MARKERS[i % len(MARKERS)],
+        marker = MARKERS[i % len(MARKERS)]
+        ax.scatter(rows["test_accuracy"], rows["shifted_accuracy"], s=150 if marker == "*" else 55, marker=marker,
                    color=color_for(name), edgecolors="black", linewidths=0.4, label=name, zorder=4)
         failed = summary[(summary["model"] == name) & (summary["status"] != "ok")]
         if len(failed):
