@@ -5,15 +5,6 @@
 # declaration's options changes only its job's params, so only it reruns.
 
 
-def merge_inputs(wc):
-    merges = PLAN.merges.job(wc.study, wc.merge)
-    reads = sorted({rid for m in merges for rid in m.inputs} | {m.base["run"] for m in merges if m.base})
-    return {
-        "data": sorted({str(m.data) for m in merges}),
-        "runs": sorted({job_manifest(PLAN.group_of[rid]) for rid in reads}),
-    }
-
-
 rule merge:
     input:
         unpack(merge_inputs),

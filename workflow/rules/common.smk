@@ -144,6 +144,16 @@ def merge_manifests(study):
     return sorted({merge_manifest(*PLAN.merges.owner[m.merge_id]) for m in PLAN.merges.of_study(study)})
 
 
+def merge_inputs(wc):
+    """A merge job's data and the training jobs of its input runs (and of the runs they start from)."""
+    merges = PLAN.merges.job(wc.study, wc.merge)
+    reads = sorted({rid for m in merges for rid in m.inputs} | {m.base["run"] for m in merges if m.base})
+    return {
+        "data": sorted({str(m.data) for m in merges}),
+        "runs": sorted({job_manifest(PLAN.group_of[rid]) for rid in reads}),
+    }
+
+
 def study_records(study):
     """The study's runs, then its merged models as Run-like records (role "merge")."""
     return list(PLAN.study_runs[study]) + [m.as_run() for m in PLAN.merges.of_study(study)]
