@@ -17,6 +17,7 @@ validate(config, "src/descentlab/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/average.smk"
 include: "workflow/rules/analyses.smk"
 include: "workflow/rules/figures.smk"
 

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 from .lineage import run_references
 from .runs import Run
 from .spec import canonical_json, data_id
-from .studies import SCALES, SCHEMA_DIR, StudyError, expand_study_lineage, load_study, selection_at, study_schema
+from .studies import SCALES, SCHEMA_DIR, StudyError, expand_study_lineage, load_study, selection_at, study_merges, study_schema
 
 GROUP_SEPARATOR = "+"
 
@@ -38,6 +38,7 @@ class Plan:
     groups: dict[str, list[str]]  # job id -> run ids trained in that job
     group_of: dict[str, str] = field(default_factory=dict)  # run id -> job id
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)  # data id -> dataset spec
+    merges: Any = None  # descentlab.merges.MergePlan: the studies' merged models and their jobs
 
     def data_of(self, rid: str) -> str:
         return data_id(self.runs[rid].spec["dataset"])
@@ -120,7 +121,11 @@ def plan(
         groups.update(group_runs(owned, max_runs_per_job, min_jobs_per_group, prefix=f"{name}{GROUP_SEPARATOR}"))
     group_of = {rid: gid for gid, members in groups.items() for rid in members}
     datasets = {data_id(r.spec["dataset"]): r.spec["dataset"] for r in runs.values()}
-    return Plan(scale, results, studies, runs, study_runs, study_parents, groups, group_of, datasets)
+    from .merges import plan_all
+
+    merges = plan_all({name: study_merges(studies[name], scale, study_runs[name], results, str(path))
+                       for name, path in ((p.stem, p) for p in paths) if name in studies})
+    return Plan(scale, results, studies, runs, study_runs, study_parents, groups, group_of, datasets, merges)
 
 
 def _check_selection_seeds(study: dict[str, Any], scale: str, path: Path) -> None:

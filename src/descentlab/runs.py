@@ -16,8 +16,8 @@ from typing import Any
 
 # What a run is to its study: a point of the sweep, a parent that other runs
 # start from, or a rerun emitted by a selection (the best setting of a sweep,
-# trained again with more seeds).
-ROLES = ("sweep", "parent", "selected", "rerun")
+# trained again with more seeds), or a merged model (descentlab.merges; not trained, read alike).
+ROLES = ("sweep", "parent", "selected", "rerun", "merge")
 
 
 @dataclass

@@ -357,9 +357,9 @@ def validate(spec: dict[str, Any], where: str = "run spec") -> dict[str, Any]:
     sub = spec["subspace"]
     if sub is not None and (not isinstance(sub, dict) or set(sub) - {"dim", "seed"} or not isinstance(sub.get("dim"), int) or sub["dim"] < 1):
         raise SpecError(f"{where}: subspace must be null or {{dim: positive integer, seed: integer}}, got {sub!r}")
-    bad_splits = sorted(set(spec["eval_splits"]) - {"train", "val", "test"})
+    bad_splits = sorted(set(spec["eval_splits"]) - {"train", "val", "test", "test_shifted"})
     if bad_splits:
-        raise SpecError(f"{where}: eval_splits may hold train, val, test; got {bad_splits}")
+        raise SpecError(f"{where}: eval_splits may hold train, val, test, test_shifted (datasets with a shift); got {bad_splits}")
     bad_ckpts = [s for s in spec["checkpoints"] if not 0 <= s <= spec["steps"]]
     if bad_ckpts:
         raise SpecError(f"{where}: checkpoints {bad_ckpts} outside [0, steps={spec['steps']}]")

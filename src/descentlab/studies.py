@@ -34,6 +34,7 @@ class StudyError(ValueError):
 def _enum_names() -> dict[str, list[str]]:
     from .analyses import ANALYSES
     from .claims import CLAIM_CHECKS
+    from .merges import MERGE_RULES
     from .plots import FIGURES
     from .spec import registries
     from .train.instruments import INSTRUMENTS
@@ -49,6 +50,7 @@ def _enum_names() -> dict[str, list[str]]:
         "__FIGURE_KINDS__": FIGURES.names(),
         "__ANALYSES__": ANALYSES.names(),
         "__CLAIM_CHECKS__": CLAIM_CHECKS.names(),
+        "__MERGE_RULES__": MERGE_RULES.names(),
     }
 
 
@@ -87,6 +89,7 @@ def _apply_defaults(study: dict[str, Any]) -> dict[str, Any]:
     study.setdefault("analyses", [])
     study.setdefault("parents", {})
     study.setdefault("selections", [])
+    study.setdefault("merges", [])
     for selection in study["selections"]:
         selection.setdefault("scales", {})
     for analysis in study["analyses"]:
@@ -223,8 +226,19 @@ def load_study(path: str | Path, schema: dict[str, Any] | None = None, scales: t
     _check_analyses_and_figures(study, path)
     _check_selections(study, path)
     for scale in scales:
-        expand_study_lineage(study, scale, source=str(path))  # validates every spec
+        expansion = expand_study_lineage(study, scale, source=str(path))  # validates every spec
+        study_merges(study, scale, expansion.sweep, ".", str(path))
     return study
+
+
+def study_merges(study: dict[str, Any], scale: str, runs: list[Run], results: str | Path, source: str) -> list:
+    """The study's merged models at ``scale`` (descentlab.merges), errors as StudyError."""
+    from .merges import MergeError, plan_merges
+
+    try:
+        return plan_merges(study, scale, runs, results, source)
+    except MergeError as err:
+        raise StudyError(str(err)) from None
 
 
 def _multiply(spec: dict[str, Any], path: str, factor: float, where: str) -> dict[str, Any]:

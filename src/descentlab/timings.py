@@ -3,7 +3,7 @@
 Every job rule writes `<results>/benchmarks/<stage>/<job wildcards>.tsv` (Snakemake's
 `benchmark:` directive: wall seconds `s`, `cpu_time` = user + system seconds of the job's
 process tree, `max_rss` in MB). A job belongs to the study that names it: training jobs are
-`<study>+<family>`, analyses, figures and selections live under `<stage>/<study>/`. Data
+`<study>+<family>`, analyses, figures, merges and selections live under `<stage>/<study>/`. Data
 preparation is shared between studies and gets a row of its own.
 """
 
@@ -15,7 +15,7 @@ import pandas as pd
 
 BENCHMARK_DIR = "benchmarks"
 DATA_ROW = "(data preparation)"
-_STAGE_DIRS = ("train", "selections", "analyses", "figures", "data")
+_STAGE_DIRS = ("train", "selections", "merges", "analyses", "figures", "data")
 
 
 def benchmark_file(results: str | Path, stage: str, job: str) -> str:

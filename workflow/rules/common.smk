@@ -131,6 +131,34 @@ def index_inputs(wc):
     return files + [m for study, name in PLAN.selections() for m in manifests_of(selection_record(study, name)["runs"])]
 
 
+# -- merged models (average.smk) ---------------------------------------------------------
+
+
+def merge_manifest(study, name):
+    """The file a merge job writes last: its merged models and their status."""
+    return f"{RESULTS}/merges/jobs/{study}/{name}.json"
+
+
+def merge_manifests(study):
+    """The jobs that compute the study's merged models (another study's, for one it shares)."""
+    return sorted({merge_manifest(*PLAN.merges.owner[m.merge_id]) for m in PLAN.merges.of_study(study)})
+
+
+def merge_inputs(wc):
+    """A merge job's data and the training jobs of its input runs (and of the runs they start from)."""
+    merges = PLAN.merges.job(wc.study, wc.merge)
+    reads = sorted({rid for m in merges for rid in m.inputs} | {m.base["run"] for m in merges if m.base})
+    return {
+        "data": sorted({str(m.data) for m in merges}),
+        "runs": sorted({job_manifest(PLAN.group_of[rid]) for rid in reads}),
+    }
+
+
+def study_records(study):
+    """The study's runs, then its merged models as Run-like records (role "merge")."""
+    return list(PLAN.study_runs[study]) + [m.as_run() for m in PLAN.merges.of_study(study)]
+
+
 # -- analyses and figures ------------------------------------------------------------------
 
 
@@ -146,7 +174,7 @@ def figure_tables(wc):
 
 
 def figure_inputs(wc):
-    return manifests_of(PLAN.study_runs[wc.study]) + list(figure_tables(wc).values())
+    return manifests_of(PLAN.study_runs[wc.study]) + merge_manifests(wc.study) + list(figure_tables(wc).values())
 
 
 def analysis_entry(wc):
@@ -163,7 +191,7 @@ def analysis_spec(wc):
 
 
 def analysis_runs(wc):
-    return list(PLAN.study_runs[wc.study]) if analysis_entry(wc)["runs"] else []
+    return study_records(wc.study) if analysis_entry(wc)["runs"] else []
 
 
 def analysis_selected(wc):
@@ -174,7 +202,8 @@ def analysis_selected(wc):
 def analysis_inputs(wc):
     runs, selected = analysis_runs(wc), analysis_selected(wc)
     data = sorted({str(r.data) for r in runs} | {r["data"] for r in selected})
-    return data + manifests_of(runs) + manifests_of(selected)
+    merges = merge_manifests(wc.study) if runs else []
+    return data + manifests_of([r for r in runs if r.role != "merge"]) + merges + manifests_of(selected)
 
 
 FIGURE_FILES = [
@@ -193,3 +222,4 @@ wildcard_constraints:
     selection="[a-z0-9][a-z0-9_-]*",
     group="[^/]+",
     data_id="[A-Za-z0-9_.]+-[0-9a-f]{8}",
+    merge="[a-z0-9][a-z0-9_-]*",

@@ -23,7 +23,7 @@ rule figure:
     params:
         figure=figure_spec,
         scale=config["scale"],
-        runs=lambda wc: [r.to_dict() for r in PLAN.study_runs[wc.study]],
+        runs=lambda wc: [r.to_dict() for r in study_records(wc.study)],
         tables=figure_tables,
         title=lambda wc: PLAN.studies[wc.study]["title"],
     benchmark:

@@ -21,6 +21,8 @@ from ..registry import Registry
 DATASETS = Registry("dataset")
 
 SPLITS = ("train", "val", "test")
+# Evaluation-only splits a dataset may add (never trained on); every SplitData has SPLITS.
+EXTRA_SPLITS = ("test_shifted",)
 
 
 @dataclass
@@ -37,9 +39,17 @@ class SplitData:
     def __post_init__(self) -> None:
         if self.task not in ("classification", "regression"):
             raise ValueError(f"task must be classification or regression, got {self.task!r}")
-        for split in SPLITS:
+        unknown = sorted(set(self.x) - set(SPLITS) - set(EXTRA_SPLITS))
+        if unknown:
+            raise ValueError(f"unknown splits {unknown}; splits are {SPLITS} plus optionally {EXTRA_SPLITS}")
+        for split in self.splits:
             if self.x[split].shape[0] != self.y[split].shape[0]:
                 raise ValueError(f"{split}: {self.x[split].shape[0]} inputs but {self.y[split].shape[0]} targets")
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """SPLITS, then the extra evaluation splits this dataset has."""
+        return SPLITS + tuple(s for s in EXTRA_SPLITS if s in self.x)
 
     def size(self, split: str) -> int:
         return int(self.x[split].shape[0])
@@ -51,7 +61,7 @@ class SplitData:
             "input_shape": list(self.input_shape),
             "info": self.info,
         }
-        for split in SPLITS:
+        for split in self.splits:
             out[f"x_{split}"] = self.x[split]
             out[f"y_{split}"] = self.y[split]
         return out
@@ -59,8 +69,8 @@ class SplitData:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SplitData":
         return cls(
-            x={s: d[f"x_{s}"] for s in SPLITS},
-            y={s: d[f"y_{s}"] for s in SPLITS},
+            x={s: d[f"x_{s}"] for s in SPLITS + EXTRA_SPLITS if f"x_{s}" in d},
+            y={s: d[f"y_{s}"] for s in SPLITS + EXTRA_SPLITS if f"y_{s}" in d},
             task=d["task"],
             num_outputs=int(d["num_outputs"]),
             input_shape=tuple(d["input_shape"]),
@@ -106,29 +116,59 @@ def _classification(xs, ys, num_classes, input_shape, info) -> SplitData:
     )
 
 
-@DATASETS.register("mnist1d")
-def mnist1d(n_samples: int = 5000, seed: int = 42, val_fraction: float = 0.1) -> SplitData:
-    """MNIST-1D (Greydanus 2020) generated locally with ``mnist1d.data.make_dataset``.
-
-    ``get_dataset`` is never used: it downloads by default. ``make_dataset``
-    reseeds numpy's and Python's global RNGs, so their states are restored.
-    The package's own train/test cut (80/20) is kept; val is taken from train.
-    """
+def _mnist1d_raw(n_samples: int, seed: int, generator: dict | None = None, train_split: float | None = None) -> dict:
+    """``make_dataset`` with the package's defaults but ``generator``'s values;
+    it reseeds numpy's and Python's global RNGs, so their states are restored."""
+    generator = dict(generator or {})
     os.environ.setdefault("MPLBACKEND", "Agg")  # mnist1d imports pyplot
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
+    unknown = sorted(set(generator) - set(vars(args)) - {"num_samples", "seed"}) or sorted(set(generator) & {"num_samples", "seed", "url"})
+    if unknown:
+        raise ValueError(f"mnist1d shift: {unknown} are not generator arguments it may change; it may change "
+                         f"{sorted(set(vars(args)) - {'num_samples', 'seed', 'url'})}")
+    for key, value in generator.items():
+        setattr(args, key, value)
+    if train_split is not None:
+        args.train_split = train_split
     args.num_samples = int(n_samples)
     args.seed = int(seed)
     np_state, py_state = np.random.get_state(), random.getstate()
     try:
-        raw = make_dataset(args)
+        return make_dataset(args)
     finally:
         np.random.set_state(np_state)
         random.setstate(py_state)
+
+
+# The shifted test set's generator seed is seed + SHIFT_SEED_OFFSET: new examples, not the test set redrawn.
+SHIFT_SEED_OFFSET = 1_000_003
+
+
+@DATASETS.register("mnist1d")
+def mnist1d(n_samples: int = 5000, seed: int = 42, val_fraction: float = 0.1, shift: dict | None = None) -> SplitData:
+    """MNIST-1D (Greydanus 2020) generated locally with ``mnist1d.data.make_dataset``.
+
+    ``get_dataset`` is never used: it downloads by default. The package's own
+    train/test cut (80/20) is kept; val is taken from train. ``shift``
+    (generator arguments, e.g. ``{iid_noise_scale: 0.1, max_translation: 60}``)
+    adds an evaluation split ``test_shifted``: as many new examples as the test
+    set, drawn with those arguments (and a different seed), standardised on
+    their own as the generator does.
+    """
+    raw = _mnist1d_raw(n_samples, seed)
     xs, ys = _split(raw["x"], raw["y"], seed, val_fraction, 0.0)
     xs["test"], ys["test"] = raw["x_test"], raw["y_test"]
-    return _classification(xs, ys, 10, (raw["x"].shape[1],), {"source": "mnist1d.make_dataset"})
+    info = {"source": "mnist1d.make_dataset"}
+    if shift:
+        n_test = len(raw["y_test"])
+        if not isinstance(shift, dict):
+            raise ValueError(f"mnist1d shift must be a mapping of generator arguments, got {shift!r}")
+        shifted = _mnist1d_raw(n_test, seed + SHIFT_SEED_OFFSET, shift, train_split=1.0)
+        xs["test_shifted"], ys["test_shifted"] = shifted["x"][:n_test], shifted["y"][:n_test]
+        info["shift"] = dict(shift)
+    return _classification(xs, ys, 10, (raw["x"].shape[1],), info)
 
 
 @DATASETS.register("digits")

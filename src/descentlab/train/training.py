@@ -71,6 +71,10 @@ class Training:
         self.multiplier = build_schedule(spec["schedule"], spec["steps"])
         self.instruments = [build_instrument(s) for s in spec["instruments"]] + list(extra_instruments)
         self.create_graph = bool(getattr(self.optimizer, "create_graph", False))
+        missing = [s for s in spec["eval_splits"] if s not in data.x]
+        if missing:
+            raise ValueError(f"eval_splits names {missing}, which this dataset does not have (it has {list(data.x)}); "
+                             "test_shifted comes with a dataset shift, e.g. mnist1d's shift: {...}")
         self.x = {s: data.x[s].to(device) for s in data.x}
         self.y = {s: data.y[s].to(device) for s in data.y}
         self.sampler = BatchSampler(data.size("train"), spec["batch_size"], spec["seed"], device)
