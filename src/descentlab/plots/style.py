@@ -32,6 +32,9 @@ KNOWN = {
     "uniform soup": "#2ca02c", "greedy soup": "#1b9e77", "SWA": "#d62728", "EMA": "#9467bd", "LAWA": "#8c564b",
     "last iterate": "#333333", "continued SGD": "#7f7f7f", "Switch EMA": "#7570b3", "post-hoc EMA": "#c5b0d5",
     "no alignment": "#7f7f7f", "weight matching": "#1b9e77", "error barrier": "#d62728", "loss barrier": "#1f77b4",
+    # the merges of model-soups (their declaration names)
+    "uniform-soup": "#2ca02c", "greedy-soup": "#1b9e77", "fisher": "#e377c2", "model-stock": "#bcbd22",
+    "diwa": "#98df8a", "ties": "#9467bd", "dare": "#c5b0d5", "gradient-matching": "#8c564b",
     # learning-rate schedules (wsd-vs-cosine, decay-to-zero)
     "cosine": "#1f77b4", "cosine 10x": "#1f77b4", "WSD": "#d62728", "WSD 1-sqrt": "#d62728", "WSD linear": "#ff9896",
     "constant": "#7f7f7f", "D2Z": "#2ca02c",
