@@ -1,4 +1,4 @@
-"""Pick the best run of each cell of a sweep and plan its reruns (checkpoint select_runs)."""
+"""Pick the best setting of each cell of a sweep (its mean over the tuning seeds) and plan its reruns (checkpoint select_runs)."""
 
 from descentlab.jobs import job_log
 

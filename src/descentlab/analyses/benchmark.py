@@ -20,8 +20,9 @@ def rerun_best(runs: list[Run], selected: list[Run], device: str = "cpu", edge_a
     cell's labels, seed, status, role (``selected`` or ``rerun``) and the run
     they were selected from. The selection and the reruns are decided and
     trained in the workflow (study ``selections``, rule ``select_runs``); this
-    only reads them. Report test metrics from the reruns: the selected run won
-    its cell on the validation split with its own seed.
+    only reads them. Report test metrics from the reruns: the selected runs (one
+    per tuning seed of the chosen setting) won their cell on the validation
+    split with their own seeds.
 
     ``edge_axis`` (e.g. ``lr``): also flag a selected value on the edge of
     the grid its cell tried (``runs``, the sweep): columns ``grid_low``,
