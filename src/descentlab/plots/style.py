@@ -30,7 +30,8 @@ KNOWN = {
     # losses and averaging/merging methods
     "cross_entropy": "#1f77b4", "squentropy": "#2ca02c", "label_smoothing": "#ff7f0e", "mse": "#d62728",
     "uniform soup": "#2ca02c", "greedy soup": "#1b9e77", "SWA": "#d62728", "EMA": "#9467bd", "LAWA": "#8c564b",
-    "last iterate": "#333333", "continued SGD": "#7f7f7f", "Switch EMA": "#7570b3", "post-hoc EMA": "#c5b0d5",
+    "last iterate": "#333333", "continued SGD": "#7f7f7f", "Switch EMA": "#7570b3", "post-hoc EMA": "#e377c2",
+    "post-hoc EMA profile sigma_rel 0.10": "#e377c2",
     "no alignment": "#7f7f7f", "weight matching": "#1b9e77", "error barrier": "#d62728", "loss barrier": "#1f77b4",
     # the merges of model-soups (their declaration names)
     "uniform-soup": "#2ca02c", "greedy-soup": "#1b9e77", "fisher": "#e377c2", "model-stock": "#bcbd22",
