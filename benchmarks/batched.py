@@ -7,8 +7,7 @@ compatible runs as one computation) and ``batched=False`` (``train_run`` after
 - ``mlp-adam``: 32 MNIST-1D MLP runs with Adam, 8 learning rates x 4 seeds;
 - ``optimizer-slice``: the MNIST-1D slice of the optimizer benchmark study
   (config/studies/optimizer-benchmark.yaml): every optimizer x its lr grid
-  (1, 3, 10, 30 x its default). AdaHessian is not batched: it trains one
-  after another in both modes;
+  (1, 3, 10, 30 x its default); AdaHessian's runs batch with each other;
 - ``cnn-bn``: the digits CNN with BatchNorm (the study's problem), Adam, 4
   learning rates x 4 seeds.
 

@@ -27,6 +27,10 @@ Hessian-vector product, ``p.grad`` is detached in place (values unchanged),
 as in the official code: this frees the double-backward
 graph and breaks the param -> grad -> graph -> param reference cycle.
 
+``step`` is ``params_with_grad``, ``draw_probes``, the Hessian-vector products,
+then ``step_with_products``: batched training (``train.hessian_update``) calls
+the parts itself, with the products of all its runs from one double backward.
+
 Complex parameters are refused: the Rademacher probes, the Hessian-vector
 product through complex autograd and the averaging over kernel dimensions are
 defined here for real parameters only (a real view would change which
