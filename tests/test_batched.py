@@ -12,7 +12,7 @@ import torch
 
 from descentlab.data import DATASETS, SplitData, build_dataset
 from descentlab.train import train_run
-from descentlab.train.batched import train_batched, train_job, why_not_batched
+from descentlab.train.batched import batch_key, train_batched, train_job, why_not_batched
 from descentlab.spec import validate
 from descentlab.train.loop import Interrupted
 
@@ -254,11 +254,16 @@ def test_adahessian_batched_closure_draws_each_runs_own_probes(mlp_data, tmp_pat
     assert json.loads((tmp_path / "batched0" / "status.json").read_text())["status"] == "ok"
 
 
-def test_adahessian_runs_batch_only_with_adahessian_runs(mlp_data, tmp_path):
-    specs = [dict(MLP, optimizer=dict(OPTIMIZERS["adahessian"], name="adahessian")), dict(MLP, optimizer={"name": "adam", "lr": 1e-3})]
+def test_adahessian_runs_batch_only_with_adahessian_runs(mlp_data, tmp_path, f64):
+    specs = [dict(MLP, seed=s, optimizer=dict(OPTIMIZERS[name], name=name)) for name in ("adahessian", "adam") for s in (0, 1)]
     assert why_not_batched(specs[0]) is None
+    assert batch_key(specs[0], 0, "cpu") == batch_key(specs[1], 0, "cpu") != batch_key(specs[2], 0, "cpu")
     with pytest.raises(ValueError, match="AdaHessian runs batch only with AdaHessian runs"):
-        train_batched(specs, mlp_data, [tmp_path / "a", tmp_path / "b"])
+        train_batched(specs[1:3], mlp_data, [tmp_path / "a", tmp_path / "b"])
+    train_job(specs, [mlp_data] * 4, [tmp_path / f"j{k}" for k in range(4)])
+    for k, spec in enumerate(specs):
+        train_run(spec, mlp_data, tmp_path / f"a{k}")
+    assert_same_runs([tmp_path / f"a{k}" for k in range(4)], [tmp_path / f"j{k}" for k in range(4)], 1e-10)
 
 
 def test_config_switch_is_documented_and_on_by_default():
@@ -434,7 +439,8 @@ def test_models_without_a_direct_form_take_vmap_and_say_why():
             DirectForward(model)
 
 
-def test_the_vmap_path_still_matches_one_by_one(cnn_data, tmp_path, f64, monkeypatch):
+@pytest.mark.parametrize("name", ["adamw", "adahessian"])
+def test_the_vmap_path_still_matches_one_by_one(name, cnn_data, tmp_path, f64, monkeypatch):
     """Models DirectForward cannot take train through vmap: the BatchNorm CNN forced there."""
     import descentlab.train.stack as stack_module
 
@@ -447,7 +453,7 @@ def test_the_vmap_path_still_matches_one_by_one(cnn_data, tmp_path, f64, monkeyp
         seen.append(self.direct)
 
     monkeypatch.setattr(stack_module.ModelStack, "__init__", spy)
-    check_equivalent(sweep(CNN, "adamw", OPTIMIZERS["adamw"], "weight_decay"), cnn_data, tmp_path)
+    check_equivalent(sweep(CNN, name, OPTIMIZERS[name], "weight_decay")[:2], cnn_data, tmp_path)
     assert seen == [None]
 
 
