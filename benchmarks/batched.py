@@ -7,8 +7,7 @@ compatible runs as one computation) and ``batched=False`` (``train_run`` after
 - ``mlp-adam``: 32 MNIST-1D MLP runs with Adam, 8 learning rates x 4 seeds;
 - ``optimizer-slice``: the MNIST-1D slice of the optimizer benchmark study
   (config/studies/optimizer-benchmark.yaml): every optimizer x its lr grid
-  (1, 3, 10, 30 x its default). AdaHessian is not batched: it trains one
-  after another in both modes;
+  (1, 3, 10, 30 x its default); AdaHessian's runs batch with each other;
 - ``cnn-bn``: the digits CNN with BatchNorm (the study's problem), Adam, 4
   learning rates x 4 seeds.
 
@@ -187,10 +186,10 @@ def write(rows, args, loads) -> None:
         "",
         "Workloads: mlp-adam: MNIST-1D MLP (64x2), Adam, 8 learning rates x 4 seeds; optimizer-slice: the MNIST-1D"
         " problem of config/studies/optimizer-benchmark.yaml, every optimizer x lr multipliers 1, 3, 10, 30"
-        " (AdaHessian trains one after another in both modes; one seed, so no seed spread); cnn-bn: the digits CNN (16 channels, 2"
+        " (one seed, so no seed spread); cnn-bn: the digits CNN (16 channels, 2"
         " blocks, BatchNorm), Adam, 4 learning rates x 4 seeds. The study's schedule (cosine, 30 warmup steps),"
         " batch 64, evaluation every 25 steps."
-        ' In the optimizer slice, 32 of the 108 runs (SGD-M, Adam, AdamW, AMSGrad, NAdam, RAdam, Adagrad, Lion) take the stacked update; 64 step their own optimizer instance, one run after another as alone (per-tensor reductions, updates not linear in the lr); 8 SAM/ASAM runs form a second batch; 4 AdaHessian runs train alone. In a cProfile of the batched slice job those per-run optimizer steps took about half of its training loop.',
+        ' In the optimizer slice, 32 of the 108 runs (SGD-M, Adam, AdamW, AMSGrad, NAdam, RAdam, Adagrad, Lion) take the stacked update; 64 step their own optimizer instance, one run after another as alone (per-tensor reductions, updates not linear in the lr); 8 SAM/ASAM runs form a second batch, the 4 AdaHessian runs a third (its gradient graph and one double backward). In a cProfile of the batched slice job those per-run optimizer steps took about half of its training loop.',
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import torch
 
 from descentlab.data import DATASETS, SplitData, build_dataset
 from descentlab.train import train_run
-from descentlab.train.batched import train_batched, train_job, why_not_batched
+from descentlab.train.batched import batch_key, train_batched, train_job, why_not_batched
 from descentlab.spec import validate
 from descentlab.train.loop import Interrupted
 
@@ -54,9 +54,9 @@ OPTIMIZERS = {
     "sfsgd": {"lr": 1.0, "warmup_steps": 30},
     "shampoo": {"lr": 0.001},
     "muon": {"lr": 0.02},
+    "adahessian": {"lr": 0.15},
 }
 SHARPNESS_AWARE = {"sam": {"lr": 0.05, "momentum": 0.9, "rho": 0.05}, "asam": {"lr": 0.05, "momentum": 0.9, "rho": 0.5, "eta": 0.01}}
-ALONE = {"adahessian": {"lr": 0.15}}
 
 
 def float64(data: SplitData) -> SplitData:
@@ -171,7 +171,7 @@ def test_runs_of_different_lengths_and_log_schedules(mlp_data, tmp_path, f64):
     assert (tmp_path / "batched0" / "checkpoints").is_dir()
 
 
-@pytest.mark.parametrize("name", ["adamw", "adamp"])
+@pytest.mark.parametrize("name", ["adamw", "adamp", "adahessian"])
 def test_a_killed_batch_resumes_every_run_exactly(name, cnn_data, tmp_path, f64):
     specs = [dict(s, resume_every=20, checkpoints=[50]) for s in sweep(CNN, name, OPTIMIZERS[name], WD_KEY.get(name))]
     dirs = [tmp_path / f"b{k}" for k in range(3)]
@@ -202,7 +202,8 @@ def test_batched_state_files_are_the_runs_own(mlp_data, tmp_path, f64):
 
 def test_train_job_batches_compatible_runs_and_trains_the_rest_alone(mlp_data, cnn_data, tmp_path, f64):
     mlp = sweep(MLP, "adam", OPTIMIZERS["adam"])
-    specs = mlp[:2] + [dict(MLP, seed=5, optimizer=dict(ALONE["adahessian"], name="adahessian"))] + sweep(CNN, "sgd", OPTIMIZERS["sgd"])[:2]
+    norm_loss = {"name": "norm_loss", "base": {"name": "cross_entropy"}, "coefficient": 0.1}
+    specs = mlp[:2] + [dict(MLP, seed=5, optimizer=OPTIMIZERS["adam"] | {"name": "adam"}, loss=norm_loss)] + sweep(CNN, "sgd", OPTIMIZERS["sgd"])[:2]
     datas = [mlp_data] * 3 + [cnn_data] * 2
     assert why_not_batched(specs[2]) is not None and why_not_batched(specs[0]) is None
     seen = []
@@ -235,11 +236,34 @@ def test_sam_runs_batch_only_with_sam_runs(mlp_data, tmp_path):
         train_batched(specs, mlp_data, [tmp_path / "a", tmp_path / "b"])
 
 
-@pytest.mark.parametrize("name", sorted(ALONE))
-def test_closure_optimizers_are_refused_by_train_batched(name, mlp_data, tmp_path):
-    spec = dict(MLP, optimizer=dict(ALONE[name], name=name))
-    with pytest.raises(ValueError, match="needs its own closure"):
-        train_batched([spec, spec], mlp_data, [tmp_path / "a", tmp_path / "b"])
+def test_adahessian_batched_closure_matches_one_by_one_through_batchnorm(cnn_data, tmp_path, f64):
+    """The Hessian-vector products of the BatchNorm CNN (kernel averaging per run)
+    from one double backward through the batched forward."""
+    check_equivalent(sweep(CNN, "adahessian", OPTIMIZERS["adahessian"], "weight_decay"), cnn_data, tmp_path)
+
+
+def test_adahessian_batched_closure_draws_each_runs_own_probes(mlp_data, tmp_path, f64):
+    """Runs differing only in their probe seed end apart, each as it would alone; a
+    diverging AdaHessian run leaves the batch without touching the others."""
+    specs = [dict(MLP, seed=0, optimizer={"name": "adahessian", "lr": 0.15, "seed": s}) for s in (0, 1)]
+    specs.append(dict(MLP, seed=2, optimizer={"name": "adahessian", "lr": 1e200}))
+    check_equivalent(specs, mlp_data, tmp_path)
+    a, b = final(tmp_path / "batched0"), final(tmp_path / "batched1")
+    assert any((a[n] - b[n]).abs().max() > 1e-3 for n in a)
+    assert json.loads((tmp_path / "batched2" / "status.json").read_text())["status"] == "diverged"
+    assert json.loads((tmp_path / "batched0" / "status.json").read_text())["status"] == "ok"
+
+
+def test_adahessian_runs_batch_only_with_adahessian_runs(mlp_data, tmp_path, f64):
+    specs = [dict(MLP, seed=s, optimizer=dict(OPTIMIZERS[name], name=name)) for name in ("adahessian", "adam") for s in (0, 1)]
+    assert why_not_batched(specs[0]) is None
+    assert batch_key(specs[0], 0, "cpu") == batch_key(specs[1], 0, "cpu") != batch_key(specs[2], 0, "cpu")
+    with pytest.raises(ValueError, match="AdaHessian runs batch only with AdaHessian runs"):
+        train_batched(specs[1:3], mlp_data, [tmp_path / "a", tmp_path / "b"])
+    train_job(specs, [mlp_data] * 4, [tmp_path / f"j{k}" for k in range(4)])
+    for k, spec in enumerate(specs):
+        train_run(spec, mlp_data, tmp_path / f"a{k}")
+    assert_same_runs([tmp_path / f"a{k}" for k in range(4)], [tmp_path / f"j{k}" for k in range(4)], 1e-10)
 
 
 def test_config_switch_is_documented_and_on_by_default():
@@ -415,7 +439,8 @@ def test_models_without_a_direct_form_take_vmap_and_say_why():
             DirectForward(model)
 
 
-def test_the_vmap_path_still_matches_one_by_one(cnn_data, tmp_path, f64, monkeypatch):
+@pytest.mark.parametrize("name", ["adamw", "adahessian"])
+def test_the_vmap_path_still_matches_one_by_one(name, cnn_data, tmp_path, f64, monkeypatch):
     """Models DirectForward cannot take train through vmap: the BatchNorm CNN forced there."""
     import descentlab.train.stack as stack_module
 
@@ -428,7 +453,7 @@ def test_the_vmap_path_still_matches_one_by_one(cnn_data, tmp_path, f64, monkeyp
         seen.append(self.direct)
 
     monkeypatch.setattr(stack_module.ModelStack, "__init__", spy)
-    check_equivalent(sweep(CNN, "adamw", OPTIMIZERS["adamw"], "weight_decay"), cnn_data, tmp_path)
+    check_equivalent(sweep(CNN, name, OPTIMIZERS[name], "weight_decay")[:2], cnn_data, tmp_path)
     assert seen == [None]
 
 

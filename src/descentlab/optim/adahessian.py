@@ -27,6 +27,10 @@ Hessian-vector product, ``p.grad`` is detached in place (values unchanged),
 as in the official code: this frees the double-backward
 graph and breaks the param -> grad -> graph -> param reference cycle.
 
+``step`` is ``params_with_grad``, ``draw_probes``, the Hessian-vector products,
+then ``step_with_products``: batched training (``train.hessian_update``) calls
+the parts itself, with the products of all its runs from one double backward.
+
 Complex parameters are refused: the Rademacher probes, the Hessian-vector
 product through complex autograd and the averaging over kernel dimensions are
 defined here for real parameters only (a real view would change which
@@ -174,25 +178,43 @@ class AdaHessian(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
-        active = []
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if params:
-                active.append((group, params))
-        if not active:
+        params = self.params_with_grad()
+        if not params:
             return loss
-        params = [p for _, ps in active for p in ps]
-        check_gradients(self, params, complex_reason=(
-            "Rademacher probes, the Hessian-vector product and the kernel averaging are "
-            "defined for real parameters"))
         grads = [p.grad for p in params]
-        probes = rademacher_like(params, self._probe_generator(params[0].device))
+        probes = self.draw_probes(params)
         with torch.enable_grad():
             hvs = hessian_vector_products(params, grads, probes)
         for g in grads:
             g.detach_()  # values unchanged; frees the graph (see module docstring)
-        diag = dict(zip(map(id, params), hessian_diagonal_estimates(hvs)))
+        self.step_with_products(params, hvs)
+        return loss
 
+    # The step in parts, so a batched closure (``train.hessian_update``) can compute
+    # the Hessian-vector products of many runs at once and hand each run its own.
+    def params_with_grad(self) -> list[torch.Tensor]:
+        """The parameters this step updates, in the order the probes are drawn."""
+        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if params:
+            check_gradients(self, params, complex_reason=(
+                "Rademacher probes, the Hessian-vector product and the kernel averaging are "
+                "defined for real parameters"))
+        return params
+
+    def draw_probes(self, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """This step's Rademacher probes for ``params`` (advances the probe generator)."""
+        return rademacher_like(params, self._probe_generator(params[0].device))
+
+    @torch.no_grad()
+    def step_with_products(self, params: Sequence[torch.Tensor], hvs: Sequence[torch.Tensor]) -> None:
+        """The update, given H z (z: this step's probes) for ``params`` = ``params_with_grad()``."""
+        diag = dict(zip(map(id, params), hessian_diagonal_estimates(hvs)))
+        wanted = set(diag)
+        active = []
+        for group in self.param_groups:
+            ps = [p for p in group["params"] if id(p) in wanted]
+            if ps:
+                active.append((group, ps))
         for group, ps in active:
             for p in ps:
                 state = self.state[p]
@@ -209,7 +231,6 @@ class AdaHessian(torch.optim.Optimizer):
                     self._update_one(group, p, dp)
             else:
                 self._update_foreach(group, ps, d, steps.pop())
-        return loss
 
     @staticmethod
     def _corrections(group, step):

@@ -32,10 +32,13 @@ and BatchNorm statistics no longer change); a finished run likewise. A run's
 
 SAM and ASAM, whose step needs a second gradient at a perturbed point, get a
 batched closure: a second batched pass (``sam_update``); their runs batch
-only with each other. Not batched (trained alone, see ``why_not_batched``):
-AdaHessian (it backpropagates through the gradient), losses that read the
-model's parameters (``norm_loss``), subspace runs, runs with weight averagers
-(``averaging``: their averagers see one run's model, not a row of the stack).
+only with each other. AdaHessian, which backpropagates through the gradient,
+gets one too: the batched pass keeps its graph and one double backward gives
+every run its Hessian-vector product (``hessian_update``); its runs batch only
+with each other. Not batched (trained alone, see ``why_not_batched``): losses
+that read the model's parameters (``norm_loss``), subspace runs, runs with
+weight averagers (``averaging``: their averagers see one run's model, not a
+row of the stack).
 """
 
 from __future__ import annotations
@@ -55,14 +58,15 @@ from .loop import Interrupted, OpenRun, RunProgress, RunResult, open_run, train_
 from .batched_eval import BatchedEvaluation, evaluates_at
 from .stack import ModelStack
 from .sam_update import SharpnessAwareUpdate, is_sharpness_aware
+from .hessian_update import HessianUpdate, needs_hessian
 from .stacked_update import StackedUpdate, stacked_update_key
 
 __all__ = ["batch_key", "train_batched", "train_job", "why_not_batched"]
 
-# Optimizers that backpropagate through the gradient (Hessian-vector products):
-# the batched backward builds no graph a run's own parameters can be
-# differentiated against.
-OWN_CLOSURE_OPTIMIZERS = frozenset({"adahessian"})
+# Optimizers that backpropagate through the gradient and have a batched closure
+# (``hessian_update``); any other optimizer asking for the gradient's graph
+# (``create_graph``) trains alone.
+HESSIAN_OPTIMIZERS = frozenset({"adahessian"})
 SHARPNESS_AWARE = frozenset({"sam", "asam"})  # two batched passes a step (``sam_update``)
 MODEL_LOSSES = frozenset({"norm_loss"})  # losses that read the model's parameters
 
@@ -72,7 +76,7 @@ def why_not_batched(spec: dict[str, Any]) -> str | None:
     spec = canonical(spec)
     name = spec["optimizer"]["name"]
     builder = OPTIMIZERS.get(name)
-    if name in OWN_CLOSURE_OPTIMIZERS or getattr(builder, "create_graph", False):
+    if name not in HESSIAN_OPTIMIZERS and getattr(builder, "create_graph", False):
         return f"optimizer {name!r} needs its own closure (it backpropagates through the gradient)"
     if _loss_names(spec["loss"]) & MODEL_LOSSES:
         return f"loss {spec['loss']['name']!r} reads the model's parameters"
@@ -98,7 +102,8 @@ def batch_key(spec: dict[str, Any], data_key: Any, device: Any) -> tuple:
     """Runs with equal keys can share one ``ModelStack``."""
     spec = canonical(spec)
     sharpness_aware = spec["optimizer"]["name"] in SHARPNESS_AWARE  # their second pass is the whole stack's
-    return (data_key, repr(spec["model"]), spec["batch_size"], str(device), sharpness_aware)
+    hessian = spec["optimizer"]["name"] in HESSIAN_OPTIMIZERS  # their graph is the whole stack's
+    return (data_key, repr(spec["model"]), spec["batch_size"], str(device), sharpness_aware, hessian)
 
 
 @contextlib.contextmanager
@@ -137,6 +142,8 @@ def train_batched(
             raise ValueError(f"train_batched: run {spec} cannot be batched: {reason}")
     if len({validate(spec)["optimizer"]["name"] in SHARPNESS_AWARE for spec in specs}) > 1:
         raise ValueError("train_batched: SAM/ASAM runs batch only with SAM/ASAM runs (their second pass is the whole stack's)")
+    if len({validate(spec)["optimizer"]["name"] in HESSIAN_OPTIMIZERS for spec in specs}) > 1:
+        raise ValueError("train_batched: AdaHessian runs batch only with AdaHessian runs (the gradient's graph is the whole stack's)")
     results: dict[int, RunResult] = {}
     opened: list[tuple[int, OpenRun]] = []
     rngs: list[torch.Tensor] = []
@@ -164,6 +171,7 @@ def _train_opened(
     loss_specs = {repr(canonical(run.spec)["loss"]) for run in runs}
     stack = ModelStack(runs, runs[0].loss_fn if len(loss_specs) == 1 else None)
     updates = _update_groups(runs, stack, stacked_updates)
+    create_graph = any(isinstance(update, HessianUpdate) for update in updates)
     for update in updates:
         update.attach()
     trackers = []
@@ -193,7 +201,7 @@ def _train_opened(
                     placeholder = rows_placeholder(runs[0])
                 idx = torch.stack([run.sampler.next() if r in is_active else placeholder for r, run in enumerate(runs)])
                 xb, yb = x[idx], y[idx]
-            losses = stack.loss_and_grads(xb, yb, batched_x=not full_batch, inactive=inactive)
+            losses = stack.loss_and_grads(xb, yb, batched_x=not full_batch, inactive=inactive, create_graph=create_graph)
 
             def second_pass(stepping: list[int]) -> torch.Tensor:
                 chosen = set(stepping)
@@ -259,10 +267,13 @@ def _update_groups(runs: list, stack: ModelStack, stacked_updates: bool) -> list
     other than lr and weight decay, same step count) share a ``StackedUpdate``; the rest
     step their own optimizers."""
     groups: dict[Any, list[int]] = {}
-    alone, sharpness_aware = [], []
+    alone, sharpness_aware, hessian = [], [], []
     for r, run in enumerate(runs):
         if is_sharpness_aware(run):
             sharpness_aware.append(r)
+            continue
+        if needs_hessian(run):
+            hessian.append(r)
             continue
         key = stacked_update_key(run) if stacked_updates else None
         if key is None:
@@ -274,6 +285,8 @@ def _update_groups(runs: list, stack: ModelStack, stacked_updates: bool) -> list
         updates.append(PerRunUpdate(alone, runs))
     if sharpness_aware:
         updates.append(SharpnessAwareUpdate(sharpness_aware, runs))
+    if hessian:
+        updates.append(HessianUpdate(hessian, runs, stack))
     return updates
 
 

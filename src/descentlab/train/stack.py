@@ -63,6 +63,7 @@ class ModelStack:
         self.flat = torch.cat([torch.stack([d[n].detach().reshape(-1) for d in per_run]) for n in self.shapes], dim=1)
         self.flat = self.flat.contiguous().requires_grad_(True)
         self.flat.grad = torch.zeros_like(self.flat)
+        self.graph_grad: torch.Tensor | None = None
         per_run_buffers = [dict(m.named_buffers()) for m in models]
         self._check_same(per_run_buffers)
         self.buffers = {n: torch.stack([d[n].detach() for d in per_run_buffers]).contiguous() for n in per_run_buffers[0]}
@@ -130,16 +131,23 @@ class ModelStack:
             return torch.nn.functional.cross_entropy(outs.reshape(R * B, -1), y.long(), reduction="none").view(R, B).mean(1)
         return vmap(self.shared_loss, in_dims=(0, 0 if batched_y else None))(outs, yb)
 
-    def loss_and_grads(self, xb: torch.Tensor, yb: torch.Tensor, batched_x: bool, inactive: Sequence[int] = ()) -> torch.Tensor:
+    def loss_and_grads(self, xb: torch.Tensor, yb: torch.Tensor, batched_x: bool, inactive: Sequence[int] = (),
+                       create_graph: bool = False) -> torch.Tensor:
         """Per-run minibatch losses, shape (R,), detached; the stacked ``.grad`` holds
         each run's gradient of its own loss. ``xb``/``yb`` are (R, B, ...) when
         ``batched_x``, else one batch for all runs (full-batch training).
-        Runs in ``inactive`` (finished or diverged) keep their buffers unchanged."""
+        Runs in ``inactive`` (finished or diverged) keep their buffers unchanged.
+        ``create_graph``: the stacked gradient with its graph is also kept in
+        ``graph_grad`` (for Hessian-vector products; ``hessian_update``)."""
         kept = {n: b[list(inactive)].clone() for n, b in self.buffers.items()} if inactive else {}
         self.flat.grad.zero_()
         losses = self.losses(self.outputs(xb, batched_x), yb, batched_x)
         # Rows are independent, so d(sum)/d(row r) is run r's own gradient.
-        losses.sum().backward()
+        if create_graph:
+            (self.graph_grad,) = torch.autograd.grad(losses.sum(), self.flat, create_graph=True)
+            self.flat.grad.copy_(self.graph_grad.detach())  # the runs' p.grad are views of it
+        else:
+            losses.sum().backward()
         if kept:
             with torch.no_grad():
                 for n, b in self.buffers.items():
