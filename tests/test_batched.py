@@ -33,6 +33,7 @@ OPTIMIZERS = {
     "sgd": {"lr": 0.05, "momentum": 0.9},
     "adam": {"lr": 0.001},
     "adamw": {"lr": 0.001, "weight_decay": 0.01},
+    "adamw_decoupled": {"lr": 0.001, "weight_decay": 0.01},
     "amsgrad": {"lr": 0.001},
     "nadam": {"lr": 0.002},
     "radam": {"lr": 0.001},
@@ -122,8 +123,16 @@ def check_equivalent(specs, data, tmp_path, tol=1e-10, **kwargs):
     assert_same_runs(alone, together, tol)
 
 
-WD_KEY = {"sgd": "weight_decay", "adam": "weight_decay", "adamw": "weight_decay", "lion": "weight_decay",
-          "radam": "weight_decay", "nadam": "weight_decay", "adagrad": "weight_decay", "amsgrad": "weight_decay"}
+# the optimizers whose sweep also varies weight decay per run (a per-run value of the stacked update)
+WD_KEY = {name: "weight_decay" for name in (
+    "sgd", "adam", "adamw", "adamw_decoupled", "lion", "radam", "nadam", "adagrad", "amsgrad",
+    "diffgrad", "grams", "exadam", "ademamix")}
+
+
+def test_the_sweeps_cover_every_optimizer_of_the_registry():
+    from descentlab.optim import OPTIMIZERS as REGISTRY
+
+    assert set(REGISTRY.names()) == set(OPTIMIZERS) | set(SHARPNESS_AWARE)
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
@@ -171,7 +180,7 @@ def test_runs_of_different_lengths_and_log_schedules(mlp_data, tmp_path, f64):
     assert (tmp_path / "batched0" / "checkpoints").is_dir()
 
 
-@pytest.mark.parametrize("name", ["adamw", "adamp", "adahessian"])
+@pytest.mark.parametrize("name", ["adamw", "ademamix", "adamp", "adahessian"])
 def test_a_killed_batch_resumes_every_run_exactly(name, cnn_data, tmp_path, f64):
     specs = [dict(s, resume_every=20, checkpoints=[50]) for s in sweep(CNN, name, OPTIMIZERS[name], WD_KEY.get(name))]
     dirs = [tmp_path / f"b{k}" for k in range(3)]
@@ -280,14 +289,16 @@ def test_config_switch_is_documented_and_on_by_default():
         jsonschema.validate(dict(config, batched_training="yes"), schema)
 
 
-@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "amsgrad", "nadam", "radam", "adagrad", "lion"])
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "adamw_decoupled", "amsgrad", "nadam", "radam", "adagrad",
+                                  "lion", "diffgrad", "grams", "exadam", "ademamix"])
 def test_elementwise_optimizers_take_the_stacked_update(name, mlp_data, f64):
     """So the float64 tests above check the stacked update for these, not the per-run path."""
     from descentlab.train.stacked_update import stacked_update_key
     from descentlab.train.training import Training
 
-    run = Training(validate(dict(MLP, optimizer=dict(OPTIMIZERS[name], name=name))), mlp_data, torch.device("cpu"))
-    assert stacked_update_key(run) is not None
+    runs = [Training(validate(spec), mlp_data, torch.device("cpu")) for spec in sweep(MLP, name, OPTIMIZERS[name], WD_KEY[name])]
+    keys = {stacked_update_key(run) for run in runs}  # the sweep's lrs and weight decays are per-run values
+    assert len(keys) == 1 and None not in keys
     run = Training(validate(dict(MLP, optimizer={"name": "adamp", "lr": 1e-3})), mlp_data, torch.device("cpu"))
     assert stacked_update_key(run) is None
 

@@ -2,11 +2,13 @@
 update is elementwise and linear in the learning rate.
 
 For SGD (with momentum, Nesterov, dampening), Adam, AdamW, AMSGrad, NAdam,
-RAdam, Adagrad (``lr_decay`` 0) and Lion the step is ``p <- p + lr * d`` (after
-a decoupled decay ``p <- p * (1 - lr * wd)`` for AdamW, Lion and the
-``decoupled_weight_decay`` variants), where the direction ``d`` depends on the
-gradient and the optimizer's state but not on ``lr`` or ``p``; coupled (L2)
-weight decay is the gradient ``g + wd * p``. So the runs of a group share one
+RAdam, Adagrad (``lr_decay`` 0), Lion, diffGrad, Grams, EXAdam, AdEMAMix and
+AdamWDecoupled the step is ``p <- p + lr * d`` (after a decoupled decay
+``p <- p * (1 - lr * wd)`` for AdamW, Lion, Grams, EXAdam, AdEMAMix and the
+``decoupled_weight_decay`` variants, ``p <- p * (1 - lr / base_lr * wd)`` for
+AdamWDecoupled), where the direction ``d`` depends on the gradient and the
+optimizer's state but not on ``lr`` or ``p``; coupled (L2) weight decay
+(SGD, Adagrad, diffGrad) is the gradient ``g + wd * p``. So the runs of a group share one
 instance of their optimizer class, with every hyperparameter but ``lr`` and
 ``weight_decay`` equal, stepped on a zero "scratch" tensor stacked like the
 parameters with ``lr = 1`` and no weight decay: what it leaves there is ``d``
@@ -27,10 +29,11 @@ from typing import Any
 
 import torch
 
-from ..optim import Lion
+from ..optim import AdamWDecoupled, AdEMAMix, DiffGrad, EXAdam, Grams, Lion
 
 # class -> how its weight decay acts: "coupled" (added to the gradient),
-# "decoupled" (p * (1 - lr * wd)), or "flag" (the group's decoupled_weight_decay).
+# "decoupled" (p * (1 - lr * wd)), "scheduled" (p * (1 - lr / base_lr * wd): the
+# decay follows the schedule, not the lr), or "flag" (the group's decoupled_weight_decay).
 ELEMENTWISE = {
     torch.optim.SGD: "coupled",
     torch.optim.Adagrad: "coupled",
@@ -39,9 +42,14 @@ ELEMENTWISE = {
     torch.optim.NAdam: "flag",
     torch.optim.RAdam: "flag",
     Lion: "decoupled",
+    DiffGrad: "coupled",
+    Grams: "decoupled",
+    EXAdam: "decoupled",
+    AdEMAMix: "decoupled",
+    AdamWDecoupled: "scheduled",
 }
-PER_RUN_HYPERPARAMETERS = ("lr", "weight_decay")
-_NOT_HYPERPARAMETERS = ("params", "lr", "weight_decay", "initial_lr", "decoupled_weight_decay")
+PER_RUN_HYPERPARAMETERS = ("lr", "weight_decay", "base_lr")
+_NOT_HYPERPARAMETERS = ("params", "lr", "weight_decay", "initial_lr", "base_lr", "decoupled_weight_decay")
 
 
 def _shared_hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
@@ -56,9 +64,12 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-def _decoupled(optimizer: torch.optim.Optimizer) -> bool:
+def _decay_kind(optimizer: torch.optim.Optimizer) -> str:
+    """How the optimizer's weight decay acts: "coupled", "decoupled" or "scheduled"."""
     kind = ELEMENTWISE[type(optimizer)]
-    return kind == "decoupled" or (kind == "flag" and bool(optimizer.param_groups[0].get("decoupled_weight_decay", False)))
+    if kind == "flag":
+        return "decoupled" if optimizer.param_groups[0].get("decoupled_weight_decay", False) else "coupled"
+    return kind
 
 
 def stacked_update_key(run) -> Any:
@@ -77,7 +88,7 @@ def stacked_update_key(run) -> Any:
     first = opt.state.get(group["params"][0], {})
     step = first.get("step", 0)
     shared = tuple(sorted((k, _freeze(v)) for k, v in _shared_hyperparameters(group).items()))
-    return (type(opt), _decoupled(opt), shared, float(step), tuple(sorted(first)))
+    return (type(opt), _decay_kind(opt), shared, float(step), tuple(sorted(first)))
 
 
 def _is_per_run(key: str, value: Any, param: torch.Tensor) -> bool:
@@ -94,7 +105,7 @@ class StackedUpdate:
         self.stack = stack
         self.stacked = [stack.flat]  # (R, D): row r holds run r's parameters, in parameters() order
         opt = runs[rows[0]].optimizer
-        self.decoupled = _decoupled(opt)
+        self.decay_kind = _decay_kind(opt)
         self.cls = type(opt)
         self.names = list(dict(runs[rows[0]].model.named_parameters()))
 
@@ -156,8 +167,13 @@ class StackedUpdate:
         # per-row factors, computed in float64 as the runs' own optimizers do, then cast
         column = lambda values: torch.tensor(values, dtype=torch.float64).to(dtype=like.dtype, device=like.device)  # noqa: E731
         lr = column(lrs)
-        decay = column([1 - a * w for a, w in zip(lrs, wds)]) if self.decoupled and any(wds) else None
-        l2 = column(wds) if not self.decoupled and any(wds) else None
+        decoupled = self.decay_kind != "coupled"
+        if self.decay_kind == "scheduled":  # the decay follows the schedule's factor lr / base_lr, not lr
+            factors = [1 - a / g["base_lr"] * w if w else 1.0 for a, w, g in zip(lrs, wds, groups)]
+        else:
+            factors = [1 - a * w for a, w in zip(lrs, wds)]
+        decay = column(factors) if decoupled and any(wds) else None
+        l2 = column(wds) if not decoupled and any(wds) else None
         mask = None if all(on) else torch.tensor(on, device=like.device)
         rows_p = []
         for P, u in zip(self.stacked, self.scratch):
