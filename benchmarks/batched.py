@@ -9,7 +9,10 @@ compatible runs as one computation) and ``batched=False`` (``train_run`` after
   (config/studies/optimizer-benchmark.yaml): every optimizer x its lr grid
   (1, 3, 10, 30 x its default); AdaHessian's runs batch with each other;
 - ``cnn-bn``: the digits CNN with BatchNorm (the study's problem), Adam, 4
-  learning rates x 4 seeds.
+  learning rates x 4 seeds;
+- ``gpt``: the character-level GPT of config/studies/small-scale-proxies.yaml
+  (its recipe: AdamWDecoupled, z-loss, qk-layernorm), 8 learning rates x 2
+  seeds, without its logit-growth instrument.
 
 Each measurement runs in its own process (one torch thread, as the workflow's
 default ``threads_per_job: 1``), so its peak memory (max RSS, torch included)
@@ -43,6 +46,7 @@ import yaml
 
 OUT = Path(__file__).resolve().parent / "results" / "batched.md"
 STUDY = Path(__file__).resolve().parents[1] / "config" / "studies" / "optimizer-benchmark.yaml"
+GPT_STUDY = Path(__file__).resolve().parents[1] / "config" / "studies" / "small-scale-proxies.yaml"
 MNIST1D = {"dataset": {"name": "mnist1d", "n_samples": 5000}, "model": {"name": "mlp", "width": 64, "depth": 2}}
 DIGITS_CNN = {"dataset": {"name": "digits"}, "model": {"name": "cnn", "channels": 16, "depth": 2, "batchnorm": True}}
 
@@ -61,6 +65,10 @@ def workload(name: str, steps: int, slice_steps: int) -> list[dict]:
     if name == "cnn-bn":
         base = dict(study_base(steps), **DIGITS_CNN)
         return [dict(base, seed=s, optimizer={"name": "adam", "lr": lr}) for lr in (1e-3, 3e-3, 1e-2, 3e-2) for s in range(4)]
+    if name == "gpt":
+        base = dict(yaml.safe_load(GPT_STUDY.read_text())["base"], steps=steps, instruments=[])
+        base["schedule"] = dict(base["schedule"], warmup_steps=min(base["schedule"]["warmup_steps"], steps // 10))
+        return [dict(base, seed=s, optimizer=dict(base["optimizer"], lr=lr)) for lr in [1e-3 * 2**k for k in range(8)] for s in range(2)]
     if name == "optimizer-slice":
         study = yaml.safe_load(STUDY.read_text())
         base = dict(study_base(slice_steps), **MNIST1D)
@@ -76,7 +84,7 @@ def workload(name: str, steps: int, slice_steps: int) -> list[dict]:
     raise ValueError(f"unknown workload {name!r}")
 
 
-WORKLOADS = ("mlp-adam", "optimizer-slice", "cnn-bn")
+WORKLOADS = ("mlp-adam", "optimizer-slice", "cnn-bn", "gpt")
 
 
 def child(name: str, mode: str, steps: int, slice_steps: int) -> None:
@@ -85,7 +93,7 @@ def child(name: str, mode: str, steps: int, slice_steps: int) -> None:
     import torch
 
     from descentlab.data import build_dataset
-    from descentlab.train.batched import train_job
+    from descentlab.train.batched import train_batched, train_job
 
     torch.set_num_threads(1)
     specs = workload(name, steps, slice_steps)
@@ -94,9 +102,14 @@ def child(name: str, mode: str, steps: int, slice_steps: int) -> None:
         # Warm-up (imports, the code fingerprint), not timed: the per-run cost is what is compared.
         warm = [dict(s, steps=2, log_every=1, eval_every=1, schedule={"name": "constant"}) for s in specs[:2]]
         train_job(warm, [data] * 2, [Path(tmp) / "warm0", Path(tmp) / "warm1"], batched=(mode == "batched"), progress=False)
+        if mode == "batched" and name == "gpt":
+            train_batched(warm, data, [Path(tmp) / "warm2", Path(tmp) / "warm3"], progress=False)
         dirs = [Path(tmp) / f"run{k}" for k in range(len(specs))]
         start, cpu_start = time.perf_counter(), time.process_time()
-        train_job(specs, [data] * len(specs), dirs, batched=(mode == "batched"), progress=False)
+        if mode == "batched" and name == "gpt":  # train_job trains GPT runs alone on a CPU (why_alone_on)
+            train_batched(specs, data, dirs, progress=False)
+        else:
+            train_job(specs, [data] * len(specs), dirs, batched=(mode == "batched"), progress=False)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         finals = []
         for d in dirs:

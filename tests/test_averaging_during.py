@@ -404,18 +404,21 @@ def test_an_averager_that_took_nothing_leaves_a_marker(data, tmp_path):
         read_torch_file(tmp_path / "final.swa.pt")
 
 
-def test_batched_training_trains_averaging_runs_one_by_one(data, tmp_path):
-    """train_job falls back to train_run for runs with averagers (why_not_batched
-    says so); their files are train_run's, bit for bit."""
+def test_batched_training_batches_averaging_runs(data, tmp_path):
+    """train_job batches runs with averagers (each observes its own rows of the
+    stack; tests/test_batched.py checks them in float64 to 1e-10); their files are
+    train_run's to float32 rounding."""
     with_avg = dict(SPEC, averaging=[{"kind": "ema", "decay": 0.9}])
     others = [dict(SPEC, seed=1), dict(SPEC, seed=2)]
-    assert "averag" in why_not_batched(with_avg) and why_not_batched(others[0]) is None
+    assert why_not_batched(with_avg) is None
     train_job([with_avg, *others], [data] * 3, [tmp_path / f"j{k}" for k in range(3)])
     train_run(with_avg, data, tmp_path / "alone")
-    pd.testing.assert_frame_equal(metrics(tmp_path / "j0"), metrics(tmp_path / "alone"))
+    a, b = metrics(tmp_path / "j0"), metrics(tmp_path / "alone")
+    assert a[["step", "split", "metric"]].equals(b[["step", "split", "metric"]]) and "loss@ema" in set(a.metric)
+    assert (a.value - b.value).abs().max() < 1e-4
     for file in ("final.pt", "final.ema.pt"):
         a, b = load(tmp_path / "j0" / file), load(tmp_path / "alone" / file)
-        assert all(torch.equal(a[k], b[k]) for k in a), file
+        assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a), file
 
 
 def test_a_killed_process_with_every_averager_resumes_bit_for_bit(tmp_path):

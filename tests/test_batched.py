@@ -510,3 +510,33 @@ def test_an_evaluation_batched_evaluation_did_not_prepare_is_the_runs_own(mlp_da
     for a, b in zip(alone, batched):
         assert [r[:3] for r in a.rows] == [r[:3] for r in b.rows]
         assert all(abs(x[3] - y[3]) <= 1e-12 for x, y in zip(a.rows, b.rows))
+
+
+AVERAGING = {
+    "swa": [{"kind": "swa", "start": 40, "lr": 0.02, "anneal_steps": 20}],
+    "swa_cyclic-lawa": [{"kind": "swa", "start": 30, "every": 6, "schedule": "cyclic", "lr": 0.01, "lr_max": 0.05},
+                        {"kind": "lawa", "k": 3, "every": 4}],
+    "ema-switch_ema-posthoc": [{"kind": "ema", "decay": 0.9}, {"kind": "switch_ema", "name": "switch", "decay": 0.8},
+                               {"kind": "posthoc_ema", "snapshot_every": 7}],
+}
+
+
+@pytest.mark.parametrize("kinds", sorted(AVERAGING))
+def test_runs_with_weight_averagers_match_one_by_one_in_float64(kinds, cnn_data, tmp_path, f64):
+    """Averagers observe each run's own model (its rows of the stack), through BatchNorm
+    (SWA recomputes the statistics of its average), and are evaluated as alone."""
+    specs = [dict(s, averaging=AVERAGING[kinds]) for s in sweep(CNN, "sgd", OPTIMIZERS["sgd"], "weight_decay")]
+    assert why_not_batched(validate(specs[0])) is None
+    check_equivalent(specs, cnn_data, tmp_path)
+    metrics = pd.read_parquet(tmp_path / "batched0" / "metrics.parquet")
+    assert metrics.metric.str.contains("@").any()  # the averagers' evaluations are there
+
+
+def test_a_killed_batch_with_averagers_resumes_every_run_exactly(mlp_data, tmp_path, f64):
+    specs = [dict(s, resume_every=20, averaging=AVERAGING["ema-switch_ema-posthoc"]) for s in sweep(MLP, "adam", OPTIMIZERS["adam"])]
+    dirs = [tmp_path / f"b{k}" for k in range(3)]
+    train_batched(specs, mlp_data, [tmp_path / f"ref{k}" for k in range(3)])
+    with pytest.raises(Interrupted):
+        train_batched(specs, mlp_data, dirs, stop_at=40)
+    train_batched(specs, mlp_data, dirs)
+    assert_same_runs([tmp_path / f"ref{k}" for k in range(3)], dirs, 0.0)

@@ -3,7 +3,8 @@
 ``train_job`` is what a training job calls: it sorts its runs into batches of
 compatible runs (``batch_key``: same data, architecture, batch size and
 device) and trains each batch with ``train_batched``; a run that cannot be
-batched (``why_not_batched``) or has no partner trains alone with
+batched (``why_not_batched``), that batching would slow down on its device
+(``why_alone_on``: a GPT on a CPU) or that has no partner trains alone with
 ``train_run``, in the same job. ``batched=False`` trains every run alone.
 
 ``train_batched`` keeps every run a run: each has its own ``Training`` (model,
@@ -35,10 +36,10 @@ batched closure: a second batched pass (``sam_update``); their runs batch
 only with each other. AdaHessian, which backpropagates through the gradient,
 gets one too: the batched pass keeps its graph and one double backward gives
 every run its Hessian-vector product (``hessian_update``); its runs batch only
-with each other. Not batched (trained alone, see ``why_not_batched``): losses
-that read the model's parameters (``norm_loss``), subspace runs, runs with
-weight averagers (``averaging``: their averagers see one run's model, not a
-row of the stack).
+with each other. Weight averagers (``averaging``) observe and evaluate each run's own model,
+whose tensors are its rows of the stack. Not batched (trained alone, see
+``why_not_batched``): losses that read the model's parameters
+(``norm_loss``), subspace runs.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ from .sam_update import SharpnessAwareUpdate, is_sharpness_aware
 from .hessian_update import HessianUpdate, needs_hessian
 from .stacked_update import StackedUpdate, stacked_update_key
 
-__all__ = ["batch_key", "train_batched", "train_job", "why_not_batched"]
+__all__ = ["batch_key", "train_batched", "train_job", "why_alone_on", "why_not_batched"]
 
 # Optimizers that backpropagate through the gradient and have a batched closure
 # (``hessian_update``); any other optimizer asking for the gradient's graph
@@ -82,8 +83,18 @@ def why_not_batched(spec: dict[str, Any]) -> str | None:
         return f"loss {spec['loss']['name']!r} reads the model's parameters"
     if spec["subspace"] is not None:
         return "subspace runs are not batched"
-    if spec.get("averaging"):
-        return "runs with weight averagers (averaging) are not batched"
+    return None
+
+
+def why_alone_on(spec: dict[str, Any], device: Any) -> str | None:
+    """Why a run that could be batched trains alone on ``device`` (None: it batches).
+
+    On a CPU a GPT's step is compute-bound (its softmaxes and attention over
+    every token): batching removes no work there, only Python overhead that
+    is a small part of its step, and holds every run's activations at once
+    (benchmarks/batched.py, workload gpt: slower batched than one by one)."""
+    if torch.device(device).type == "cpu" and canonical(spec)["model"]["name"] == "gpt":
+        return "a GPT's step on a CPU is compute-bound: batching measured slower (benchmarks/results/batched.md)"
     return None
 
 
@@ -300,8 +311,9 @@ def train_job(
     progress: bool | None = None,
     on_result: Callable[[int, RunResult], None] | None = None,
 ) -> list[RunResult]:
-    """Train a job's runs: compatible ones batched (``train_batched``), the others,
-    and all of them when ``batched`` is False, one after another (``train_run``).
+    """Train a job's runs: compatible ones batched (``train_batched``), the others
+    (``why_not_batched``, ``why_alone_on``), and all of them when ``batched`` is
+    False, one after another (``train_run``).
     ``datas[k]`` is run k's data (runs given the same object can share a batch).
     ``on_result(k, result)`` is called as each run finishes. Results in input order."""
     if not len(specs) == len(datas) == len(out_dirs):
@@ -309,7 +321,7 @@ def train_job(
     batches: dict[tuple, list[int]] = {}
     alone: list[int] = []
     for k, spec in enumerate(specs):
-        if batched and why_not_batched(validate(spec)) is None:
+        if batched and why_not_batched(validate(spec)) is None and why_alone_on(spec, device) is None:
             batches.setdefault(batch_key(spec, id(datas[k]), device), []).append(k)
         else:
             alone.append(k)

@@ -105,6 +105,8 @@ class BatchedEvaluation:
             for metric, value in metrics[split].items():
                 run.rows.append((run.step, split, f"full_{metric}" if split == "train" else metric, value))
                 finite &= math.isfinite(value)
+        # the averagers' weights, evaluated on their own modules as Training.evaluate does
+        run.rows += [(run.step, *row) for row in run.averagers.evaluate(run._evaluate_module)]
         if not finite:
             run.mark_diverged()
 

@@ -15,9 +15,11 @@ run keeps its own. Each run draws its own minibatch, so inputs are (R, B, ...).
 
 For an ``nn.Sequential`` of the registry's layers the batched forward is
 written out directly (``direct_forward``: batched matmuls, convolutions with
-the runs folded into the channels), which is faster than ``vmap``; other
-models (and ``direct=False``) take ``vmap``. The plain cross-entropy loss of
-all runs is one call on the (R*B, K) outputs; other shared losses are vmapped.
+the runs folded into the channels), and for the registry's GPT too
+(``direct_gpt``: vmap has no rule for its attention); both are faster than
+``vmap``, which other models (and ``direct=False``) take. Cross-entropy and
+the log-partition penalty over it, per example or per token, are one call for
+all runs (``batched_losses``); other shared losses are vmapped.
 """
 
 from __future__ import annotations
@@ -28,9 +30,18 @@ from typing import Callable, Sequence
 import torch
 from torch.func import functional_call, vmap
 
-from ..losses import CrossEntropy
+from ..models.gpt import GPT
+from .batched_losses import stacked_losses
 from .direct_forward import DirectForward, unsupported_reason
+from .direct_gpt import DirectGPT
 from .training import Training
+
+
+def direct_forward_of(template: torch.nn.Module):
+    """The written-out batched forward of ``template``'s architecture, or None (vmap)."""
+    if type(template) is GPT:
+        return DirectGPT(template)
+    return DirectForward(template) if unsupported_reason(template) is None else None
 
 
 class ModelStack:
@@ -49,7 +60,7 @@ class ModelStack:
         # A parameter-free copy of the architecture to call functionally.
         self.template = copy.deepcopy(runs[0].model).to("meta").train()
         self.shared_loss = shared_loss
-        self.direct = DirectForward(self.template) if direct and unsupported_reason(self.template) is None else None
+        self.direct = direct_forward_of(self.template) if direct else None
         models = [run.model for run in runs]
         per_run = [dict(m.named_parameters()) for m in models]
         self._check_same([{n: t for n, t in d.items()} for d in per_run])
@@ -123,12 +134,9 @@ class ModelStack:
         rows = range(len(self.runs)) if rows is None else rows
         if self.shared_loss is None:
             return torch.stack([self.runs[r].loss_fn(outs[i], yb[i] if batched_y else yb) for i, r in enumerate(rows)])
-        R, B = outs.shape[:2]
-        if type(self.shared_loss) is CrossEntropy and outs.dim() == 3 and not yb.is_floating_point():
-            # CrossEntropy's own checks on one run's shapes, then all runs in one call
-            self.shared_loss(outs[0, :1], (yb[0] if batched_y else yb)[:1])
-            y = yb.reshape(-1) if batched_y else yb.repeat(R)
-            return torch.nn.functional.cross_entropy(outs.reshape(R * B, -1), y.long(), reduction="none").view(R, B).mean(1)
+        losses = stacked_losses(self.shared_loss, outs, yb, batched_y)
+        if losses is not None:
+            return losses
         return vmap(self.shared_loss, in_dims=(0, 0 if batched_y else None))(outs, yb)
 
     def loss_and_grads(self, xb: torch.Tensor, yb: torch.Tensor, batched_x: bool, inactive: Sequence[int] = (),

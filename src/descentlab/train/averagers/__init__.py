@@ -13,7 +13,8 @@ with BatchNorm statistics recomputed; post-hoc EMA's: a record of its
 snapshots, for ``reconstruct_posthoc_ema``; an averager that never averaged,
 e.g. SWA in a run that diverged before its start: a marker file).
 
-Runs with averagers train one by one in a batched job (``why_not_batched``).
+In a batched job the averagers of each run observe its own model (its rows of
+the stack), so runs with averagers batch like any other.
 A child run (``init``) starts its averagers afresh at its start step, also
 with ``restore: all``: the parent's averager states are not carried over.
 Post-hoc EMA keeps its snapshots in memory and in every resume point

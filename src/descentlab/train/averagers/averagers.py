@@ -59,14 +59,16 @@ class Averaged:
             own, theirs = own + list(self.average.module.buffers()), theirs + list(model.buffers())
             self.copied: tuple[list, list] = ([], [])
         else:
-            self.copied = ([b.detach() for b in self.average.module.buffers()], [b.detach() for b in model.buffers()])
+            self.copied = ([b.detach() for b in self.average.module.buffers()], list(model.buffers()))
         if len(own) != len(theirs):
             raise ValueError(f"averaged model has {len(own)} tensors, the model {len(theirs)}")
+        # The model's tensors are kept as objects and detached at each update: their
+        # storage may move (batched runs: ``ModelStack`` makes them rows of a stack).
         groups: dict[tuple, tuple[list, list]] = {}
         for a, b in zip(own, theirs):
             pair = groups.setdefault((a.device, a.dtype), ([], []))
             pair[0].append(a.detach())
-            pair[1].append(b.detach())
+            pair[1].append(b)
         self.groups = list(groups.values())
         self.n = 0  # updates so far (the AveragedModel's n_averaged, as an int)
 
@@ -75,9 +77,9 @@ class Averaged:
             self.average.update_parameters(self.model)
         else:
             for own, theirs in self.groups:  # the count as update_parameters passes it
-                self.multi_avg_fn(own, theirs, self.average.n_averaged)
+                self.multi_avg_fn(own, [t.detach() for t in theirs], self.average.n_averaged)
             if self.copied[0]:
-                torch._foreach_copy_(*self.copied)
+                torch._foreach_copy_(self.copied[0], [b.detach() for b in self.copied[1]])
             self.average.n_averaged += 1
         self.n += 1
 
