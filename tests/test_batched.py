@@ -126,7 +126,7 @@ def check_equivalent(specs, data, tmp_path, tol=1e-10, **kwargs):
 # the optimizers whose sweep also varies weight decay per run (a per-run value of the stacked update)
 WD_KEY = {name: "weight_decay" for name in (
     "sgd", "adam", "adamw", "adamw_decoupled", "lion", "radam", "nadam", "adagrad", "amsgrad",
-    "diffgrad", "grams", "exadam", "ademamix")}
+    "diffgrad", "grams", "exadam", "ademamix", "shampoo")}
 
 
 def test_the_sweeps_cover_every_optimizer_of_the_registry():
@@ -180,7 +180,7 @@ def test_runs_of_different_lengths_and_log_schedules(mlp_data, tmp_path, f64):
     assert (tmp_path / "batched0" / "checkpoints").is_dir()
 
 
-@pytest.mark.parametrize("name", ["adamw", "ademamix", "adamp", "adahessian"])
+@pytest.mark.parametrize("name", ["adamw", "ademamix", "adamp", "shampoo", "adahessian"])
 def test_a_killed_batch_resumes_every_run_exactly(name, cnn_data, tmp_path, f64):
     specs = [dict(s, resume_every=20, checkpoints=[50]) for s in sweep(CNN, name, OPTIMIZERS[name], WD_KEY.get(name))]
     dirs = [tmp_path / f"b{k}" for k in range(3)]
@@ -301,6 +301,21 @@ def test_elementwise_optimizers_take_the_stacked_update(name, mlp_data, f64):
     assert len(keys) == 1 and None not in keys
     run = Training(validate(dict(MLP, optimizer={"name": "adamp", "lr": 1e-3})), mlp_data, torch.device("cpu"))
     assert stacked_update_key(run) is None
+
+
+@pytest.mark.parametrize("name", ["adamp", "sgdp", "shampoo"])
+def test_per_tensor_optimizers_share_one_instance(name, mlp_data, f64):
+    """So the float64 tests above check the shared-instance update for these."""
+    from descentlab.train.shared_update import shared_update_key
+    from descentlab.train.stacked_update import stacked_update_key
+    from descentlab.train.training import Training
+
+    runs = [Training(validate(spec), mlp_data, torch.device("cpu")) for spec in sweep(MLP, name, OPTIMIZERS[name], WD_KEY.get(name))]
+    keys = {shared_update_key(run) for run in runs}
+    assert len(keys) == 1 and None not in keys and stacked_update_key(runs[0]) is None
+    if name != "shampoo":  # their weight decay is not a plain 1 - lr * wd: alone
+        decayed = Training(validate(dict(MLP, optimizer=dict(OPTIMIZERS[name], name=name, weight_decay=0.1))), mlp_data, torch.device("cpu"))
+        assert shared_update_key(decayed) is None
 
 
 def test_children_of_a_parent_match_one_by_one(mlp_data, tmp_path, f64):

@@ -13,9 +13,12 @@ or started from its parent exactly as ``train_run`` does, and writes the same
 files. What is shared is the forward and backward pass (``ModelStack``: the
 runs' parameters stacked, one batched pass), and, for optimizers whose update is
 elementwise and linear in the learning rate, the update itself
-(``stacked_update``). Every other optimizer steps each run's own instance on
-its own parameters and gradient (rows of the stacked tensors), so per-tensor
-reductions (AdamP, Shampoo, Muon, MARS clipping) stay per run. The global
+(``stacked_update``); for those with per-tensor reductions whose update is
+linear in the learning rate (AdamP, SGDP, Shampoo), one instance that
+steps every run's tensors, each reduced on its own (``shared_update``). Every
+other optimizer steps each run's own instance on its own parameters and
+gradient (rows of the stacked tensors), so reductions over a run's
+parameters (AdaGrad-Norm, MoMo) or the Muon/AdamW routing stay per run. The global
 torch RNG is swapped per run around everything a run does on its own, so
 instruments and optimizers that draw from it see the stream they would alone.
 
@@ -60,6 +63,7 @@ from .batched_eval import BatchedEvaluation, evaluates_at
 from .stack import ModelStack
 from .sam_update import SharpnessAwareUpdate, is_sharpness_aware
 from .hessian_update import HessianUpdate, needs_hessian
+from .shared_update import SharedInstanceUpdate, shared_update_key
 from .stacked_update import StackedUpdate, stacked_update_key
 
 __all__ = ["batch_key", "train_batched", "train_job", "why_alone_on", "why_not_batched"]
@@ -275,8 +279,9 @@ class PerRunUpdate:
 
 def _update_groups(runs: list, stack: ModelStack, stacked_updates: bool) -> list:
     """Runs whose optimizers can update as one stack (same class, same hyperparameters
-    other than lr and weight decay, same step count) share a ``StackedUpdate``; the rest
-    step their own optimizers."""
+    other than lr and weight decay, same step count) share a ``StackedUpdate``
+    (elementwise optimizers) or a ``SharedInstanceUpdate`` (per-tensor ones); the
+    rest step their own optimizers."""
     groups: dict[Any, list[int]] = {}
     alone, sharpness_aware, hessian = [], [], []
     for r, run in enumerate(runs):
@@ -286,12 +291,13 @@ def _update_groups(runs: list, stack: ModelStack, stacked_updates: bool) -> list
         if needs_hessian(run):
             hessian.append(r)
             continue
-        key = stacked_update_key(run) if stacked_updates else None
+        key = (stacked_update_key(run) or shared_update_key(run)) if stacked_updates else None
         if key is None:
             alone.append(r)
         else:
             groups.setdefault(key, []).append(r)
-    updates: list = [StackedUpdate(rows, runs, stack) for rows in groups.values()]
+    updates: list = [(SharedInstanceUpdate if key[0] == "shared" else StackedUpdate)(rows, runs, stack)
+                     for key, rows in groups.items()]
     if alone:
         updates.append(PerRunUpdate(alone, runs))
     if sharpness_aware:
