@@ -120,6 +120,38 @@ def child(name: str, mode: str, steps: int, slice_steps: int) -> None:
     print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "rss_mb": rss_mb, "finals": finals, "runs": len(specs)}))
 
 
+def update_paths(specs: list[dict]) -> dict[str, list[str]]:
+    """How each optimizer of ``specs`` updates in a batch: the labels of ``batched._update_groups``."""
+    import torch
+
+    from descentlab.data import build_dataset
+    from descentlab.spec import validate
+    from descentlab.train.hessian_update import needs_hessian
+    from descentlab.train.sam_update import is_sharpness_aware
+    from descentlab.train.shared_update import shared_update_key
+    from descentlab.train.stacked_update import stacked_update_key
+    from descentlab.train.training import Training
+
+    data = build_dataset(specs[0]["dataset"])
+    paths: dict[str, list[str]] = {}
+    for spec in specs:
+        run = Training(validate(spec), data, torch.device("cpu"))
+        if is_sharpness_aware(run):
+            path = "SAM/ASAM batched closure (a second batched pass)"
+        elif needs_hessian(run):
+            path = "AdaHessian batched closure (one double backward)"
+        elif stacked_update_key(run) is not None:
+            path = "stacked update (one elementwise step, per-run lr and decay)"
+        elif shared_update_key(run) is not None:
+            path = "shared instance (per-tensor reductions, per-run lr)"
+        else:
+            path = "each run's own instance, stepped per run on its rows"
+        names = paths.setdefault(path, [])
+        if spec["optimizer"]["name"] not in names:
+            names.append(spec["optimizer"]["name"])
+    return paths
+
+
 def measure(name: str, mode: str, steps: int, slice_steps: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run(
@@ -170,12 +202,14 @@ def main() -> None:
         diff, worst = max(diffs) if diffs else (float("nan"), 0)
         where = f"{specs[worst]['optimizer']['name']} lr {specs[worst]['optimizer']['lr']:g}"
         n = len(specs)
+        if name == "optimizer-slice":
+            paths = update_paths(specs)
         rows.append((name, n, specs[0]["steps"], 3600 * n / med["alone"], 3600 * n / med["batched"], med["alone"] / med["batched"],
                      cpu["alone"] / cpu["batched"], rss["alone"], rss["batched"], diff, where, seed_spread(specs, a)))
-    write(rows, args, loads)
+    write(rows, args, loads, paths if "optimizer-slice" in (args.only or WORKLOADS) else None)
 
 
-def write(rows, args, loads) -> None:
+def write(rows, args, loads, paths) -> None:
     lines = [
         "# Batched training vs one run after another",
         "",
@@ -201,10 +235,16 @@ def write(rows, args, loads) -> None:
         " problem of config/studies/optimizer-benchmark.yaml, every optimizer x lr multipliers 1, 3, 10, 30"
         " (one seed, so no seed spread); cnn-bn: the digits CNN (16 channels, 2"
         " blocks, BatchNorm), Adam, 4 learning rates x 4 seeds. The study's schedule (cosine, 30 warmup steps),"
-        " batch 64, evaluation every 25 steps."
-        ' In the optimizer slice, 32 of the 108 runs (SGD-M, Adam, AdamW, AMSGrad, NAdam, RAdam, Adagrad, Lion) take the stacked update; 64 step their own optimizer instance, one run after another as alone (per-tensor reductions, updates not linear in the lr); 8 SAM/ASAM runs form a second batch, the 4 AdaHessian runs a third (its gradient graph and one double backward). In a cProfile of the batched slice job those per-run optimizer steps took about half of its training loop.',
+        " batch 64, evaluation every 25 steps. gpt: the character-level GPT of"
+        " config/studies/small-scale-proxies.yaml (2 layers, width 64, 32-token windows, batch 16, AdamWDecoupled,"
+        " z-loss, qk-layernorm), 8 learning rates x 2 seeds, its batched mode forced with train_batched: on a CPU"
+        " train_job trains GPT runs one after another (why_alone_on), because of what this row measures.",
         "",
     ]
+    if paths:
+        lines += ["How the optimizer slice's runs update in a batch:", ""]
+        lines += [f"- {path}: {', '.join(names)}" for path, names in paths.items()]
+        lines.append("")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))

@@ -24,7 +24,7 @@ instruments and optimizers that draw from it see the stream they would alone.
 
 Per step, the per-run Python is kept small: one index tensor gathers every
 run's minibatch, the forward is written out for the registry's layers
-(``direct_forward``; vmap for other models), the evaluations due at a step
+(``direct_forward``) and its GPT (``direct_gpt``; vmap for other models), the evaluations due at a step
 are one batched forward per split (``batched_eval``), and a run's RNG stream
 is swapped in only around what may draw from or save it (its instruments and
 ``RunProgress.after_step``).
