@@ -15,7 +15,7 @@ from descentlab.train.batched_losses import stacked_losses
 from descentlab.train.direct_gpt import DirectGPT
 from descentlab.train.stack import ModelStack, direct_forward_of
 
-from test_batched import assert_same_runs
+from test_batched import assert_same_runs, f64  # noqa: F401  (f64: the float64 fixture)
 
 VOCAB, BLOCK = 11, 8
 CONFIGS = {
@@ -23,14 +23,6 @@ CONFIGS = {
     "rotary-qkln-bias-untied": {"positions": "rotary", "qk_layernorm": True, "bias": True, "tie_embeddings": False},
     "learned-qkln-mlp2": {"qk_layernorm": True, "mlp_ratio": 2, "n_layer": 1},
 }
-
-
-@pytest.fixture
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
 
 
 def models(options, R=3):

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from ..optim import SGDP, AdamP, Shampoo
-from .stacked_update import _copy, _freeze, _rows, _synced_state_dict
+from .stacked_update import RowsUpdate, _copy, _freeze, _rows
 
 # class -> (weight-decay keys that must be 0, the decay applied per row: "decoupled" or None)
 PER_TENSOR = {
@@ -61,21 +61,16 @@ def shared_update_key(run) -> Any:
     return ("shared", type(opt), decay, shared, float(step), tuple(sorted(first)))
 
 
-class SharedInstanceUpdate:
+class SharedInstanceUpdate(RowsUpdate):
     """One optimizer step for the runs ``rows`` of ``runs`` (rows of ``stack``, equal
     ``shared_update_key``s); see the module docstring."""
 
     def __init__(self, rows: list[int], runs: list, stack):
-        self.rows, self.runs, self.stack = rows, runs, stack
-        opt = runs[rows[0]].optimizer
-        self.cls = type(opt)
+        super().__init__(rows, runs, stack)
         self.decoupled = PER_TENSOR[self.cls][1] == "decoupled"
-        self.names = list(dict(runs[rows[0]].model.named_parameters()))
 
     def attach(self) -> None:
         flat = self.stack.flat
-        self.index = torch.tensor(self.rows, device=flat.device)
-        self.whole = self.rows == list(range(flat.shape[0]))
         self.shadow = torch.zeros((len(self.rows), flat.shape[1]), dtype=flat.dtype, device=flat.device)
         self.shadow_grad = torch.zeros_like(self.shadow)
         # run i's tensors, in its parameters' shapes, as views of the shadow (the instance's params)
@@ -92,8 +87,7 @@ class SharedInstanceUpdate:
             for v, p in zip(self.views[i], o.param_groups[0]["params"]):
                 if o.state.get(p):  # resumed or restored: the run's own state
                     self.optimizer.state[v] = {k: _copy(x) for k, x in o.state[p].items()}
-            o.state.clear()  # its state lives in the shared instance until synced back
-            self.runs[self.rows[i]].optimizer_state_dict = _synced_state_dict(self, i, o)
+        self._own_state_read_through_sync()
 
     def sync(self, i: int) -> None:
         """Copy run ``rows[i]``'s tensors' states into its own optimizer."""
@@ -102,32 +96,19 @@ class SharedInstanceUpdate:
             if self.optimizer.state.get(v):
                 opt.state[p] = {k: _copy(x) for k, x in self.optimizer.state[v].items()}
 
-    def detach(self) -> None:
-        for i, r in enumerate(self.rows):
-            self.sync(i)
-            self.runs[r].__dict__.pop("optimizer_state_dict", None)
-
     def step(self, active: list[int], losses: torch.Tensor, rngs: list[torch.Tensor], second_pass=None) -> None:
-        wanted = set(active)
-        on = [r in wanted for r in self.rows]
+        on = self._on(active)
         if not any(on):
             return
-        groups = [self.runs[r].optimizer.param_groups[0] for r in self.rows]
-        P = self.stack.flat
-        column = lambda values: torch.tensor(values, dtype=torch.float64).to(dtype=P.dtype, device=P.device)  # noqa: E731
-        lr = column([g["lr"] for g in groups])
+        groups = self._groups()
+        lr = self._column([g["lr"] for g in groups])
         wds = [g["weight_decay"] for g in groups]
-        decay = column([1 - g["lr"] * w for g, w in zip(groups, wds)]) if self.decoupled and any(wds) else None
+        decay = self._column([1 - g["lr"] * w for g, w in zip(groups, wds)]) if self.decoupled and any(wds) else None
+        P = self.stack.flat
         with torch.no_grad():
-            p = P.detach() if self.whole else P.detach()[self.index]
+            p = self._rows_of(P.detach())
             self.shadow.copy_(p)
-            self.shadow_grad.copy_(P.grad if self.whole else P.grad[self.index])
+            self.shadow_grad.copy_(self._rows_of(P.grad))
         self.optimizer.step()
         with torch.no_grad():
-            new = torch.addcmul(p if decay is None else p * _rows(decay, p), _rows(lr, p), self.shadow - p)
-            if not all(on):
-                new = torch.where(_rows(torch.tensor(on, device=P.device), p), new, p)
-            if self.whole:
-                P.detach().copy_(new)
-            else:
-                P.detach()[self.index] = new
+            self._write(p, torch.addcmul(p if decay is None else p * _rows(decay, p), _rows(lr, p), self.shadow - p), on)

@@ -96,29 +96,75 @@ def _is_per_run(key: str, value: Any, param: torch.Tensor) -> bool:
     return isinstance(value, torch.Tensor) and key != "step" and value.shape == param.shape
 
 
-class StackedUpdate:
+class RowsUpdate:
+    """What a one-step-for-many-runs update keeps: its rows of the stack, the runs'
+    own optimizers (their state synced in whenever read), and the write of each
+    active row's new parameters. Subclasses: ``StackedUpdate``, ``SharedInstanceUpdate``."""
+
+    def __init__(self, rows: list[int], runs: list, stack):
+        self.rows, self.runs, self.stack = rows, runs, stack
+        opt = runs[rows[0]].optimizer
+        self.cls = type(opt)
+        self.names = list(dict(runs[rows[0]].model.named_parameters()))
+        flat = stack.flat  # (R, D): row r holds run r's parameters, in parameters() order
+        self.index = torch.tensor(rows, device=flat.device)
+        self.whole = rows == list(range(flat.shape[0]))
+
+    def sync(self, i: int) -> None:
+        raise NotImplementedError
+
+    def detach(self) -> None:
+        for i, r in enumerate(self.rows):
+            self.sync(i)
+            self.runs[r].__dict__.pop("optimizer_state_dict", None)
+
+    def _own_state_read_through_sync(self) -> None:
+        """The runs' own optimizers hand out the shared state when asked for theirs."""
+        for i, r in enumerate(self.rows):
+            run = self.runs[r]
+            run.optimizer.state.clear()  # its state lives in the update until synced back
+            run.optimizer_state_dict = _synced_state_dict(self, i, run.optimizer)
+
+    def _on(self, active: list[int]) -> list[bool]:
+        wanted = set(active)
+        return [r in wanted for r in self.rows]
+
+    def _groups(self) -> list[dict[str, Any]]:
+        return [self.runs[r].optimizer.param_groups[0] for r in self.rows]
+
+    def _column(self, values: list[float]) -> torch.Tensor:
+        """Per-row factors, computed in float64 as the runs' own optimizers do, then cast."""
+        like = self.stack.flat
+        return torch.tensor(values, dtype=torch.float64).to(dtype=like.dtype, device=like.device)
+
+    def _rows_of(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.whole else t[self.index]
+
+    def _write(self, p: torch.Tensor, new: torch.Tensor, on: list[bool]) -> None:
+        """Rows ``p`` (this update's rows of the stack) become ``new``, for the active ones."""
+        if not all(on):
+            new = torch.where(_rows(torch.tensor(on, device=p.device), p), new, p)
+        if self.whole:
+            self.stack.flat.detach().copy_(new)
+        else:
+            self.stack.flat.detach()[self.index] = new
+
+
+class StackedUpdate(RowsUpdate):
     """One optimizer step for the runs ``rows`` of ``runs`` (rows of the same
     ``stack``, equal ``stacked_update_key``s); see the module docstring."""
 
     def __init__(self, rows: list[int], runs: list, stack):
-        self.rows, self.runs = rows, runs
-        self.stack = stack
-        self.stacked = [stack.flat]  # (R, D): row r holds run r's parameters, in parameters() order
-        opt = runs[rows[0]].optimizer
-        self.decay_kind = _decay_kind(opt)
-        self.cls = type(opt)
-        self.names = list(dict(runs[rows[0]].model.named_parameters()))
-
-    # -- the stack -----------------------------------------------------------------------
+        super().__init__(rows, runs, stack)
+        self.decay_kind = _decay_kind(runs[rows[0]].optimizer)
 
     def attach(self) -> None:
-        """Build the shared optimizer on scratch tensors, with the runs' state (if any)."""
-        self.index = torch.tensor(self.rows, device=self.stacked[0].device)
-        self.whole = self.rows == list(range(self.stacked[0].shape[0]))
-        self.scratch = [torch.zeros((len(self.rows), *p.shape[1:]), dtype=p.dtype, device=p.device) for p in self.stacked]
+        """Build the shared optimizer on a scratch tensor, with the runs' state (if any)."""
+        flat = self.stack.flat
+        self.scratch = torch.zeros((len(self.rows), flat.shape[1]), dtype=flat.dtype, device=flat.device)
         accepted = inspect.signature(self.cls).parameters
         hyper = {k: v for k, v in _shared_hyperparameters(self.runs[self.rows[0]].optimizer.param_groups[0]).items() if k in accepted}
-        self.optimizer = self.cls(self.scratch, **hyper, lr=1.0, weight_decay=0.0)
+        self.optimizer = self.cls([self.scratch], **hyper, lr=1.0, weight_decay=0.0)
         own = [self.runs[r].optimizer for r in self.rows]
         firsts = [o.state.get(o.param_groups[0]["params"][0], {}) for o in own]
         if firsts[0]:  # resumed or restored: the runs' own states, flattened into rows
@@ -130,78 +176,51 @@ class StackedUpdate:
                     ])
                 else:
                     state[key] = _copy(value)
-            self.optimizer.state[self.scratch[0]] = state
-        for i, r in enumerate(self.rows):
-            run = self.runs[r]
-            run.optimizer.state.clear()  # its state lives in the stack until synced back
-            run.optimizer_state_dict = _synced_state_dict(self, i, run.optimizer)
+            self.optimizer.state[self.scratch] = state
+        self._own_state_read_through_sync()
 
     def sync(self, i: int) -> None:
         """Copy the stacked state's row ``i`` into run ``rows[i]``'s own optimizer, per parameter."""
         opt = self.runs[self.rows[i]].optimizer
-        state = self.optimizer.state.get(self.scratch[0])
+        state = self.optimizer.state.get(self.scratch)
         if not state:
             return
-        u = self.scratch[0]
+        u = self.scratch
         for name, p in zip(self.names, opt.param_groups[0]["params"]):
             opt.state[p] = {
                 k: self.stack.row(v, i, name).clone() if isinstance(v, torch.Tensor) and k != "step" and v.shape == u.shape else _copy(v)
                 for k, v in state.items()
             }
 
-    def detach(self) -> None:
-        for i, r in enumerate(self.rows):
-            self.sync(i)
-            self.runs[r].__dict__.pop("optimizer_state_dict", None)
-
-    # -- a step --------------------------------------------------------------------------
-
     def step(self, active: list[int], losses: torch.Tensor, rngs: list[torch.Tensor], second_pass=None) -> None:
-        wanted = set(active)
-        on = [r in wanted for r in self.rows]
+        on = self._on(active)
         if not any(on):
             return
-        groups = [self.runs[r].optimizer.param_groups[0] for r in self.rows]
+        groups = self._groups()
         lrs, wds = [g["lr"] for g in groups], [g["weight_decay"] for g in groups]
-        like = self.stacked[0]
-        # per-row factors, computed in float64 as the runs' own optimizers do, then cast
-        column = lambda values: torch.tensor(values, dtype=torch.float64).to(dtype=like.dtype, device=like.device)  # noqa: E731
-        lr = column(lrs)
+        lr = self._column(lrs)
         decoupled = self.decay_kind != "coupled"
         if self.decay_kind == "scheduled":  # the decay follows the schedule's factor lr / base_lr, not lr
             factors = [1 - a / g["base_lr"] * w if w else 1.0 for a, w, g in zip(lrs, wds, groups)]
         else:
             factors = [1 - a * w for a, w in zip(lrs, wds)]
-        decay = column(factors) if decoupled and any(wds) else None
-        l2 = column(wds) if not decoupled and any(wds) else None
-        mask = None if all(on) else torch.tensor(on, device=like.device)
-        rows_p = []
-        for P, u in zip(self.stacked, self.scratch):
-            p = P.detach() if self.whole else P.detach()[self.index]
-            g = P.grad if self.whole else P.grad[self.index]
-            if l2 is not None:
-                g = g + _rows(l2, p) * p
-            u.zero_()
-            u.grad = g
-            rows_p.append(p)
+        decay = self._column(factors) if decoupled and any(wds) else None
+        l2 = self._column(wds) if not decoupled and any(wds) else None
+        P, u = self.stack.flat, self.scratch
+        p, g = self._rows_of(P.detach()), self._rows_of(P.grad)
+        if l2 is not None:
+            g = g + _rows(l2, p) * p
+        u.zero_()
+        u.grad = g
         self.optimizer.step()
         with torch.no_grad():
-            for P, u, p in zip(self.stacked, self.scratch, rows_p):
-                if mask is None and self.whole:  # in place: p * decay + lr * u
-                    target = P.detach()
-                    if decay is not None:
-                        target.mul_(_rows(decay, p))
-                    target.addcmul_(_rows(lr, p), u)
-                    continue
-                new = p * _rows(decay, p) + _rows(lr, p) * u if decay is not None else p + _rows(lr, p) * u
-                if mask is not None:
-                    new = torch.where(_rows(mask, p), new, p)
-                if self.whole:
-                    P.detach().copy_(new)
-                else:
-                    P.detach()[self.index] = new
-            for u in self.scratch:
-                u.grad = None
+            if all(on) and self.whole:  # in place: p * decay + lr * u
+                if decay is not None:
+                    p.mul_(_rows(decay, p))
+                p.addcmul_(_rows(lr, p), u)
+            else:
+                self._write(p, p * _rows(decay, p) + _rows(lr, p) * u if decay is not None else p + _rows(lr, p) * u, on)
+        u.grad = None
 
 
 def _rows(column: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -213,7 +232,7 @@ def _copy(value: Any) -> Any:
     return value.clone() if isinstance(value, torch.Tensor) else value
 
 
-def _synced_state_dict(update: StackedUpdate, i: int, optimizer: torch.optim.Optimizer):
+def _synced_state_dict(update: RowsUpdate, i: int, optimizer: torch.optim.Optimizer):
     def state_dict() -> dict[str, Any]:
         update.sync(i)
         return optimizer.state_dict()
