@@ -209,15 +209,18 @@ def test_batched_state_files_are_the_runs_own(mlp_data, tmp_path, f64):
             assert torch.allclose(value, b["optimizer"]["state"][i][key], rtol=0, atol=1e-12), key
 
 
-def test_train_job_batches_compatible_runs_and_trains_the_rest_alone(mlp_data, cnn_data, tmp_path, f64):
+def test_train_job_batches_compatible_runs_and_trains_the_rest_alone(mlp_data, cnn_data, tmp_path, f64, caplog):
     mlp = sweep(MLP, "adam", OPTIMIZERS["adam"])
     norm_loss = {"name": "norm_loss", "base": {"name": "cross_entropy"}, "coefficient": 0.1}
     specs = mlp[:2] + [dict(MLP, seed=5, optimizer=OPTIMIZERS["adam"] | {"name": "adam"}, loss=norm_loss)] + sweep(CNN, "sgd", OPTIMIZERS["sgd"])[:2]
     datas = [mlp_data] * 3 + [cnn_data] * 2
     assert why_not_batched(specs[2]) is not None and why_not_batched(specs[0]) is None
     seen = []
-    results = train_job(specs, datas, [tmp_path / f"j{k}" for k in range(5)], on_result=lambda k, r: seen.append(k))
+    with caplog.at_level("INFO", logger="descentlab"):
+        results = train_job(specs, datas, [tmp_path / f"j{k}" for k in range(5)], on_result=lambda k, r: seen.append(k))
     assert sorted(seen) == list(range(5)) and [r.status for r in results] == ["ok"] * 5
+    assert "j2 trains alone: loss 'norm_loss' reads the model's parameters" in caplog.text  # the job log says why
+    assert "2 runs train as one batch: j0, j1" in caplog.text and "2 runs train as one batch: j3, j4" in caplog.text
     for k, spec in enumerate(specs):
         train_run(spec, datas[k], tmp_path / f"a{k}")
     assert_same_runs([tmp_path / f"a{k}" for k in range(5)], [tmp_path / f"j{k}" for k in range(5)], 1e-10)

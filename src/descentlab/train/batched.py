@@ -48,8 +48,10 @@ whose tensors are its rows of the stack. Not batched (trained alone, see
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -67,6 +69,8 @@ from .shared_update import SharedInstanceUpdate, shared_update_key
 from .stacked_update import StackedUpdate, stacked_update_key
 
 __all__ = ["batch_key", "train_batched", "train_job", "why_alone_on", "why_not_batched"]
+
+log = logging.getLogger(__name__)
 
 # Optimizers that backpropagate through the gradient and have a batched closure
 # (``hessian_update``); any other optimizer asking for the gradient's graph
@@ -291,13 +295,15 @@ def _update_groups(runs: list, stack: ModelStack, stacked_updates: bool) -> list
         if needs_hessian(run):
             hessian.append(r)
             continue
-        key = (stacked_update_key(run) or shared_update_key(run)) if stacked_updates else None
-        if key is None:
-            alone.append(r)
+        stacked = stacked_update_key(run) if stacked_updates else None
+        shared = shared_update_key(run) if stacked_updates and stacked is None else None
+        if stacked is not None:
+            groups.setdefault((StackedUpdate, stacked), []).append(r)
+        elif shared is not None:
+            groups.setdefault((SharedInstanceUpdate, shared), []).append(r)
         else:
-            groups.setdefault(key, []).append(r)
-    updates: list = [(SharedInstanceUpdate if key[0] == "shared" else StackedUpdate)(rows, runs, stack)
-                     for key, rows in groups.items()]
+            alone.append(r)
+    updates: list = [cls(rows, runs, stack) for (cls, _), rows in groups.items()]
     if alone:
         updates.append(PerRunUpdate(alone, runs))
     if sharpness_aware:
@@ -327,14 +333,18 @@ def train_job(
     batches: dict[tuple, list[int]] = {}
     alone: list[int] = []
     for k, spec in enumerate(specs):
-        if batched and why_not_batched(validate(spec)) is None and why_alone_on(spec, device) is None:
+        reason = (why_not_batched(validate(spec)) or why_alone_on(spec, device)) if batched else None
+        if batched and reason is None:
             batches.setdefault(batch_key(spec, id(datas[k]), device), []).append(k)
         else:
             alone.append(k)
+            if reason is not None:
+                log.info("%s trains alone: %s", Path(out_dirs[k]).name, reason)
     for key in [key for key, members in batches.items() if len(members) == 1]:
         alone += batches.pop(key)
     results: dict[int, RunResult] = {}
     for members in batches.values():
+        log.info("%d runs train as one batch: %s", len(members), ", ".join(Path(out_dirs[k]).name for k in members))
         for k, result in zip(members, train_batched(
             [specs[k] for k in members], datas[members[0]], [out_dirs[k] for k in members], device=device, progress=progress,
         )):

@@ -58,7 +58,7 @@ def shared_update_key(run) -> Any:
     first = opt.state.get(group["params"][0], {})
     step = first.get("step", 0)
     shared = tuple(sorted((k, _freeze(v)) for k, v in group.items() if k not in PER_RUN_KEYS))
-    return ("shared", type(opt), decay, shared, float(step), tuple(sorted(first)))
+    return (type(opt), decay, shared, float(step), tuple(sorted(first)))
 
 
 class SharedInstanceUpdate(RowsUpdate):
