@@ -2,8 +2,8 @@
 optimizers with per-tensor reductions whose update is linear in the learning rate.
 
 AdamP and SGDP (a projection per tensor) and Shampoo (preconditioners per
-tensor) update a parameter as ``p <- p - lr * d`` (after ``p <- p * (1 - lr * wd)`` for
-Shampoo's decoupled decay), where ``d`` depends on the parameter, its gradient
+tensor) update a parameter as ``p <- p - lr * d`` (after ``p <- p * (1 - lr *
+wd)`` for Shampoo's decoupled decay), where ``d`` depends on the parameter, its gradient
 and its state, never on ``lr``, and every reduction is over one tensor. So
 the runs of a group share one instance holding every run's tensors (run r's
 tensors in their own shapes, rows of a "shadow" copy of the stack): each step
@@ -20,8 +20,9 @@ instance when their optimizers have one param group, equal hyperparameters
 other than ``lr`` (and a decoupled ``weight_decay``), and equal step counts;
 AdamP and SGDP only without weight decay (their decay is not a plain
 ``1 - lr * wd``). MARS is not here: its 1-D tensors take their own learning
-rate (``lr_1d``, a per-run ratio to ``lr`` in a sweep) and weight decay. Each run's own optimizer holds its state whenever it is read
-(resume points, ``state_<k>.pt``): its tensors' states copied in (``sync``).
+rate (``lr_1d``, a per-run ratio to ``lr`` in a sweep) and weight decay.
+Each run's own optimizer holds its state whenever it is read (resume points,
+``state_<k>.pt``): its tensors' states copied in (``sync``).
 """
 
 from __future__ import annotations
