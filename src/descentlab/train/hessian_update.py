@@ -59,11 +59,10 @@ class HessianUpdate:
             params[r] = optimizer.params_with_grad()
             for p, z in zip(params[r], optimizer.draw_probes(params[r])):
                 stack.row(probes, r, self.names[r][id(p)]).copy_(z)
-        products = None
         if graph_grad.requires_grad:
             with torch.enable_grad():
-                (products,) = torch.autograd.grad(graph_grad, stack.flat, grad_outputs=probes, allow_unused=True)
-        if products is None:  # no gradient depends on a parameter: H z = 0, as alone
+                products = stack.flat_grad(graph_grad, grad_outputs=probes)
+        else:  # no gradient depends on a parameter: H z = 0, as alone
             products = torch.zeros_like(stack.flat)
         for r in stepping:
             hvs = [stack.row(products, r, self.names[r][id(p)]) for p in params[r]]

@@ -5,7 +5,8 @@ The parameters of the runs' models (one architecture) are stacked into one
 a leading run dimension; each run's own model keeps its ``nn.Parameter``
 objects (its optimizer holds them) but their storage becomes its part of its
 row (``p.data = flat[r, a:b].view(shape)``), and its ``p.grad`` the same
-part of the stacked gradient. So the forward and backward
+part of the stacked gradient. The batched pass differentiates one leaf per
+tensor, (R, *shape), sharing the flat storage and gradient. So the forward and backward
 of all runs are one ``torch.vmap`` of ``torch.func.functional_call``, while
 everything else about a run (its optimizer, evaluation, checkpoints, state)
 still goes through its own objects and sees exactly its own numbers.
@@ -25,6 +26,7 @@ all runs (``batched_losses``); other shared losses are vmapped.
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -74,6 +76,17 @@ class ModelStack:
         self.flat = torch.cat([torch.stack([d[n].detach().reshape(-1) for d in per_run]) for n in self.shapes], dim=1)
         self.flat = self.flat.contiguous().requires_grad_(True)
         self.flat.grad = torch.zeros_like(self.flat)
+        # What the batched pass differentiates: one leaf per tensor, (R, *shape), a view
+        # of the flat storage, whose .grad is its view of the flat gradient (accumulated
+        # into in place). Not slices of the flat leaf in the graph: each slice's backward
+        # writes a zero-filled (R, D) tensor; measured (fwd+bwd of a 3-layer MLP, in one
+        # process, interleaved) 1.6x slower at 5 runs of width 256, 1.25x at 32 of width 64.
+        R = self.flat.shape[0]
+        self.leaves = {}
+        for n, (a, b) in self.offsets.items():
+            leaf = self.flat.detach()[:, a:b].view(R, *self.shapes[n]).requires_grad_(True)
+            leaf.grad = self.flat.grad[:, a:b].view(R, *self.shapes[n])
+            self.leaves[n] = leaf
         self.graph_grad: torch.Tensor | None = None
         per_run_buffers = [dict(m.named_buffers()) for m in models]
         self._check_same(per_run_buffers)
@@ -93,9 +106,18 @@ class ModelStack:
         return flat[r, start:end].view(self.shapes[name])
 
     def params(self) -> dict[str, torch.Tensor]:
-        """The stacked parameters, (R, *shape) views of the flat leaf (made per pass)."""
+        """The stacked parameters, (R, *shape) leaves sharing the flat storage."""
+        return self.leaves
+
+    def flat_grad(self, outputs: torch.Tensor, grad_outputs: torch.Tensor | None = None,
+                  create_graph: bool = False) -> torch.Tensor:
+        """d outputs / d parameters (weighted by ``grad_outputs``), laid out like ``flat``:
+        one (R, D) tensor, zeros where nothing depends on a parameter."""
+        leaves = list(self.leaves.values())
+        grads = torch.autograd.grad(outputs, leaves, grad_outputs=grad_outputs, create_graph=create_graph, allow_unused=True)
         R = self.flat.shape[0]
-        return {n: self.flat[:, a:b].view(R, *self.shapes[n]) for n, (a, b) in self.offsets.items()}
+        return torch.cat([torch.zeros_like(leaf).reshape(R, -1) if g is None else g.reshape(R, -1)
+                          for g, leaf in zip(grads, leaves)], dim=1)
 
     @staticmethod
     def _check_same(per_run: list[dict[str, torch.Tensor]]) -> None:
@@ -152,10 +174,14 @@ class ModelStack:
         losses = self.losses(self.outputs(xb, batched_x), yb, batched_x)
         # Rows are independent, so d(sum)/d(row r) is run r's own gradient.
         if create_graph:
-            (self.graph_grad,) = torch.autograd.grad(losses.sum(), self.flat, create_graph=True)
+            self.graph_grad = self.flat_grad(losses.sum(), create_graph=True)
             self.flat.grad.copy_(self.graph_grad.detach())  # the runs' p.grad are views of it
         else:
-            losses.sum().backward()
+            with warnings.catch_warnings():
+                # the leaves' .grad are strided views of the flat gradient (in place, as
+                # measured above: faster than contiguous gradients copied in)
+                warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+                losses.sum().backward()
         if kept:
             with torch.no_grad():
                 for n, b in self.buffers.items():
