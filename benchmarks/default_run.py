@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/default-run"), help="prefix of the logs and results folders")
     parser.add_argument("--log-of", action="append", default=[], metavar="MODE=PATH",
                         help="reuse a finished run: PATH.log (its /usr/bin/time -v log) and PATH.results")
+    parser.add_argument("--commit-of", action="append", default=[], metavar="MODE=COMMIT",
+                        help="the commit a reused run (--log-of) ran at (default: this checkout's)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     given = dict(item.split("=", 1) for item in args.log_of)
@@ -90,11 +92,13 @@ def main() -> None:
 def write(args, times, studies) -> None:
     a, b = times["alone"], times["batched"]
     saved = 1 - b["wall_s"] / a["wall_s"]
+    commits = {mode: commit() for mode in MODES} | dict(item.split("=", 1) for item in args.commit_of)
     lines = [
         "# The default run, batched vs one by one",
         "",
         f"The whole default (cpu) workflow from empty results, `/usr/bin/time -v snakemake --cores {args.cores}` on"
-        f" {platform.machine()}, {os.cpu_count()} cores, no GPU, commit {commit()}: `python benchmarks/default_run.py`."
+        f" {platform.machine()}, {os.cpu_count()} cores, no GPU (one by one at commit {commits['alone']}, batched at"
+        f" {commits['batched']}: the code between them changed only the batched path): `python benchmarks/default_run.py`."
         " One run of each, one after the other (not interleaved; the machine is shared, so the wall times carry its noise).",
         "",
         "| config | wall | user + system CPU s | peak RSS |",
