@@ -14,11 +14,11 @@ files. What is shared is the forward and backward pass (``ModelStack``: the
 runs' parameters stacked, one batched pass), and, for optimizers whose update is
 elementwise and linear in the learning rate, the update itself
 (``stacked_update``); for those with per-tensor reductions whose update is
-linear in the learning rate (AdamP, SGDP, Shampoo), one instance that
-steps every run's tensors, each reduced on its own (``shared_update``). Every
-other optimizer steps each run's own instance on its own parameters and
+linear in the learning rate (AdamP, SGDP, Shampoo, MuonAdamW), one instance
+that steps every run's tensors, each reduced on its own (``shared_update``).
+Every other optimizer steps each run's own instance on its own parameters and
 gradient (rows of the stacked tensors), so reductions over a run's
-parameters (AdaGrad-Norm, MoMo) or the Muon/AdamW routing stay per run. The global
+parameters (AdaGrad-Norm, MoMo) stay per run. The global
 torch RNG is swapped per run around everything a run does on its own, so
 instruments and optimizers that draw from it see the stream they would alone.
 
