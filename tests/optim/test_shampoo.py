@@ -15,6 +15,8 @@ from descentlab.optim import OPTIMIZERS
 from descentlab.optim.shampoo import Shampoo
 
 SHAPES = [(4, 3), (5,), (2, 3, 4)]
+# each shape three times: with foreach, parameters of one shape step as a batch
+REPEATED = [shape for shape in SHAPES for _ in range(3)]
 
 
 def make_params(shapes=SHAPES, seed=0):
@@ -110,16 +112,17 @@ def brute_force(shapes, grads, lr, b1, b2, eps, epsilon, wd, start, freq, max_di
     ],
 )
 @pytest.mark.parametrize("foreach", [True, False])
-def test_brute_force_float64_simulation(kw, foreach):
+@pytest.mark.parametrize("shapes", [SHAPES, REPEATED], ids=["distinct", "repeated"])
+def test_brute_force_float64_simulation(kw, foreach, shapes):
     """(4, 3) matrix, (5,) vector (full-matrix L^{-1/2}), (2, 3, 4) tensor (exponent -1/6;
     with max_preconditioner_dim=3 the 4- and 5-sized dimensions fall back to the graft)."""
     steps = 12
-    grads = grad_sequence(steps)
-    params = make_params()
+    grads = grad_sequence(steps, shapes)
+    params = make_params(shapes)
     start = [p.detach().clone() for p in params]
     opt = Shampoo(params, foreach=foreach, **kw)
     run(opt, params, grads)
-    expected = brute_force(SHAPES, grads, kw["lr"], kw["betas"][0], kw["betas"][1], kw["eps"], kw["epsilon"],
+    expected = brute_force(shapes, grads, kw["lr"], kw["betas"][0], kw["betas"][1], kw["eps"], kw["epsilon"],
                            kw["weight_decay"], kw["start_preconditioning_step"], kw["precondition_frequency"],
                            kw["max_preconditioner_dim"], kw["grafting"], start)
     for p, x in zip(params, expected):
@@ -161,11 +164,17 @@ def test_roots_are_refreshed_only_every_precondition_frequency_steps():
     np.testing.assert_allclose(roots[8].numpy(), expected, rtol=1e-10)
 
 
-def test_foreach_matches_loop_with_groups_and_missing_grads():
-    grads = grad_sequence(25)
+@pytest.mark.parametrize("shapes", [SHAPES, REPEATED], ids=["distinct", "repeated"])
+def test_foreach_matches_loop_with_groups_and_missing_grads(shapes):
+    """With repeated shapes, the missing grads put one parameter of a shape a step behind
+    the others (then it steps apart from their batch). Batched products round apart from
+    tensordot's, and the default epsilon (1e-12) lets the roots of the rank-deficient
+    factors amplify that (measured 2.5e-12), so those agree to 1e-10, not 1e-14."""
+    tol = 1e-14 if shapes is SHAPES else 1e-10
+    grads = grad_sequence(25, shapes)
     results = []
     for foreach in (True, False):
-        params = make_params()
+        params = make_params(shapes)
         opt = Shampoo([{"params": params[:2]}, {"params": params[2:], "lr": 0.02, "grafting": "adagrad"}],
                       lr=0.05, weight_decay=0.01, start_preconditioning_step=4, precondition_frequency=5,
                       foreach=foreach)
@@ -176,11 +185,11 @@ def test_foreach_matches_loop_with_groups_and_missing_grads():
         results.append((params, opt))
     (pa, oa), (pb, ob) = results
     for a, b in zip(pa, pb):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
+        torch.testing.assert_close(a, b, rtol=0, atol=tol)
         assert oa.state[a].keys() == ob.state[b].keys()
         for key in oa.state[a]:
             if key != "step":
-                torch.testing.assert_close(oa.state[a][key], ob.state[b][key], rtol=0, atol=1e-14)
+                torch.testing.assert_close(oa.state[a][key], ob.state[b][key], rtol=tol, atol=tol)
 
 
 def test_state_dict_round_trip():

@@ -51,9 +51,15 @@ def _mode_gram(g: torch.Tensor, dim: int) -> torch.Tensor:
 
 def _inverse_root(factor: torch.Tensor, exponent: float, epsilon: float) -> torch.Tensor:
     """(F + eps Id)^(-exponent) for symmetric PSD F, by eigendecomposition in float64."""
-    evals, evecs = torch.linalg.eigh(factor.double())
+    evals, evecs = torch.linalg.eigh(factor.double())  # batched over leading dimensions
     powers = (evals.clamp_min(0.0) + epsilon).pow(-exponent)
-    return ((evecs * powers) @ evecs.T).to(factor.dtype)
+    return ((evecs * powers.unsqueeze(-2)) @ evecs.transpose(-2, -1)).to(factor.dtype)
+
+
+def _unfold(stack: torch.Tensor, dim: int) -> torch.Tensor:
+    """The mode-``dim`` unfoldings of a stack of tensors (n, *shape): (n, shape[dim], -1),
+    the other dimensions in order (as ``tensordot`` contracts them)."""
+    return torch.movedim(stack, dim + 1, 1).reshape(stack.shape[0], stack.shape[dim + 1], -1)
 
 
 def _precondition(x: torch.Tensor, roots: dict[int, torch.Tensor]) -> torch.Tensor:
@@ -79,8 +85,9 @@ class Shampoo(torch.optim.Optimizer):
         start_preconditioning_step: first step that uses (and computes) the roots.
         max_preconditioner_dim: larger dimensions are not preconditioned.
         grafting: "adam" or "adagrad".
-        foreach: multi-tensor (None/True) or per-parameter loop (False) for the
-            elementwise parts; the matrix products are per parameter either way.
+        foreach: multi-tensor (None/True) or per-parameter loop (False): with
+            foreach, parameters of one shape also share batched matrix products
+            and eigendecompositions.
     """
 
     def __init__(
@@ -149,10 +156,21 @@ class Shampoo(torch.optim.Optimizer):
                 self._init_state(group, p)["step"] += 1
             if group["foreach"] is False:
                 grafts = [self._graft_one(group, p) for p in params]
-            else:
-                grafts = self._graft_foreach(group, params)
-            for p, (m_hat, graft, graft_norm) in zip(params, grafts):
-                self._shampoo_one(group, p, m_hat, graft, graft_norm)
+                for p, (m_hat, graft, graft_norm) in zip(params, grafts):
+                    self._shampoo_one(group, p, m_hat, graft, graft_norm)
+                continue
+            grafts = self._graft_foreach(group, params)
+            # parameters of one shape (and step) take batched matrix products and
+            # eigendecompositions: one call per shape, not per parameter
+            same: dict[tuple[Any, ...], list[int]] = {}
+            for i, p in enumerate(params):
+                same.setdefault((p.shape, p.dtype, p.device, self.state[p]["step"]), []).append(i)
+            for idx in same.values():
+                if len(idx) == 1 or not _factor_dims(params[idx[0]], group["max_preconditioner_dim"]):
+                    for i in idx:
+                        self._shampoo_one(group, params[i], *grafts[i])
+                else:
+                    self._shampoo_stacked(group, [params[i] for i in idx], [grafts[i] for i in idx])
         return loss
 
     # -- the graft (elementwise) ------------------------------------------------
@@ -204,7 +222,45 @@ class Shampoo(torch.optim.Optimizer):
         grafts = torch._foreach_div(m_hats, denoms)
         return list(zip(m_hats, grafts, torch._foreach_norm(grafts)))
 
-    # -- Kronecker factors, roots, grafted step (per parameter) ------------------
+    # -- Kronecker factors, roots, grafted step ------------------------------------
+    def _shampoo_stacked(self, group, params, grafts) -> None:
+        """``_shampoo_one`` for parameters of one shape and step (with factors), on
+        their stack (n, *shape): the same products, batched."""
+        states = [self.state[p] for p in params]
+        beta2, t = group["betas"][1], states[0]["step"]
+        dims = _factor_dims(params[0], group["max_preconditioner_dim"])
+        grads = torch.stack([p.grad for p in params])
+        for dim in dims:
+            unfolded = _unfold(grads, dim)
+            grams = list(torch.bmm(unfolded, unfolded.transpose(1, 2)).unbind(0))
+            factors = [s[f"factor_{dim}"] for s in states]
+            if beta2 < 1.0:
+                torch._foreach_mul_(factors, beta2)
+                torch._foreach_add_(factors, grams, alpha=1.0 - beta2)
+            else:
+                torch._foreach_add_(factors, grams)
+        start = group["start_preconditioning_step"]
+        if t >= start and (t - start) % group["precondition_frequency"] == 0:
+            exponent = 1.0 / (2 * len(dims))
+            for dim in dims:
+                roots = _inverse_root(torch.stack([s[f"factor_{dim}"] for s in states]), exponent, group["epsilon"])
+                for s, root in zip(states, roots.unbind(0)):
+                    s[f"root_{dim}"] = root
+        directions = [graft for _, graft, _ in grafts]
+        if t >= start:
+            x = torch.stack([m_hat for m_hat, _, _ in grafts])
+            for dim in dims:
+                roots = torch.stack([s[f"root_{dim}"] for s in states])
+                x = torch.movedim(torch.bmm(roots, _unfold(x, dim)).view(x.shape[0], x.shape[dim + 1], *[
+                    x.shape[i + 1] for i in range(x.dim() - 1) if i != dim]), 1, dim + 1)
+            norms = torch.linalg.vector_norm(x.flatten(1), dim=1)
+            graft_norms = torch.stack([n for _, _, n in grafts])
+            scaled = x * (graft_norms / norms).view(-1, *[1] * (x.dim() - 1))
+            directions = [torch.where(n > 0, a, g) for n, a, g in zip(norms, scaled.unbind(0), directions)]
+        if group["weight_decay"] != 0:
+            torch._foreach_mul_(params, 1.0 - group["lr"] * group["weight_decay"])
+        torch._foreach_add_(params, directions, alpha=-group["lr"])
+
     def _shampoo_one(self, group, p, m_hat, graft, graft_norm) -> None:
         state = self.state[p]
         beta2, t = group["betas"][1], state["step"]
