@@ -127,6 +127,7 @@ def update_paths(specs: list[dict]) -> dict[str, list[str]]:
     from descentlab.data import build_dataset
     from descentlab.spec import validate
     from descentlab.train.hessian_update import needs_hessian
+    from descentlab.train.rowwise_update import rowwise_update_key
     from descentlab.train.sam_update import is_sharpness_aware
     from descentlab.train.shared_update import shared_update_key
     from descentlab.train.stacked_update import stacked_update_key
@@ -144,6 +145,8 @@ def update_paths(specs: list[dict]) -> dict[str, list[str]]:
             path = "stacked update (one elementwise step, per-run lr and decay)"
         elif shared_update_key(run) is not None:
             path = "shared instance (per-tensor reductions, per-run lr)"
+        elif rowwise_update_key(run) is not None:
+            path = "rowwise update (per-run reductions along each run's row, one elementwise step)"
         else:
             path = "each run's own instance, stepped per run on its rows"
         names = paths.setdefault(path, [])

@@ -126,7 +126,7 @@ def check_equivalent(specs, data, tmp_path, tol=1e-10, **kwargs):
 # the optimizers whose sweep also varies weight decay per run (a per-run value of the stacked update)
 WD_KEY = {name: "weight_decay" for name in (
     "sgd", "adam", "adamw", "adamw_decoupled", "lion", "radam", "nadam", "adagrad", "amsgrad",
-    "diffgrad", "grams", "exadam", "ademamix", "shampoo", "muon")}
+    "diffgrad", "grams", "exadam", "ademamix", "shampoo", "muon", "momo", "momo_adam")}
 
 
 def test_the_sweeps_cover_every_optimizer_of_the_registry():
@@ -186,7 +186,16 @@ def test_runs_of_different_lengths_and_log_schedules(mlp_data, tmp_path, f64):
     assert (tmp_path / "batched0" / "checkpoints").is_dir()
 
 
-@pytest.mark.parametrize("name", ["adamw", "ademamix", "adamp", "shampoo", "adahessian", "muon"])
+@pytest.mark.parametrize("name", ["momo", "momo_adam", "nag_gs", "adagrad_norm"])
+def test_rowwise_runs_that_stop_early_leave_the_others_exact(name, mlp_data, tmp_path, f64):
+    """A run that finishes early leaves its rows; the others step a subset of the rows."""
+    specs = sweep(MLP, name, OPTIMIZERS[name], WD_KEY.get(name))
+    specs[0] = dict(specs[0], steps=60, checkpoints=[30, 60])
+    specs[1] = dict(specs[1], steps=80)
+    check_equivalent(specs, mlp_data, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["adamw", "ademamix", "adamp", "shampoo", "adahessian", "muon", "momo_adam", "nag_gs", "adagrad_norm"])
 def test_a_killed_batch_resumes_every_run_exactly(name, cnn_data, mlp_data, tmp_path, f64):
     # muon on the MLP: the CNN has no hidden matrix, so no Muon group
     base, data = (MLP, mlp_data) if name == "muon" else (CNN, cnn_data)
@@ -204,17 +213,29 @@ def test_a_killed_batch_resumes_every_run_exactly(name, cnn_data, mlp_data, tmp_
         assert a.equals(pd.read_parquet(dirs[k] / "metrics.parquet"))
 
 
-def test_batched_state_files_are_the_runs_own(mlp_data, tmp_path, f64):
+@pytest.mark.parametrize("name", ["adamw", "momo", "momo_adam", "nag_gs", "adagrad_norm"])
+def test_batched_state_files_are_the_runs_own(name, mlp_data, tmp_path, f64):
     """state_<k>.pt of a batched run continues alone exactly as the run alone's does."""
-    specs = [dict(s, checkpoints=[40]) for s in sweep(MLP, "adamw", OPTIMIZERS["adamw"], "weight_decay")]
+    specs = [dict(s, checkpoints=[40]) for s in sweep(MLP, name, OPTIMIZERS[name], WD_KEY.get(name))]
     train_batched(specs, mlp_data, [tmp_path / f"b{k}" for k in range(3)])
     train_run(specs[1], mlp_data, tmp_path / "a1")
     a = torch.load(tmp_path / "a1" / "checkpoints" / "state_000040.pt", weights_only=False)
     b = torch.load(tmp_path / "b1" / "checkpoints" / "state_000040.pt", weights_only=False)
-    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    groups_a, groups_b = a["optimizer"]["param_groups"], b["optimizer"]["param_groups"]
+    assert [g.keys() for g in groups_a] == [g.keys() for g in groups_b]
+    for ga, gb in zip(groups_a, groups_b):  # AdaGrad-Norm's b_sq, a sum of squared norms, to rounding
+        assert {k: v for k, v in ga.items() if k != "b_sq"} == {k: v for k, v in gb.items() if k != "b_sq"}
+        assert gb.get("b_sq", 0.0) == pytest.approx(ga.get("b_sq", 0.0), rel=1e-12)
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
     for i, state in a["optimizer"]["state"].items():
+        assert state.keys() == b["optimizer"]["state"][i].keys(), i
         for key, value in state.items():
-            assert torch.allclose(value, b["optimizer"]["state"][i][key], rtol=0, atol=1e-12), key
+            other = b["optimizer"]["state"][i][key]
+            if isinstance(value, torch.Tensor):
+                assert other.shape == value.shape and other.dtype == value.dtype, key
+                assert torch.allclose(value, other, rtol=0, atol=1e-12), key
+            else:  # NAG-GS's gamma, MoMo's step and loss average
+                assert other == pytest.approx(value, rel=1e-12), key
 
 
 def test_train_job_batches_compatible_runs_and_trains_the_rest_alone(mlp_data, cnn_data, tmp_path, f64, caplog):
@@ -327,6 +348,23 @@ def test_per_tensor_optimizers_share_one_instance(name, mlp_data, f64):
     if name in ("adamp", "sgdp"):  # their weight decay is not a plain 1 - lr * wd: alone
         decayed = Training(validate(dict(MLP, optimizer=dict(OPTIMIZERS[name], name=name, weight_decay=0.1))), mlp_data, torch.device("cpu"))
         assert shared_update_key(decayed) is None
+
+
+@pytest.mark.parametrize("name", ["momo", "momo_adam", "nag_gs", "adagrad_norm"])
+def test_optimizers_with_per_run_reductions_step_their_rows_together(name, mlp_data, f64):
+    """So the float64 tests above check the rowwise update for these."""
+    from descentlab.train.batched import _update_groups
+    from descentlab.train.rowwise_update import ROWWISE, rowwise_update_key
+    from descentlab.train.stack import ModelStack
+    from descentlab.train.training import Training
+
+    runs = [Training(validate(spec), mlp_data, torch.device("cpu")) for spec in sweep(MLP, name, OPTIMIZERS[name], WD_KEY.get(name))]
+    keys = {rowwise_update_key(run) for run in runs}  # the sweep's lrs and weight decays are per-run values
+    assert len(keys) == 1 and None not in keys
+    updates = _update_groups(runs, ModelStack(runs, None), stacked_updates=True)
+    assert [type(u) for u in updates] == [ROWWISE[type(runs[0].optimizer)]]
+    maximizing = Training(validate(dict(MLP, optimizer={"name": "adagrad_norm", "lr": 0.5, "maximize": True})), mlp_data, torch.device("cpu"))
+    assert rowwise_update_key(maximizing) is None
 
 
 def test_children_of_a_parent_match_one_by_one(mlp_data, tmp_path, f64):

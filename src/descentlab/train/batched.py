@@ -65,6 +65,7 @@ from .batched_eval import BatchedEvaluation, evaluates_at
 from .stack import ModelStack
 from .sam_update import SharpnessAwareUpdate, is_sharpness_aware
 from .hessian_update import HessianUpdate, needs_hessian
+from .rowwise_update import ROWWISE, rowwise_update_key
 from .shared_update import SharedInstanceUpdate, shared_update_key
 from .stacked_update import StackedUpdate, stacked_update_key
 
@@ -281,11 +282,26 @@ class PerRunUpdate:
                     self.runs[r].optimizer.step(lambda: loss)
 
 
+def _one_update_key(run) -> tuple | None:
+    """(the update class, its key) for a run whose optimizer can step with others'
+    as one: ``StackedUpdate``, ``SharedInstanceUpdate`` or a ``RowwiseUpdate``; None: alone."""
+    key = stacked_update_key(run)
+    if key is not None:
+        return (StackedUpdate, key)
+    key = shared_update_key(run)
+    if key is not None:
+        return (SharedInstanceUpdate, key)
+    key = rowwise_update_key(run)
+    if key is not None:
+        return (ROWWISE[type(run.optimizer)], key)
+    return None
+
+
 def _update_groups(runs: list, stack: ModelStack, stacked_updates: bool) -> list:
     """Runs whose optimizers can update as one stack (same class, same hyperparameters
     other than lr and weight decay, same step count) share a ``StackedUpdate``
-    (elementwise optimizers) or a ``SharedInstanceUpdate`` (per-tensor ones); the
-    rest step their own optimizers."""
+    (elementwise optimizers), a ``SharedInstanceUpdate`` (per-tensor ones) or a
+    ``RowwiseUpdate`` (per-run reductions); the rest step their own optimizers."""
     groups: dict[Any, list[int]] = {}
     alone, sharpness_aware, hessian = [], [], []
     for r, run in enumerate(runs):
@@ -295,12 +311,9 @@ def _update_groups(runs: list, stack: ModelStack, stacked_updates: bool) -> list
         if needs_hessian(run):
             hessian.append(r)
             continue
-        stacked = stacked_update_key(run) if stacked_updates else None
-        shared = shared_update_key(run) if stacked_updates and stacked is None else None
-        if stacked is not None:
-            groups.setdefault((StackedUpdate, stacked), []).append(r)
-        elif shared is not None:
-            groups.setdefault((SharedInstanceUpdate, shared), []).append(r)
+        key = _one_update_key(run) if stacked_updates else None
+        if key is not None:
+            groups.setdefault(key, []).append(r)
         else:
             alone.append(r)
     updates: list = [cls(rows, runs, stack) for (cls, _), rows in groups.items()]

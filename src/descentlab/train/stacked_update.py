@@ -109,6 +109,8 @@ class RowsUpdate:
         flat = stack.flat  # (R, D): row r holds run r's parameters, in parameters() order
         self.index = torch.tensor(rows, device=flat.device)
         self.whole = rows == list(range(flat.shape[0]))
+        # consecutive rows are a view of the stack (no gather, written in place)
+        self.block = slice(rows[0], rows[-1] + 1) if rows == list(range(rows[0], rows[-1] + 1)) else None
 
     def sync(self, i: int) -> None:
         raise NotImplementedError
@@ -122,7 +124,8 @@ class RowsUpdate:
         """The runs' own optimizers hand out the shared state when asked for theirs."""
         for i, r in enumerate(self.rows):
             run = self.runs[r]
-            run.optimizer.state.clear()  # its state lives in the update until synced back
+            for p in run.model.parameters():  # per-parameter state lives in the update until synced back
+                run.optimizer.state.pop(p, None)
             run.optimizer_state_dict = _synced_state_dict(self, i, run.optimizer)
 
     def _on(self, active: list[int]) -> list[bool]:
@@ -138,14 +141,17 @@ class RowsUpdate:
         return torch.tensor(values, dtype=torch.float64).to(dtype=like.dtype, device=like.device)
 
     def _rows_of(self, t: torch.Tensor) -> torch.Tensor:
-        return t if self.whole else t[self.index]
+        """This update's rows of a stacked tensor: a view when they are consecutive, else a copy."""
+        if self.whole:
+            return t
+        return t[self.block] if self.block is not None else t[self.index]
 
     def _write(self, p: torch.Tensor, new: torch.Tensor, on: list[bool]) -> None:
         """Rows ``p`` (this update's rows of the stack) become ``new``, for the active ones."""
         if not all(on):
             new = torch.where(_rows(torch.tensor(on, device=p.device), p), new, p)
-        if self.whole:
-            self.stack.flat.detach().copy_(new)
+        if self.whole or self.block is not None:
+            self._rows_of(self.stack.flat.detach()).copy_(new)
         else:
             self.stack.flat.detach()[self.index] = new
 
@@ -214,7 +220,7 @@ class StackedUpdate(RowsUpdate):
         u.grad = g
         self.optimizer.step()
         with torch.no_grad():
-            if all(on) and self.whole:  # in place: p * decay + lr * u
+            if all(on) and (self.whole or self.block is not None):  # in place: p * decay + lr * u
                 if decay is not None:
                     p.mul_(_rows(decay, p))
                 p.addcmul_(_rows(lr, p), u)

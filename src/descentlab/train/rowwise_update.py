@@ -1,0 +1,289 @@
+"""``RowwiseUpdate``: one step for many runs of an optimizer whose update is
+elementwise once a few numbers per run are known: reductions over the run's
+parameters (AdaGrad-Norm's gradient norm, MoMo's inner products and norms)
+or scalars of its state (NAG-GS's gamma).
+
+The runs' per-element state is stacked like the parameters, (rows, D), and
+updated for every run at once; each run's reductions are sums along its row
+(or, for per-tensor state, along each tensor's segment of it); the per-run
+numbers that follow from them (a step size, MoMo's truncated step) are
+computed in Python with the run's own hyperparameters (its schedule's lr
+this step, its weight decay) and applied as columns. What a run keeps in its
+param group or in the optimizer's global state (AdaGrad-Norm's ``b_sq``,
+MoMo's step and loss average) stays in the run's own optimizer and is updated
+there, by the optimizer's own code where it has a method for it.
+
+The numbers are the run's own optimizer's up to rounding: its per-tensor
+sums are summed along a row here. The per-parameter state is copied into the
+run's own optimizer, in its own format, whenever read (``sync``: resume
+points, ``state_<k>.pt``), so the state files load into a run trained alone.
+
+Runs share an update when their optimizers are of the same class with one
+param group over the model's parameters in order, real parameters, equal
+hyperparameters other than ``lr`` and ``weight_decay``, and the same progress
+(state entries, step count); options that change the update's form
+(``maximize``, a tensor ``lr``) make a run step its own instance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..optim import AdaGradNorm, Momo, MomoAdam, NAGGS
+from ..optim._base import adam_direction_into
+from .stacked_update import RowsUpdate, _freeze, _rows
+
+# keys of a param group that are per run (or state kept in the group), not hyperparameters
+PER_RUN_KEYS = ("params", "lr", "initial_lr", "weight_decay", "b_sq", "foreach")
+_GLOBAL = "global"  # MoMo's model-level state key
+
+
+def rowwise_update_key(run) -> Any:
+    """Runs with equal keys can share a ``RowwiseUpdate``; None: not this path."""
+    rule = ROWWISE.get(type(run.optimizer))
+    if rule is None:
+        return None
+    opt = run.optimizer
+    if len(opt.param_groups) != 1:
+        return None
+    group = opt.param_groups[0]
+    if group.get("maximize") or isinstance(group["lr"], torch.Tensor):
+        return None
+    params = list(run.model.parameters())
+    if list(group["params"]) != params or any(p.is_complex() for p in params):
+        return None
+    first = opt.state.get(params[0], {})
+    progress = (tuple(sorted(first)), opt.state.get(_GLOBAL, {}).get("step", 0))
+    shared = tuple(sorted((k, _freeze(v)) for k, v in group.items() if k not in PER_RUN_KEYS))
+    return (type(opt), shared, progress)
+
+
+class RowwiseUpdate(RowsUpdate):
+    """One step for the runs ``rows`` of ``runs`` (rows of ``stack``, equal
+    ``rowwise_update_key``s); subclasses give the optimizer's step on rows.
+
+    ``ELEMENT_KEYS``: per-parameter state shaped like the parameter, stacked
+    (rows, D); ``TENSOR_KEYS``: per-parameter 0-dim state, stacked (rows, T)
+    (T tensors); ``SCALAR_KEYS``: per-parameter Python numbers, equal for every
+    tensor of a run (one per row)."""
+
+    ELEMENT_KEYS: tuple[str, ...] = ()
+    TENSOR_KEYS: tuple[str, ...] = ()
+    SCALAR_KEYS: tuple[str, ...] = ()
+    NEEDS_LOSS = False  # whether step_rows reads the runs' losses
+
+    def attach(self) -> None:
+        flat = self.stack.flat
+        self.lengths = torch.tensor([b - a for a, b in (self.stack.offsets[k] for k in self.names)], device=flat.device)
+        self.element: dict[str, torch.Tensor] = {}
+        self.tensor: dict[str, torch.Tensor] = {}
+        self.scalar: dict[str, list[float]] = {}
+        own = [self.runs[r].optimizer for r in self.rows]
+        states = [[o.state.get(p, {}) for p in o.param_groups[0]["params"]] for o in own]
+        if states[0][0]:  # resumed or restored: the runs' own states, flattened into rows
+            for key in self.ELEMENT_KEYS:
+                self.element[key] = torch.stack([torch.cat([s[key].reshape(-1) for s in run]) for run in states])
+            for key in self.TENSOR_KEYS:
+                self.tensor[key] = torch.stack([torch.stack([s[key] for s in run]) for run in states]).to(flat.dtype)
+            for key in self.SCALAR_KEYS:
+                values = [{s[key] for s in run} for run in states]
+                if any(len(v) != 1 for v in values):
+                    raise ValueError(f"{self.cls.__name__}: {key!r} differs between a run's tensors; cannot step its rows")
+                self.scalar[key] = [v.pop() for v in values]
+        self.initialized = bool(self.element or self.tensor or self.scalar)
+        self._own_state_read_through_sync()
+
+    def sync(self, i: int) -> None:
+        """Copy row ``i``'s per-parameter state into run ``rows[i]``'s own optimizer."""
+        if not self.initialized:
+            return
+        opt = self.runs[self.rows[i]].optimizer
+        for t, (name, p) in enumerate(zip(self.names, opt.param_groups[0]["params"])):
+            state = {key: self.stack.row(v, i, name).clone() for key, v in self.element.items()}
+            state.update({key: v[i, t].clone() for key, v in self.tensor.items()})
+            state.update({key: v[i] for key, v in self.scalar.items()})
+            opt.state[p] = state
+
+    def per_tensor_sums(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, D) -> (n, T): the sum over each tensor's segment of each row."""
+        return torch.segment_reduce(x, "sum", lengths=self.lengths.expand(x.shape[0], -1).contiguous(), axis=1)
+
+    def step(self, active: list[int], losses: torch.Tensor, rngs: list[torch.Tensor], second_pass=None) -> None:
+        on = self._on(active)
+        if not any(on):
+            return
+        chosen = [i for i, o in enumerate(on) if o]
+        everyone = len(chosen) == len(on)
+        sub = None if everyone else torch.tensor(chosen, device=self.stack.flat.device)
+        P = self.stack.flat
+        p, g = self._rows_of(P.detach()), self._rows_of(P.grad)
+        in_place = everyone and (self.whole or self.block is not None)
+        if not everyone:
+            p, g = p[sub], g[sub]
+        elif not in_place:
+            p = p.clone()
+        element = {k: v if everyone else v[sub] for k, v in self.element.items()}
+        tensor = {k: v if everyone else v[sub] for k, v in self.tensor.items()}
+        scalar = {k: [v[i] for i in chosen] for k, v in self.scalar.items()}
+        rows_losses = losses.detach()[[self.rows[i] for i in chosen]].tolist() if self.NEEDS_LOSS else []
+        with torch.no_grad():
+            self.step_rows(chosen, p, g, element, tensor, scalar, rows_losses)
+        self.initialized = True
+        for store, new in ((self.element, element), (self.tensor, tensor)):
+            for k, v in new.items():
+                if everyone:
+                    store[k] = v
+                    continue
+                if k not in store:  # created by this step: rows that did not step have none yet
+                    store[k] = torch.zeros((len(on), *v.shape[1:]), dtype=v.dtype, device=v.device)
+                store[k][sub] = v
+        for k, v in scalar.items():
+            values = self.scalar.setdefault(k, [0.0] * len(on))
+            for i, x in zip(chosen, v):
+                values[i] = x
+        if not in_place:
+            target = self.stack.flat.detach()
+            rows = self.index if everyone else self.index[sub]
+            target[rows] = p
+
+    def step_rows(self, chosen: list[int], p: torch.Tensor, g: torch.Tensor, element: dict[str, torch.Tensor],
+                  tensor: dict[str, torch.Tensor], scalar: dict[str, list[float]], losses: list[float]) -> None:
+        """The step for the rows ``chosen`` (indices into ``self.rows``): ``p`` (n, D) in
+        place, the state dicts (n, ...) in place or, on the first step, filled."""
+        raise NotImplementedError
+
+    def groups(self, chosen: list[int]) -> list[dict[str, Any]]:
+        return [self.runs[self.rows[i]].optimizer.param_groups[0] for i in chosen]
+
+    def column(self, values: list[float], like: torch.Tensor) -> torch.Tensor:
+        """Per-row values as a column broadcast against ``like`` (n, D)."""
+        return _rows(self._column(values), like)
+
+
+class NAGGSRows(RowwiseUpdate):
+    """NAG-GS: v and x per element, gamma per run (``NAGGS.step``'s foreach arithmetic)."""
+
+    ELEMENT_KEYS = ("v",)
+    SCALAR_KEYS = ("gamma",)
+
+    def step_rows(self, chosen, p, g, element, tensor, scalar, losses):
+        groups = self.groups(chosen)
+        alphas, mu = [grp["lr"] for grp in groups], groups[0]["mu"]
+        a = [alpha / (1.0 + alpha) for alpha in alphas]
+        if "v" not in element:
+            element["v"] = p.clone()
+            scalar["gamma"] = [(1.0 - ai) * grp["gamma"] + ai * mu for ai, grp in zip(a, groups)]
+        gammas = scalar["gamma"]
+        keep = [gamma / (alpha * mu + gamma) for alpha, gamma in zip(alphas, gammas)]
+        pull = [alpha * mu / (alpha * mu + gamma) for alpha, gamma in zip(alphas, gammas)]
+        push = [alpha / (alpha * mu + gamma) for alpha, gamma in zip(alphas, gammas)]
+        v = element["v"]
+        v.mul_(self.column(keep, v)).add_(p * self.column(pull, p)).sub_(g * self.column(push, g))
+        p.lerp_(v, self.column(a, p))
+        scalar["gamma"] = [(1.0 - ai) * gamma + ai * mu for ai, gamma in zip(a, gammas)]
+
+
+class AdaGradNormRows(RowwiseUpdate):
+    """AdaGrad-Norm: the gradient norm per row; ``b_sq`` stays in each run's param group."""
+
+    def step_rows(self, chosen, p, g, element, tensor, scalar, losses):
+        norms = torch.linalg.vector_norm(g.double(), dim=1).tolist()
+        steps = []
+        for group, norm in zip(self.groups(chosen), norms):
+            scale = 1.0
+            if group["clip"] is not None and norm > group["clip"]:
+                scale, norm = group["clip"] / norm, group["clip"]
+            group["b_sq"] = group["b_sq"] + norm**2
+            steps.append(-group["lr"] * scale / group["b_sq"] ** 0.5)
+        p.addcmul_(self.column(steps, p), g)
+
+
+class MomoRows(RowwiseUpdate):
+    """MoMo: d per element, <g, x> averages per tensor, the truncated step per run;
+    each run's loss average and step in its own optimizer's global state."""
+
+    ELEMENT_KEYS = ("grad_avg",)
+    TENSOR_KEYS = ("grad_dot_w",)
+    NEEDS_LOSS = True
+
+    def _advance(self, chosen, losses, beta: float, average_first: bool) -> list[dict[str, Any]]:
+        """Each run's global state, its step counted and its loss averaged in."""
+        globs = []
+        for i, f in zip(chosen, losses):
+            glob = self.runs[self.rows[i]].optimizer._global_state()
+            glob["step"] = k = glob["step"] + 1
+            fresh = k == 1 and average_first
+            glob["loss_avg"] = f if fresh else beta * glob["loss_avg"] + (1.0 - beta) * f
+            globs.append(glob)
+        return globs
+
+    def _gamma(self, tensor, p, g, beta: float, fresh: bool) -> torch.Tensor:
+        """Per tensor: <g, x> averaged into ``grad_dot_w``; per row: their sum."""
+        new = self.per_tensor_sums(p * g)
+        if fresh:
+            tensor["grad_dot_w"] = new
+        else:
+            tensor["grad_dot_w"].mul_(beta).add_(new, alpha=1.0 - beta)
+        return tensor["grad_dot_w"].sum(1)
+
+    def _taus(self, chosen, globs, rho, lb, dot, gamma, norm) -> list[float]:
+        values = zip(chosen, globs, dot.tolist(), gamma.tolist(), norm.tolist())
+        return [self.runs[self.rows[i]].optimizer._adaptive_step(glob, self.groups([i])[0], rho, lb, d, c, n)
+                for i, glob, d, c, n in values]
+
+    def step_rows(self, chosen, p, g, element, tensor, scalar, losses):
+        group = self.groups(chosen)[0]
+        beta, lb, bias_correction = group["beta"], group["lb"], group["bias_correction"]
+        globs = self._advance(chosen, losses, beta, average_first=not bias_correction)
+        k = globs[0]["step"]
+        fresh = k == 1 and not bias_correction  # the averages start at the first values
+        rho = 1.0 - beta**k if bias_correction else 1.0
+        if "grad_avg" not in element:
+            element["grad_avg"] = torch.zeros_like(p)
+            tensor["grad_dot_w"] = torch.zeros((p.shape[0], len(self.names)), dtype=p.dtype, device=p.device)
+        gamma = self._gamma(tensor, p, g, beta, fresh)
+        d = element["grad_avg"]
+        if fresh:
+            d.copy_(g)
+        else:
+            d.mul_(beta).add_(g, alpha=1.0 - beta)
+        dot, norm = (p * d).sum(1), (d * d).sum(1)
+        taus = self._taus(chosen, globs, rho, lb, dot, gamma, norm)
+        p.addcmul_(self.column([-t for t in taus], p), d)
+        groups = self.groups(chosen)
+        if any(grp["weight_decay"] > 0 for grp in groups):
+            p.div_(self.column([1.0 + grp["lr"] * grp["weight_decay"] for grp in groups], p))
+
+
+class MomoAdamRows(MomoRows):
+    """MoMo-Adam: Adam's moments per element (the fused Adam kernel, as the run's own
+    optimizer uses), <g, x> averages per tensor, the truncated step per run."""
+
+    ELEMENT_KEYS = ("grad_avg", "grad_avg_sq")
+
+    def step_rows(self, chosen, p, g, element, tensor, scalar, losses):
+        groups = self.groups(chosen)
+        (beta1, beta2), lb, eps = groups[0]["betas"], groups[0]["lb"], groups[0]["eps"]
+        globs = self._advance(chosen, losses, beta1, average_first=False)
+        k = globs[0]["step"]
+        bc1 = 1.0 - beta1**k
+        if "grad_avg" not in element:
+            element["grad_avg"], element["grad_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+            tensor["grad_dot_w"] = torch.zeros((p.shape[0], len(self.names)), dtype=p.dtype, device=p.device)
+        gamma = self._gamma(tensor, p, g, beta1, fresh=False)
+        d, v = element["grad_avg"], element["grad_avg_sq"]
+        u = adam_direction_into(self, [torch.empty_like(p)], [g], [d], [v], k, beta1, beta2, eps)[0]
+        dot, norm = (p * d).sum(1), (u * d).sum(1).mul_(bc1)  # ||d||^2_{D^-1} = bc1 <u, d>
+        taus = self._taus(chosen, globs, bc1, lb, dot, gamma, norm)
+        decayed = any(grp["weight_decay"] > 0 for grp in groups)
+        if decayed and not groups[0]["divide"]:
+            p.mul_(self.column([1.0 - grp["weight_decay"] * grp["lr"] for grp in groups], p))
+        p.addcmul_(self.column([-t * bc1 for t in taus], p), u)
+        if decayed and groups[0]["divide"]:
+            p.div_(self.column([1.0 + grp["lr"] * grp["weight_decay"] for grp in groups], p))
+
+
+ROWWISE = {NAGGS: NAGGSRows, AdaGradNorm: AdaGradNormRows, Momo: MomoRows, MomoAdam: MomoAdamRows}
+
