@@ -126,7 +126,7 @@ def check_equivalent(specs, data, tmp_path, tol=1e-10, **kwargs):
 # the optimizers whose sweep also varies weight decay per run (a per-run value of the stacked update)
 WD_KEY = {name: "weight_decay" for name in (
     "sgd", "adam", "adamw", "adamw_decoupled", "lion", "radam", "nadam", "adagrad", "amsgrad",
-    "diffgrad", "grams", "exadam", "ademamix", "shampoo", "muon", "momo", "momo_adam")}
+    "diffgrad", "grams", "exadam", "ademamix", "shampoo", "muon", "momo", "momo_adam", "sfadamw", "sfsgd")}
 
 
 def test_the_sweeps_cover_every_optimizer_of_the_registry():
@@ -186,7 +186,7 @@ def test_runs_of_different_lengths_and_log_schedules(mlp_data, tmp_path, f64):
     assert (tmp_path / "batched0" / "checkpoints").is_dir()
 
 
-@pytest.mark.parametrize("name", ["momo", "momo_adam", "nag_gs", "adagrad_norm"])
+@pytest.mark.parametrize("name", ["momo", "momo_adam", "nag_gs", "adagrad_norm", "sfadamw", "sfsgd"])
 def test_rowwise_runs_that_stop_early_leave_the_others_exact(name, mlp_data, tmp_path, f64):
     """A run that finishes early leaves its rows; the others step a subset of the rows."""
     specs = sweep(MLP, name, OPTIMIZERS[name], WD_KEY.get(name))
@@ -195,7 +195,7 @@ def test_rowwise_runs_that_stop_early_leave_the_others_exact(name, mlp_data, tmp
     check_equivalent(specs, mlp_data, tmp_path)
 
 
-@pytest.mark.parametrize("name", ["adamw", "ademamix", "adamp", "shampoo", "adahessian", "muon", "momo_adam", "nag_gs", "adagrad_norm"])
+@pytest.mark.parametrize("name", ["adamw", "ademamix", "adamp", "shampoo", "adahessian", "muon", "momo_adam", "nag_gs", "adagrad_norm", "sfadamw"])
 def test_a_killed_batch_resumes_every_run_exactly(name, cnn_data, mlp_data, tmp_path, f64):
     # muon on the MLP: the CNN has no hidden matrix, so no Muon group
     base, data = (MLP, mlp_data) if name == "muon" else (CNN, cnn_data)
@@ -213,7 +213,7 @@ def test_a_killed_batch_resumes_every_run_exactly(name, cnn_data, mlp_data, tmp_
         assert a.equals(pd.read_parquet(dirs[k] / "metrics.parquet"))
 
 
-@pytest.mark.parametrize("name", ["adamw", "momo", "momo_adam", "nag_gs", "adagrad_norm"])
+@pytest.mark.parametrize("name", ["adamw", "momo", "momo_adam", "nag_gs", "adagrad_norm", "sfadamw", "sfsgd"])
 def test_batched_state_files_are_the_runs_own(name, mlp_data, tmp_path, f64):
     """state_<k>.pt of a batched run continues alone exactly as the run alone's does."""
     specs = [dict(s, checkpoints=[40]) for s in sweep(MLP, name, OPTIMIZERS[name], WD_KEY.get(name))]
@@ -350,7 +350,7 @@ def test_per_tensor_optimizers_share_one_instance(name, mlp_data, f64):
         assert shared_update_key(decayed) is None
 
 
-@pytest.mark.parametrize("name", ["momo", "momo_adam", "nag_gs", "adagrad_norm"])
+@pytest.mark.parametrize("name", ["momo", "momo_adam", "nag_gs", "adagrad_norm", "sfadamw", "sfsgd"])
 def test_optimizers_with_per_run_reductions_step_their_rows_together(name, mlp_data, f64):
     """So the float64 tests above check the rowwise update for these."""
     from descentlab.train.batched import _update_groups

@@ -31,12 +31,13 @@ from typing import Any
 
 import torch
 
-from ..optim import AdaGradNorm, Momo, MomoAdam, NAGGS
+from ..optim import AdaGradNorm, Momo, MomoAdam, NAGGS, ScheduleFreeAdamW, ScheduleFreeSGD
 from ..optim._base import adam_direction_into
 from .stacked_update import RowsUpdate, _freeze, _rows
 
 # keys of a param group that are per run (or state kept in the group), not hyperparameters
-PER_RUN_KEYS = ("params", "lr", "initial_lr", "weight_decay", "b_sq", "foreach")
+PER_RUN_KEYS = ("params", "lr", "initial_lr", "weight_decay", "foreach", "b_sq", "k", "weight_sum", "lr_max",
+                "scheduled_lr", "train_mode")
 _GLOBAL = "global"  # MoMo's model-level state key
 
 
@@ -55,7 +56,7 @@ def rowwise_update_key(run) -> Any:
     if list(group["params"]) != params or any(p.is_complex() for p in params):
         return None
     first = opt.state.get(params[0], {})
-    progress = (tuple(sorted(first)), opt.state.get(_GLOBAL, {}).get("step", 0))
+    progress = (tuple(sorted(first)), opt.state.get(_GLOBAL, {}).get("step", 0), group.get("k", 0))
     shared = tuple(sorted((k, _freeze(v)) for k, v in group.items() if k not in PER_RUN_KEYS))
     return (type(opt), shared, progress)
 
@@ -73,6 +74,9 @@ class RowwiseUpdate(RowsUpdate):
     TENSOR_KEYS: tuple[str, ...] = ()
     SCALAR_KEYS: tuple[str, ...] = ()
     NEEDS_LOSS = False  # whether step_rows reads the runs' losses
+    # whether the runs' own optimizers read their per-element state between steps
+    # (Schedule-Free's eval()/train()): then it is views of the stacked state
+    OWN_STATE_VIEWS = False
 
     def attach(self) -> None:
         flat = self.stack.flat
@@ -82,18 +86,33 @@ class RowwiseUpdate(RowsUpdate):
         self.scalar: dict[str, list[float]] = {}
         own = [self.runs[r].optimizer for r in self.rows]
         states = [[o.state.get(p, {}) for p in o.param_groups[0]["params"]] for o in own]
-        if states[0][0]:  # resumed or restored: the runs' own states, flattened into rows
-            for key in self.ELEMENT_KEYS:
+        first = states[0][0]
+        unknown = set(first) - {*self.ELEMENT_KEYS, *self.TENSOR_KEYS, *self.SCALAR_KEYS}
+        if unknown:
+            raise ValueError(f"{type(self).__name__}: {self.cls.__name__} state has keys {sorted(unknown)} it does not stack")
+        if first:  # resumed or restored: the runs' own states, flattened into rows
+            for key in (k for k in self.ELEMENT_KEYS if k in first):
                 self.element[key] = torch.stack([torch.cat([s[key].reshape(-1) for s in run]) for run in states])
-            for key in self.TENSOR_KEYS:
+            for key in (k for k in self.TENSOR_KEYS if k in first):
                 self.tensor[key] = torch.stack([torch.stack([s[key] for s in run]) for run in states]).to(flat.dtype)
-            for key in self.SCALAR_KEYS:
+            for key in (k for k in self.SCALAR_KEYS if k in first):
                 values = [{s[key] for s in run} for run in states]
                 if any(len(v) != 1 for v in values):
                     raise ValueError(f"{self.cls.__name__}: {key!r} differs between a run's tensors; cannot step its rows")
                 self.scalar[key] = [v.pop() for v in values]
         self.initialized = bool(self.element or self.tensor or self.scalar)
         self._own_state_read_through_sync()
+        for i, r in enumerate(self.rows):
+            self.runs[r].optimizer_state_dict = _state_dict_of(self, i)
+        if self.initialized and self.OWN_STATE_VIEWS:
+            self._link_views()
+
+    def _link_views(self, rows: list[int] | None = None) -> None:
+        """The runs' own per-element state: views of the stacked state, always current."""
+        for i in range(len(self.rows)) if rows is None else rows:
+            opt = self.runs[self.rows[i]].optimizer
+            for name, p in zip(self.names, opt.param_groups[0]["params"]):
+                opt.state[p] = {key: self.stack.row(v, i, name) for key, v in self.element.items()}
 
     def sync(self, i: int) -> None:
         """Copy row ``i``'s per-parameter state into run ``rows[i]``'s own optimizer."""
@@ -122,23 +141,24 @@ class RowwiseUpdate(RowsUpdate):
         in_place = everyone and (self.whole or self.block is not None)
         if not everyone:
             p, g = p[sub], g[sub]
-        elif not in_place:
-            p = p.clone()
         element = {k: v if everyone else v[sub] for k, v in self.element.items()}
         tensor = {k: v if everyone else v[sub] for k, v in self.tensor.items()}
         scalar = {k: [v[i] for i in chosen] for k, v in self.scalar.items()}
         rows_losses = losses.detach()[[self.rows[i] for i in chosen]].tolist() if self.NEEDS_LOSS else []
         with torch.no_grad():
             self.step_rows(chosen, p, g, element, tensor, scalar, rows_losses)
-        self.initialized = True
+        self.initialized, created = True, False
         for store, new in ((self.element, element), (self.tensor, tensor)):
             for k, v in new.items():
                 if everyone:
+                    created |= store.get(k) is not v
                     store[k] = v
                     continue
                 if k not in store:  # created by this step: rows that did not step have none yet
-                    store[k] = torch.zeros((len(on), *v.shape[1:]), dtype=v.dtype, device=v.device)
+                    store[k], created = torch.zeros((len(on), *v.shape[1:]), dtype=v.dtype, device=v.device), True
                 store[k][sub] = v
+        if created and self.OWN_STATE_VIEWS:
+            self._link_views()
         for k, v in scalar.items():
             values = self.scalar.setdefault(k, [0.0] * len(on))
             for i, x in zip(chosen, v):
@@ -285,5 +305,63 @@ class MomoAdamRows(MomoRows):
             p.div_(self.column([1.0 + grp["lr"] * grp["weight_decay"] for grp in groups], p))
 
 
-ROWWISE = {NAGGS: NAGGSRows, AdaGradNorm: AdaGradNormRows, Momo: MomoRows, MomoAdam: MomoAdamRows}
+class ScheduleFreeRows(RowwiseUpdate):
+    """Schedule-Free AdamW and SGD: z (and AdamW's v) per element; each run's lr_k and
+    averaging weight from its own optimizer's schedule (its param group keeps k and the
+    weight sums). The runs' own z are views of the stacked z, which their eval()/train()
+    (evaluation, checkpoints) read."""
+
+    ELEMENT_KEYS = ("z", "exp_avg_sq")  # SGD: z only
+    OWN_STATE_VIEWS = True
+
+    def step_rows(self, chosen, p, g, element, tensor, scalar, losses):
+        own = [self.runs[self.rows[i]].optimizer for i in chosen]
+        for o in own:  # as their own step(): refused in eval mode
+            o._check_train_mode()
+        groups = [o.param_groups[0] for o in own]
+        adamw = isinstance(own[0], ScheduleFreeAdamW)
+        if adamw:
+            beta, beta2 = groups[0]["betas"]
+            bias_correction2 = 1.0 - beta2 ** (groups[0]["k"] + 1)
+            paper = groups[0]["bias_correction"] == "paper"
+            bias = bias_correction2**0.5 if paper else 1.0
+        else:
+            beta, bias = groups[0]["momentum"], 1.0
+        lrs, ckp1s = zip(*(o._schedule(grp, bias) for o, grp in zip(own, groups)))
+        if "z" not in element:
+            element["z"] = p.clone()
+            if adamw:
+                element["exp_avg_sq"] = torch.zeros_like(p)
+        z = element["z"]
+        if adamw:
+            v = element["exp_avg_sq"]
+            v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+            denom = v.sqrt() if paper else v.div(bias_correction2).sqrt_()
+            u = g / denom.add_(groups[0]["eps"])
+        else:
+            u = g
+        decays = [grp["weight_decay"] for grp in groups]
+        if any(decays):  # taken at y: AdamW's decoupled into z's step, SGD's coupled into the gradient
+            u = u + self.column(decays, p) * p
+        p.lerp_(z, self.column(list(ckp1s), p))
+        p.addcmul_(self.column([lr * (beta * (1.0 - c) - 1.0) for lr, c in zip(lrs, ckp1s)], p), u)
+        z.addcmul_(self.column([-lr for lr in lrs], z), u)
+
+
+ROWWISE = {NAGGS: NAGGSRows, AdaGradNorm: AdaGradNormRows, Momo: MomoRows, MomoAdam: MomoAdamRows,
+           ScheduleFreeAdamW: ScheduleFreeRows, ScheduleFreeSGD: ScheduleFreeRows}
+
+
+def _state_dict_of(update: RowwiseUpdate, i: int):
+    """Run ``rows[i]``'s own ``optimizer.state_dict()``, its state copied in (not views of the stack)."""
+    optimizer = update.runs[update.rows[i]].optimizer
+
+    def state_dict() -> dict[str, Any]:
+        update.sync(i)
+        packed = optimizer.state_dict()
+        if update.OWN_STATE_VIEWS:
+            update._link_views([i])
+        return packed
+
+    return state_dict
 
