@@ -126,7 +126,7 @@ def check_equivalent(specs, data, tmp_path, tol=1e-10, **kwargs):
 # the optimizers whose sweep also varies weight decay per run (a per-run value of the stacked update)
 WD_KEY = {name: "weight_decay" for name in (
     "sgd", "adam", "adamw", "adamw_decoupled", "lion", "radam", "nadam", "adagrad", "amsgrad",
-    "diffgrad", "grams", "exadam", "ademamix", "shampoo", "muon", "momo", "momo_adam", "sfadamw", "sfsgd")}
+    "diffgrad", "grams", "exadam", "ademamix", "shampoo", "muon", "momo", "momo_adam", "sfadamw", "sfsgd", "mars", "adafactor")}
 
 
 def test_the_sweeps_cover_every_optimizer_of_the_registry():
@@ -152,7 +152,7 @@ def test_per_run_optimizer_path_matches_too(name, mlp_data, tmp_path, f64):
     check_equivalent(sweep(MLP, name, OPTIMIZERS[name], WD_KEY[name]), mlp_data, tmp_path, stacked_updates=False)
 
 
-@pytest.mark.parametrize("name", ["sgd", "adamw", "adamp"])
+@pytest.mark.parametrize("name", ["sgd", "adamw", "adamp", "adafactor", "mars", "momo_adam"])
 def test_batchnorm_cnn_matches_one_by_one_in_float64(name, cnn_data, tmp_path, f64):
     check_equivalent(sweep(CNN, name, OPTIMIZERS[name], WD_KEY.get(name)), cnn_data, tmp_path)
 
@@ -186,7 +186,12 @@ def test_runs_of_different_lengths_and_log_schedules(mlp_data, tmp_path, f64):
     assert (tmp_path / "batched0" / "checkpoints").is_dir()
 
 
-@pytest.mark.parametrize("name", ["momo", "momo_adam", "nag_gs", "adagrad_norm", "sfadamw", "sfsgd"])
+@pytest.mark.parametrize("options", [{"mars_type": "lion", "lr": 3e-4}, {"optimize_1d": True}, {"gamma": 0.0, "lr_1d": 0.01}])
+def test_mars_variants_match_one_by_one_in_float64(options, mlp_data, tmp_path, f64):
+    check_equivalent(sweep(MLP, "mars", dict(OPTIMIZERS["mars"], **options), "weight_decay"), mlp_data, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["momo", "momo_adam", "nag_gs", "adagrad_norm", "sfadamw", "sfsgd", "mars", "adafactor"])
 def test_rowwise_runs_that_stop_early_leave_the_others_exact(name, mlp_data, tmp_path, f64):
     """A run that finishes early leaves its rows; the others step a subset of the rows."""
     specs = sweep(MLP, name, OPTIMIZERS[name], WD_KEY.get(name))
@@ -195,7 +200,7 @@ def test_rowwise_runs_that_stop_early_leave_the_others_exact(name, mlp_data, tmp
     check_equivalent(specs, mlp_data, tmp_path)
 
 
-@pytest.mark.parametrize("name", ["adamw", "ademamix", "adamp", "shampoo", "adahessian", "muon", "momo_adam", "nag_gs", "adagrad_norm", "sfadamw"])
+@pytest.mark.parametrize("name", ["adamw", "ademamix", "adamp", "shampoo", "adahessian", "muon", "momo_adam", "nag_gs", "adagrad_norm", "sfadamw", "mars", "adafactor"])
 def test_a_killed_batch_resumes_every_run_exactly(name, cnn_data, mlp_data, tmp_path, f64):
     # muon on the MLP: the CNN has no hidden matrix, so no Muon group
     base, data = (MLP, mlp_data) if name == "muon" else (CNN, cnn_data)
@@ -213,7 +218,7 @@ def test_a_killed_batch_resumes_every_run_exactly(name, cnn_data, mlp_data, tmp_
         assert a.equals(pd.read_parquet(dirs[k] / "metrics.parquet"))
 
 
-@pytest.mark.parametrize("name", ["adamw", "momo", "momo_adam", "nag_gs", "adagrad_norm", "sfadamw", "sfsgd"])
+@pytest.mark.parametrize("name", ["adamw", "momo", "momo_adam", "nag_gs", "adagrad_norm", "sfadamw", "sfsgd", "mars", "adafactor"])
 def test_batched_state_files_are_the_runs_own(name, mlp_data, tmp_path, f64):
     """state_<k>.pt of a batched run continues alone exactly as the run alone's does."""
     specs = [dict(s, checkpoints=[40]) for s in sweep(MLP, name, OPTIMIZERS[name], WD_KEY.get(name))]
@@ -350,7 +355,7 @@ def test_per_tensor_optimizers_share_one_instance(name, mlp_data, f64):
         assert shared_update_key(decayed) is None
 
 
-@pytest.mark.parametrize("name", ["momo", "momo_adam", "nag_gs", "adagrad_norm", "sfadamw", "sfsgd"])
+@pytest.mark.parametrize("name", ["momo", "momo_adam", "nag_gs", "adagrad_norm", "sfadamw", "sfsgd", "mars", "adafactor"])
 def test_optimizers_with_per_run_reductions_step_their_rows_together(name, mlp_data, f64):
     """So the float64 tests above check the rowwise update for these."""
     from descentlab.train.batched import _update_groups
