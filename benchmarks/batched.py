@@ -23,7 +23,7 @@ reported. After an untimed warm-up job of two runs (imports), wall time covers t
 float32 columns compare the final validation losses of the two modes with
 the spread between seeds (std over seeds at one setting, median over settings).
 
-    python benchmarks/batched.py [--repeats 3] [--steps 300] [--slice-steps 100] [--only mlp-adam]
+    python benchmarks/batched.py [--repeats 3] [--steps 300] [--slice-steps 300] [--only mlp-adam]
 
 Writes benchmarks/results/batched.md.
 """
@@ -178,7 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=300, help="steps of the mlp-adam and cnn-bn runs (the study's 300)")
-    parser.add_argument("--slice-steps", type=int, default=100, help="steps of the optimizer-slice runs")
+    parser.add_argument("--slice-steps", type=int, default=300, help="steps of the optimizer-slice runs (the study's 300)")
     parser.add_argument("--only", choices=WORKLOADS, action="append")
     parser.add_argument("--child", nargs=2, metavar=("WORKLOAD", "MODE"))
     parser.add_argument("--out", type=Path, default=OUT)

@@ -15,10 +15,13 @@ runs' parameters stacked, one batched pass), and, for optimizers whose update is
 elementwise and linear in the learning rate, the update itself
 (``stacked_update``); for those with per-tensor reductions whose update is
 linear in the learning rate (AdamP, SGDP, Shampoo, MuonAdamW), one instance
-that steps every run's tensors, each reduced on its own (``shared_update``).
-Every other optimizer steps each run's own instance on its own parameters and
-gradient (rows of the stacked tensors), so reductions over a run's
-parameters (AdaGrad-Norm, MoMo) stay per run. The global
+that steps every run's tensors, each reduced on its own (``shared_update``);
+for those whose step needs reductions over a run's parameters or numbers of
+its own (AdaGrad-Norm, MoMo, MoMo-Adam, NAG-GS, Schedule-Free, MARS,
+Adafactor), one step on every run's rows with the reductions per row
+(``rowwise_update``). Any other optimizer (or one of these with options
+outside those forms) steps each run's own instance on its own parameters and
+gradient (rows of the stacked tensors). The global
 torch RNG is swapped per run around everything a run does on its own, so
 instruments and optimizers that draw from it see the stream they would alone.
 
@@ -357,6 +360,8 @@ def train_job(
         alone += batches.pop(key)
     results: dict[int, RunResult] = {}
     for members in batches.values():
+        # runs of one optimizer next to each other: an update's rows are then a view of the stack
+        members.sort(key=lambda k: canonical(specs[k])["optimizer"]["name"])
         log.info("%d runs train as one batch: %s", len(members), ", ".join(Path(out_dirs[k]).name for k in members))
         for k, result in zip(members, train_batched(
             [specs[k] for k in members], datas[members[0]], [out_dirs[k] for k in members], device=device, progress=progress,

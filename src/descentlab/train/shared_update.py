@@ -26,8 +26,8 @@ decoupled ``weight_decay``), and equal step counts; AdamP and SGDP only
 without weight decay (their decay is not a plain ``1 - lr * wd``). The
 instance is built like run 0's own optimizer (its param groups, over run 0's
 shadow tensors), then each group takes the other runs' tensors of the same
-names. MARS is not here: its 1-D tensors take their own learning rate
-(``lr_1d``, a per-run ratio to ``lr`` in a sweep) and weight decay.
+names. MARS is not here (``rowwise_update``): its 1-D tensors take their own
+learning rate (``lr_1d``, a per-run ratio to ``lr`` in a sweep) and weight decay.
 Each run's own optimizer holds its state whenever it is read (resume points,
 ``state_<k>.pt``): its tensors' states copied in (``sync``).
 """
