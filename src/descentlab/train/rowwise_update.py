@@ -1,7 +1,9 @@
 """``RowwiseUpdate``: one step for many runs of an optimizer whose update is
 elementwise once a few numbers per run are known: reductions over the run's
-parameters (AdaGrad-Norm's gradient norm, MoMo's inner products and norms)
-or scalars of its state (NAG-GS's gamma).
+parameters or over each of its tensors (AdaGrad-Norm's gradient norm, MoMo's
+inner products and norms, MARS's clipping norms, Adafactor's factored second
+moments and update norms) or numbers of its own (NAG-GS's gamma,
+Schedule-Free's averaging weights).
 
 The runs' per-element state is stacked like the parameters, (rows, D), and
 updated for every run at once; each run's reductions are sums along its row
@@ -44,10 +46,9 @@ _GLOBAL = "global"  # MoMo's model-level state key
 
 def rowwise_update_key(run) -> Any:
     """Runs with equal keys can share a ``RowwiseUpdate``; None: not this path."""
-    rule = ROWWISE.get(type(run.optimizer))
-    if rule is None:
-        return None
     opt = run.optimizer
+    if type(opt) not in ROWWISE:
+        return None
     if len(opt.param_groups) != 1:
         return None
     group = opt.param_groups[0]
@@ -88,7 +89,7 @@ class RowwiseUpdate(RowsUpdate):
     TENSOR_KEYS: tuple[str, ...] = ()
     SHAPED_KEYS: tuple[str, ...] = ()
     SCALAR_KEYS: tuple[str, ...] = ()
-    COUNT_KEYS: tuple[str, ...] = ()  # step counts: 0-dim float32 tensors in the own state, one number per row here
+    COUNT_KEYS: tuple[str, ...] = ()  # step counts: 0-dim tensors in the own state (``count_dtype``), one number per row here
     NEEDS_LOSS = False  # whether step_rows reads the runs' losses
     # whether the runs' own optimizers read their per-element state between steps
     # (Schedule-Free's eval()/train()): then it is views of the stacked state
