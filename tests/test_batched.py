@@ -260,6 +260,34 @@ def test_train_job_batches_compatible_runs_and_trains_the_rest_alone(mlp_data, c
     assert_same_runs([tmp_path / f"a{k}" for k in range(5)], [tmp_path / f"j{k}" for k in range(5)], 1e-10)
 
 
+def test_split_evenly_makes_the_fewest_even_consecutive_parts():
+    from descentlab.train.batched import max_stack, split_evenly
+
+    assert split_evenly(list(range(5)), None) == [list(range(5))]
+    assert split_evenly(list(range(5)), 5) == [list(range(5))]
+    assert split_evenly(list(range(59)), 32) == [list(range(30)), list(range(30, 59))]
+    for n in range(1, 80):
+        for most in (1, 3, 32):
+            parts = split_evenly(list(range(n)), most)
+            assert sum(parts, []) == list(range(n)) and len(parts) == -(-n // most)
+            assert max(map(len, parts)) <= most and max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert max_stack("cpu") == 32 and max_stack("cuda") is None
+
+
+def test_train_job_cuts_a_batch_larger_than_the_devices_stack(mlp_data, tmp_path, f64, caplog, monkeypatch):
+    from descentlab.train import batched
+
+    monkeypatch.setattr(batched, "CPU_MAX_STACK", 2)
+    specs = sweep(MLP, "momo", OPTIMIZERS["momo"])[:1] + sweep(MLP, "adam", OPTIMIZERS["adam"])
+    with caplog.at_level("INFO", logger="descentlab"):
+        train_job(specs, [mlp_data] * 4, [tmp_path / f"j{k}" for k in range(4)])
+    # the runs of one optimizer next to each other (adam before momo), in stacks of at most 2
+    assert "2 runs train as one batch: j1, j2" in caplog.text and "2 runs train as one batch: j3, j0" in caplog.text
+    for k, spec in enumerate(specs):
+        train_run(spec, mlp_data, tmp_path / f"a{k}")
+    assert_same_runs([tmp_path / f"a{k}" for k in range(4)], [tmp_path / f"j{k}" for k in range(4)], 1e-10)
+
+
 def test_train_job_without_batching_is_train_run(mlp_data, tmp_path, f64):
     specs = sweep(MLP, "adam", OPTIMIZERS["adam"])[:2]
     train_job(specs, [mlp_data] * 2, [tmp_path / "j0", tmp_path / "j1"], batched=False)

@@ -2,7 +2,8 @@
 
 ``train_job`` is what a training job calls: it sorts its runs into batches of
 compatible runs (``batch_key``: same data, architecture, batch size and
-device) and trains each batch with ``train_batched``; a run that cannot be
+device), cuts a batch larger than its device's ``max_stack`` into even
+parts, and trains each with ``train_batched``; a run that cannot be
 batched (``why_not_batched``), that batching would slow down on its device
 (``why_alone_on``: a GPT on a CPU) or that has no partner trains alone with
 ``train_run``, in the same job. ``batched=False`` trains every run alone.
@@ -72,7 +73,7 @@ from .rowwise_update import ROWWISE, rowwise_update_key
 from .shared_update import SharedInstanceUpdate, shared_update_key
 from .stacked_update import StackedUpdate, stacked_update_key
 
-__all__ = ["batch_key", "train_batched", "train_job", "why_alone_on", "why_not_batched"]
+__all__ = ["batch_key", "max_stack", "split_evenly", "train_batched", "train_job", "why_alone_on", "why_not_batched"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,34 @@ def why_not_batched(spec: dict[str, Any]) -> str | None:
     if spec["subspace"] is not None:
         return "subspace runs are not batched"
     return None
+
+
+# On a CPU, a stack of more runs than this trains slower per run: the digits CNN
+# with BatchNorm took about 1.2 ms per run-step at 8-32 runs and 1.7-2.1 ms at
+# 40-64 (1 run alone: 2.2 ms); the MNIST-1D MLP was fastest at 32-64 runs
+# (benchmarks/results/stack_size.md). Larger batches of a job train as several
+# stacks, one after another. On a GPU no cap was measured, so none is set.
+CPU_MAX_STACK = 32
+
+
+def max_stack(device: Any) -> int | None:
+    """The most runs one stack holds on ``device`` (None: no limit)."""
+    return CPU_MAX_STACK if torch.device(device).type == "cpu" else None
+
+
+def split_evenly(members: list[int], most: int | None) -> list[list[int]]:
+    """``members`` in order, cut into the fewest consecutive parts of at most ``most``,
+    their sizes differing by at most one."""
+    if most is None or len(members) <= most:
+        return [members]
+    parts = -(-len(members) // most)
+    size, extra = divmod(len(members), parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + size + (i < extra)
+        out.append(members[start:end])
+        start = end
+    return out
 
 
 def why_alone_on(spec: dict[str, Any], device: Any) -> str | None:
@@ -359,9 +388,15 @@ def train_job(
     for key in [key for key, members in batches.items() if len(members) == 1]:
         alone += batches.pop(key)
     results: dict[int, RunResult] = {}
+    stacks = []
     for members in batches.values():
         # runs of one optimizer next to each other: an update's rows are then a view of the stack
         members.sort(key=lambda k: canonical(specs[k])["optimizer"]["name"])
+        stacks += split_evenly(members, max_stack(device))
+    for members in stacks:
+        if len(members) == 1:  # nothing to stack with
+            alone += members
+            continue
         log.info("%d runs train as one batch: %s", len(members), ", ".join(Path(out_dirs[k]).name for k in members))
         for k, result in zip(members, train_batched(
             [specs[k] for k in members], datas[members[0]], [out_dirs[k] for k in members], device=device, progress=progress,
