@@ -381,7 +381,7 @@ class ScheduleFreeRows(RowwiseUpdate):
 
 class MARSRows(RowwiseUpdate):
     """MARS: the moments and the previous gradient per element; the clipping norm per
-    tensor; per state.element, MARS (its betas, the run's lr and weight decay) or, on the
+    tensor; per element, MARS (its betas, the run's lr and weight decay) or, on the
     tensors MARS leaves to AdamW, AdamW (``betas_1d``, lr * the run's ``lr_1d_factor``,
     ``weight_decay_1d``)."""
 
