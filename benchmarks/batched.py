@@ -24,6 +24,8 @@ float32 columns compare the final validation losses of the two modes with
 the spread between seeds (std over seeds at one setting, median over settings).
 
     python benchmarks/batched.py [--repeats 3] [--steps 300] [--slice-steps 300] [--only mlp-adam]
+    python benchmarks/batched.py --only mlp-adam --mlp-runs 256 --device cuda --out benchmarks/results/batched_gpu.md
+                                                        # where a GPU is lent: the issue's 256-run measurement
 
 Writes benchmarks/results/batched.md.
 """
@@ -57,11 +59,12 @@ def study_base(steps: int) -> dict:
     return dict(base, steps=steps, schedule=schedule, log_every=min(base["log_every"], steps), eval_every=min(base["eval_every"], steps))
 
 
-def workload(name: str, steps: int, slice_steps: int) -> list[dict]:
+def workload(name: str, steps: int, slice_steps: int, mlp_runs: int = 32) -> list[dict]:
     """The run specs of a workload; "setting" groups the seeds of one setting."""
-    if name == "mlp-adam":
+    if name == "mlp-adam":  # 8 learning rates x mlp_runs / 8 seeds
         base = dict(study_base(steps), **MNIST1D)
-        return [dict(base, seed=s, optimizer={"name": "adam", "lr": lr}) for lr in [1e-4 * 2**k for k in range(8)] for s in range(4)]
+        seeds = range(max(1, mlp_runs // 8))
+        return [dict(base, seed=s, optimizer={"name": "adam", "lr": lr}) for lr in [1e-4 * 2**k for k in range(8)] for s in seeds]
     if name == "cnn-bn":
         base = dict(study_base(steps), **DIGITS_CNN)
         return [dict(base, seed=s, optimizer={"name": "adam", "lr": lr}) for lr in (1e-3, 3e-3, 1e-2, 3e-2) for s in range(4)]
@@ -87,8 +90,8 @@ def workload(name: str, steps: int, slice_steps: int) -> list[dict]:
 WORKLOADS = ("mlp-adam", "optimizer-slice", "cnn-bn", "gpt")
 
 
-def child(name: str, mode: str, steps: int, slice_steps: int) -> None:
-    """One measurement, in this process: print seconds, max RSS and final val losses."""
+def child(name: str, mode: str, steps: int, slice_steps: int, mlp_runs: int, device: str) -> None:
+    """One measurement, in this process: print seconds, max RSS (and on a GPU its peak allocation) and final val losses."""
     import pandas as pd
     import torch
 
@@ -96,20 +99,22 @@ def child(name: str, mode: str, steps: int, slice_steps: int) -> None:
     from descentlab.train.batched import train_batched, train_job
 
     torch.set_num_threads(1)
-    specs = workload(name, steps, slice_steps)
+    specs = workload(name, steps, slice_steps, mlp_runs)
     data = build_dataset(specs[0]["dataset"])
     with tempfile.TemporaryDirectory() as tmp:
         # Warm-up (imports, the code fingerprint), not timed: the per-run cost is what is compared.
         warm = [dict(s, steps=2, log_every=1, eval_every=1, schedule={"name": "constant"}) for s in specs[:2]]
-        train_job(warm, [data] * 2, [Path(tmp) / "warm0", Path(tmp) / "warm1"], batched=(mode == "batched"), progress=False)
+        train_job(warm, [data] * 2, [Path(tmp) / "warm0", Path(tmp) / "warm1"], batched=(mode == "batched"), progress=False, device=device)
         if mode == "batched" and name == "gpt":
-            train_batched(warm, data, [Path(tmp) / "warm2", Path(tmp) / "warm3"], progress=False)
+            train_batched(warm, data, [Path(tmp) / "warm2", Path(tmp) / "warm3"], progress=False, device=device)
+        if device != "cpu":
+            torch.cuda.reset_peak_memory_stats()
         dirs = [Path(tmp) / f"run{k}" for k in range(len(specs))]
         start, cpu_start = time.perf_counter(), time.process_time()
         if mode == "batched" and name == "gpt":  # train_job trains GPT runs alone on a CPU (why_alone_on)
-            train_batched(specs, data, dirs, progress=False)
+            train_batched(specs, data, dirs, progress=False, device=device)
         else:
-            train_job(specs, [data] * len(specs), dirs, batched=(mode == "batched"), progress=False)
+            train_job(specs, [data] * len(specs), dirs, batched=(mode == "batched"), progress=False, device=device)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         finals = []
         for d in dirs:
@@ -117,7 +122,8 @@ def child(name: str, mode: str, steps: int, slice_steps: int) -> None:
             v = m[(m.split == "val") & (m.metric == "loss")].sort_values("step").value
             finals.append(float(v.iloc[-1]) if len(v) else float("nan"))
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "rss_mb": rss_mb, "finals": finals, "runs": len(specs)}))
+    gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device != "cpu" else None
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "rss_mb": rss_mb, "gpu_mb": gpu_mb, "finals": finals, "runs": len(specs)}))
 
 
 def update_paths(specs: list[dict]) -> dict[str, list[str]]:
@@ -155,10 +161,11 @@ def update_paths(specs: list[dict]) -> dict[str, list[str]]:
     return paths
 
 
-def measure(name: str, mode: str, steps: int, slice_steps: int) -> dict:
+def measure(name: str, mode: str, args) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run(
-        [sys.executable, __file__, "--child", name, mode, "--steps", str(steps), "--slice-steps", str(slice_steps)],
+        [sys.executable, __file__, "--child", name, mode, "--steps", str(args.steps), "--slice-steps", str(args.slice_steps),
+         "--mlp-runs", str(args.mlp_runs), "--device", args.device],
         check=True, capture_output=True, text=True, env=env,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -180,26 +187,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="steps of the mlp-adam and cnn-bn runs (the study's 300)")
     parser.add_argument("--slice-steps", type=int, default=300, help="steps of the optimizer-slice runs (the study's 300)")
     parser.add_argument("--only", choices=WORKLOADS, action="append")
+    parser.add_argument("--mlp-runs", type=int, default=32, help="runs of mlp-adam (8 lrs x runs/8 seeds; 256 on a GPU)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is lent")
     parser.add_argument("--child", nargs=2, metavar=("WORKLOAD", "MODE"))
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     if args.child:
-        child(*args.child, args.steps, args.slice_steps)
+        child(*args.child, args.steps, args.slice_steps, args.mlp_runs, args.device)
         return
     rows = []
     loads = [os.getloadavg()[0]]
     for name in args.only or WORKLOADS:
-        specs = workload(name, args.steps, args.slice_steps)
+        specs = workload(name, args.steps, args.slice_steps, args.mlp_runs)
         results: dict[str, list[dict]] = {"alone": [], "batched": []}
         for rep in range(args.repeats):
             for mode in ("alone", "batched"):
-                results[mode].append(measure(name, mode, args.steps, args.slice_steps))
+                results[mode].append(measure(name, mode, args))
                 loads.append(os.getloadavg()[0])
                 print(f"{name} {mode} repeat {rep}: {results[mode][-1]['seconds']:.1f} s (CPU {results[mode][-1]['cpu_seconds']:.1f} s),"
                       f" load {loads[-1]:.1f}", file=sys.stderr, flush=True)
         med = {m: statistics.median(r["seconds"] for r in results[m]) for m in results}
         cpu = {m: statistics.median(r["cpu_seconds"] for r in results[m]) for m in results}
         rss = {m: max(r["rss_mb"] for r in results[m]) for m in results}
+        gpu = {m: max(r["gpu_mb"] or 0.0 for r in results[m]) for m in results}
         a, b = results["alone"][-1]["finals"], results["batched"][-1]["finals"]
         diffs = [(abs(x - y), k) for k, (x, y) in enumerate(zip(a, b)) if x == x and y == y]
         diff, worst = max(diffs) if diffs else (float("nan"), 0)
@@ -208,33 +218,47 @@ def main() -> None:
         if name == "optimizer-slice":
             paths = update_paths(specs)
         rows.append((name, n, specs[0]["steps"], 3600 * n / med["alone"], 3600 * n / med["batched"], med["alone"] / med["batched"],
-                     cpu["alone"] / cpu["batched"], rss["alone"], rss["batched"], diff, where, seed_spread(specs, a)))
+                     cpu["alone"] / cpu["batched"], rss["alone"], rss["batched"], diff, where, seed_spread(specs, a),
+                     gpu["alone"], gpu["batched"]))
     write(rows, args, loads, paths if "optimizer-slice" in (args.only or WORKLOADS) else None)
 
 
 def write(rows, args, loads, paths) -> None:
+    on_gpu = args.device != "cpu"
+    options = f" --mlp-runs {args.mlp_runs}" if args.mlp_runs != 32 else ""
+    options += f" --device {args.device}" if on_gpu else ""
+    if on_gpu:
+        import torch
+
+        where = f"on {torch.cuda.get_device_name()} (host: {os.cpu_count()} cores, one torch thread per job)"
+    else:
+        where = (f"on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, one torch thread per job, CPU only"
+                 " (no GPU was available)")
     lines = [
         "# Batched training vs one run after another",
         "",
-        f"`python benchmarks/batched.py --repeats {args.repeats} --steps {args.steps} --slice-steps {args.slice_steps}`"
-        f" on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, one torch thread per job, CPU only"
-        " (no GPU was available), a shared machine under load. Medians of interleaved repeats; after an untimed"
+        f"`python benchmarks/batched.py --repeats {args.repeats} --steps {args.steps} --slice-steps {args.slice_steps}{options}`"
+        f" {where}, a shared machine under load. Medians of interleaved repeats; after an untimed"
         " warm-up job of two runs, wall time of the whole job (building, evaluation,"
         " every run's files). Speed-up: the ratio of those medians (wall time); CPU speed-up: the same for the"
         " measuring process's CPU time, less hit by other processes on the machine (the 1-minute load average"
         f" ranged from {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} cores during the measurements, median"
-        f" {statistics.median(loads):.1f}). Peak memory: the max RSS of the measuring process, torch included.",
+        f" {statistics.median(loads):.1f}). Peak memory: the max RSS of the measuring process, torch included"
+        + ("; on the GPU, torch's peak allocation." if on_gpu else "."),
         "",
         "| workload | runs | steps | runs/hour one by one | runs/hour batched | speed-up | CPU speed-up | peak MB one by one | peak MB batched"
         " | max abs diff of final val loss (float32) | its run | seed spread of final val loss |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, n, steps, rh_a, rh_b, speedup, cpu_speedup, m_a, m_b, diff, where, spread in rows:
+    if on_gpu:
+        lines[-2] += " peak GPU MB one by one | peak GPU MB batched |"
+        lines[-1] += "---|---|"
+    for name, n, steps, rh_a, rh_b, speedup, cpu_speedup, m_a, m_b, diff, worst, spread, g_a, g_b in rows:
         lines.append(f"| {name} | {n} | {steps} | {rh_a:,.0f} | {rh_b:,.0f} | {speedup:.2f}x | {cpu_speedup:.2f}x | {m_a:,.0f} | {m_b:,.0f}"
-                     f" | {diff:.2e} | {where} | {spread:.2e} |")
+                     f" | {diff:.2e} | {worst} | {spread:.2e} |" + (f" {g_a:,.0f} | {g_b:,.0f} |" if on_gpu else ""))
     lines += [
         "",
-        "Workloads: mlp-adam: MNIST-1D MLP (64x2), Adam, 8 learning rates x 4 seeds; optimizer-slice: the MNIST-1D"
+        f"Workloads: mlp-adam: MNIST-1D MLP (64x2), Adam, 8 learning rates x {max(1, args.mlp_runs // 8)} seeds; optimizer-slice: the MNIST-1D"
         " problem of config/studies/optimizer-benchmark.yaml, every optimizer x lr multipliers 1, 3, 10, 30"
         " (one seed, so no seed spread); cnn-bn: the digits CNN (16 channels, 2"
         " blocks, BatchNorm), Adam, 4 learning rates x 4 seeds. The study's schedule (cosine, 30 warmup steps),"
