@@ -46,6 +46,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _publish import publish  # noqa: E402
+
 OUT = Path(__file__).resolve().parent / "results" / "batched.md"
 STUDY = Path(__file__).resolve().parents[1] / "config" / "studies" / "optimizer-benchmark.yaml"
 GPT_STUDY = Path(__file__).resolve().parents[1] / "config" / "studies" / "small-scale-proxies.yaml"
@@ -272,9 +275,7 @@ def write(rows, args, loads, paths) -> None:
         lines += ["How the optimizer slice's runs update in a batch:", ""]
         lines += [f"- {path}: {', '.join(names)}" for path, names in paths.items()]
         lines.append("")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

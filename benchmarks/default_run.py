@@ -22,6 +22,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _publish import publish  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "default_run.md"
 MODES = {"alone": "False", "batched": "True"}
@@ -124,9 +127,7 @@ def write(args, times, studies) -> None:
         lines.append(f"| {study} | {row.alone:.0f} | {row.batched:.0f} | {ratio} |")
     lines.append(f"| total | {table.alone.sum():.0f} | {table.batched.sum():.0f} | {table.alone.sum() / table.batched.sum():.2f}x |")
     lines.append("")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

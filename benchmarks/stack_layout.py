@@ -23,11 +23,15 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _publish import publish  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "stack_layout.md"
 CASES = [(5, 256), (16, 64), (32, 64)]  # (runs, width): a 40 -> W -> W -> 10 MLP, batch 64
@@ -111,9 +115,7 @@ def main() -> None:
         med = {name: statistics.median(v) for name, v in times.items()}
         lines.append(f"| {R} | {width} | {med['slices']:.2f} | {med['leaves']:.2f} | {med['split']:.2f} |")
     lines.append("")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _publish import publish  # noqa: E402
 from batched import workload  # noqa: E402  (the same problems as the batched benchmark)
 
 from descentlab.data import build_dataset  # noqa: E402
@@ -101,9 +102,7 @@ def main() -> None:
     ]
     lines += [f"| {label} | {R} | {ms:.3f} | {mb:.1f} |" for label, R, ms, mb in rows]
     lines.append("")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":
