@@ -62,14 +62,20 @@ class AdaGradNorm(MultiTensorOptimizer):
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         pass  # all state is in the group
 
-    def _apply(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-               grad_norm: float, foreach: bool) -> None:
+    @staticmethod
+    def step_size(group: dict[str, Any], grad_norm: float) -> float:
+        """Accumulate the (clipped) ``grad_norm`` into the group's ``b_sq``; return
+        this step's size, lr * scale / b (the batched update uses it per run too)."""
         scale = 1.0
         if group["clip"] is not None and grad_norm > group["clip"]:
             scale = group["clip"] / grad_norm
             grad_norm = group["clip"]
         group["b_sq"] = group["b_sq"] + grad_norm**2
-        step_size = as_float(group["lr"]) * scale / math.sqrt(group["b_sq"])
+        return as_float(group["lr"]) * scale / math.sqrt(group["b_sq"])
+
+    def _apply(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+               grad_norm: float, foreach: bool) -> None:
+        step_size = self.step_size(group, grad_norm)
         if foreach:
             torch._foreach_add_(params, grads, alpha=-step_size)
         else:

@@ -69,6 +69,12 @@ class NAGGS(torch.optim.Optimizer):
             raise ValueError(f"Invalid gamma (> 0): {gamma}")
         super().__init__(params, dict(lr=lr, mu=mu, gamma=gamma, foreach=foreach))
 
+    @staticmethod
+    def coefficients(alpha: float, mu: float, gamma: float) -> tuple[float, float, float]:
+        """(1 - b, b, c) of the v update v <- (1 - b) v + b x - c g, with
+        b = alpha mu / (alpha mu + gamma) and c = alpha / (alpha mu + gamma)."""
+        return gamma / (alpha * mu + gamma), alpha * mu / (alpha * mu + gamma), alpha / (alpha * mu + gamma)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
         loss = None
@@ -89,10 +95,7 @@ class NAGGS(torch.optim.Optimizer):
                     state["v"] = p.detach().clone(memory_format=torch.preserve_format)
                     state["gamma"] = (1.0 - a) * group["gamma"] + a * mu  # gamma_1; x_1 = x_0
             gammas = [self.state[p]["gamma"] for p in params]
-            # v <- (1 - b) v + b x - c g, with b = alpha mu/(alpha mu + gamma), c = alpha/(alpha mu + gamma)
-            keep = [gamma / (alpha * mu + gamma) for gamma in gammas]
-            pull = [alpha * mu / (alpha * mu + gamma) for gamma in gammas]
-            push = [alpha / (alpha * mu + gamma) for gamma in gammas]
+            keep, pull, push = (list(c) for c in zip(*(self.coefficients(alpha, mu, gamma) for gamma in gammas)))
             # complex parameters are updated as their real views (torch.optim's convention)
             vs = [as_real(self.state[p]["v"]) for p in params]
             grads = [as_real(p.grad) for p in params]

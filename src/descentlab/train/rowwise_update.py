@@ -124,10 +124,12 @@ class RowwiseUpdate(RowsUpdate):
                 self.scalar[key] = [v.pop() for v in values]
         self.initialized = bool(self.element or self.tensor or self.shaped or self.scalar)
         self._own_state_read_through_sync()
-        for i, r in enumerate(self.rows):
-            self.runs[r].optimizer_state_dict = _state_dict_of(self, i)
         if self.initialized and self.OWN_STATE_VIEWS:
             self._link_views()
+
+    def after_state_read(self, i: int) -> None:
+        if self.OWN_STATE_VIEWS:  # sync left copies in the run's own state: views again
+            self._link_views([i])
 
     def _link_views(self, rows: list[int] | None = None) -> None:
         """The runs' own per-element state: views of the stacked state, always current."""
@@ -167,7 +169,7 @@ class RowwiseUpdate(RowsUpdate):
         sub = None if everyone else torch.tensor(chosen, device=self.stack.flat.device)
         P = self.stack.flat
         p, g = self._rows_of(P.detach()), self._rows_of(P.grad)
-        in_place = everyone and (self.whole or self.block is not None)
+        in_place = everyone and self.block is not None
         if not everyone:
             p, g = p[sub], g[sub]
         state = RowState(
@@ -227,9 +229,7 @@ class NAGGSRows(RowwiseUpdate):
             state.element["v"] = p.clone()
             state.scalar["gamma"] = [(1.0 - ai) * grp["gamma"] + ai * mu for ai, grp in zip(a, groups)]
         gammas = state.scalar["gamma"]
-        keep = [gamma / (alpha * mu + gamma) for alpha, gamma in zip(alphas, gammas)]
-        pull = [alpha * mu / (alpha * mu + gamma) for alpha, gamma in zip(alphas, gammas)]
-        push = [alpha / (alpha * mu + gamma) for alpha, gamma in zip(alphas, gammas)]
+        keep, pull, push = (list(c) for c in zip(*(NAGGS.coefficients(alpha, mu, gamma) for alpha, gamma in zip(alphas, gammas))))
         v = state.element["v"]
         v.mul_(self.column(keep, v)).add_(p * self.column(pull, p)).sub_(g * self.column(push, g))
         p.lerp_(v, self.column(a, p))
@@ -241,13 +241,7 @@ class AdaGradNormRows(RowwiseUpdate):
 
     def step_rows(self, chosen, p, g, state, losses):
         norms = torch.linalg.vector_norm(g.double(), dim=1).tolist()
-        steps = []
-        for group, norm in zip(self.groups(chosen), norms):
-            scale = 1.0
-            if group["clip"] is not None and norm > group["clip"]:
-                scale, norm = group["clip"] / norm, group["clip"]
-            group["b_sq"] = group["b_sq"] + norm**2
-            steps.append(-group["lr"] * scale / group["b_sq"] ** 0.5)
+        steps = [-AdaGradNorm.step_size(group, norm) for group, norm in zip(self.groups(chosen), norms)]
         p.addcmul_(self.column(steps, p), g)
 
 
@@ -285,8 +279,8 @@ class MomoRows(RowwiseUpdate):
                 for i, glob, d, c, n in values]
 
     def step_rows(self, chosen, p, g, state, losses):
-        group = self.groups(chosen)[0]
-        beta, lb, bias_correction = group["beta"], group["lb"], group["bias_correction"]
+        groups = self.groups(chosen)
+        beta, lb, bias_correction = groups[0]["beta"], groups[0]["lb"], groups[0]["bias_correction"]
         globs = self._advance(chosen, losses, beta, average_first=not bias_correction)
         k = globs[0]["step"]
         fresh = k == 1 and not bias_correction  # the averages start at the first values
@@ -303,7 +297,6 @@ class MomoRows(RowwiseUpdate):
         dot, norm = (p * d).sum(1), (d * d).sum(1)
         taus = self._taus(chosen, globs, rho, lb, dot, gamma, norm)
         p.addcmul_(self.column([-t for t in taus], p), d)
-        groups = self.groups(chosen)
         if any(grp["weight_decay"] > 0 for grp in groups):
             p.div_(self.column([1.0 + grp["lr"] * grp["weight_decay"] for grp in groups], p))
 
@@ -485,18 +478,4 @@ class AdafactorRows(RowwiseUpdate):
 ROWWISE = {NAGGS: NAGGSRows, AdaGradNorm: AdaGradNormRows, Momo: MomoRows, MomoAdam: MomoAdamRows,
            ScheduleFreeAdamW: ScheduleFreeRows, ScheduleFreeSGD: ScheduleFreeRows, MARS: MARSRows,
            torch.optim.Adafactor: AdafactorRows}
-
-
-def _state_dict_of(update: RowwiseUpdate, i: int):
-    """Run ``rows[i]``'s own ``optimizer.state_dict()``, its state copied in (not views of the stack)."""
-    optimizer = update.runs[update.rows[i]].optimizer
-
-    def state_dict() -> dict[str, Any]:
-        update.sync(i)
-        packed = optimizer.state_dict()
-        if update.OWN_STATE_VIEWS:
-            update._link_views([i])
-        return packed
-
-    return state_dict
 

@@ -108,12 +108,14 @@ class RowsUpdate:
         self.names = list(dict(runs[rows[0]].model.named_parameters()))
         flat = stack.flat  # (R, D): row r holds run r's parameters, in parameters() order
         self.index = torch.tensor(rows, device=flat.device)
-        self.whole = rows == list(range(flat.shape[0]))
         # consecutive rows are a view of the stack (no gather, written in place)
         self.block = slice(rows[0], rows[-1] + 1) if rows == list(range(rows[0], rows[-1] + 1)) else None
 
     def sync(self, i: int) -> None:
         raise NotImplementedError
+
+    def after_state_read(self, i: int) -> None:
+        """Called after run ``rows[i]``'s own state was synced in and read."""
 
     def detach(self) -> None:
         for i, r in enumerate(self.rows):
@@ -142,15 +144,13 @@ class RowsUpdate:
 
     def _rows_of(self, t: torch.Tensor) -> torch.Tensor:
         """This update's rows of a stacked tensor: a view when they are consecutive, else a copy."""
-        if self.whole:
-            return t
         return t[self.block] if self.block is not None else t[self.index]
 
     def _write(self, p: torch.Tensor, new: torch.Tensor, on: list[bool]) -> None:
         """Rows ``p`` (this update's rows of the stack) become ``new``, for the active ones."""
         if not all(on):
             new = torch.where(_rows(torch.tensor(on, device=p.device), p), new, p)
-        if self.whole or self.block is not None:
+        if self.block is not None:
             self._rows_of(self.stack.flat.detach()).copy_(new)
         else:
             self.stack.flat.detach()[self.index] = new
@@ -220,7 +220,7 @@ class StackedUpdate(RowsUpdate):
         u.grad = g
         self.optimizer.step()
         with torch.no_grad():
-            if all(on) and (self.whole or self.block is not None):  # in place: p * decay + lr * u
+            if all(on) and self.block is not None:  # in place: p * decay + lr * u
                 if decay is not None:
                     p.mul_(_rows(decay, p))
                 p.addcmul_(_rows(lr, p), u)
@@ -241,6 +241,8 @@ def _copy(value: Any) -> Any:
 def _synced_state_dict(update: RowsUpdate, i: int, optimizer: torch.optim.Optimizer):
     def state_dict() -> dict[str, Any]:
         update.sync(i)
-        return optimizer.state_dict()
+        packed = optimizer.state_dict()
+        update.after_state_read(i)
+        return packed
 
     return state_dict
