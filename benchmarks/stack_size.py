@@ -3,7 +3,8 @@
 Why ``batched.CPU_MAX_STACK`` caps a stack on a CPU: for the MNIST-1D MLP and
 the digits CNN with BatchNorm (the workloads of benchmarks/batched.py), one
 ``ModelStack.loss_and_grads`` (each run's minibatch, the batched forward and
-backward) at R runs, divided by R. Sizes are interleaved (every size once per
+backward) at R runs, divided by R, with the allocator setting of a training
+job (``keep_freed_memory``). Sizes are interleaved (every size once per
 repeat), medians over repeats, one torch thread (the workflow's default). The
 memory column is the largest activation of the batched pass (R runs x batch x
 the largest layer output of one run), which is what grows with R.
@@ -31,6 +32,7 @@ from batched import workload  # noqa: E402  (the same problems as the batched be
 
 from descentlab.data import build_dataset  # noqa: E402
 from descentlab.spec import validate  # noqa: E402
+from descentlab.train.allocator import keep_freed_memory  # noqa: E402
 from descentlab.train.stack import ModelStack  # noqa: E402
 from descentlab.train.training import Training  # noqa: E402
 
@@ -71,6 +73,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    keep_freed_memory()  # as train_job does (benchmarks/results/allocator.md)
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
     for label, name in PROBLEMS.items():

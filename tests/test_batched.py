@@ -637,3 +637,31 @@ def test_a_killed_batch_with_averagers_resumes_every_run_exactly(mlp_data, tmp_p
         train_batched(specs, mlp_data, dirs, stop_at=40)
     train_batched(specs, mlp_data, dirs)
     assert_same_runs([tmp_path / f"ref{k}" for k in range(3)], dirs, 0.0)
+
+
+def test_batched_evaluation_in_cache_sized_chunks_matches_each_runs_own(cnn_data, f64, monkeypatch):
+    import descentlab.train.batched_eval as batched_eval
+    from descentlab.train.stack import ModelStack
+    from descentlab.train.training import Training
+
+    specs = sweep(dict(CNN, eval_splits=["train", "val"]), "sgd", {"lr": 0.05})
+    runs = [Training(validate(spec), cnn_data, torch.device("cpu")) for spec in specs]
+    for run in runs:  # a few steps, so the BatchNorm running statistics are not their initial ones
+        for _ in range(3):
+            run.take_step()
+    evaluation = batched_eval.BatchedEvaluation(ModelStack(runs, runs[0].loss_fn), runs)
+    x = cnn_data.x["val"]
+    per_run = 4 * 8 * 8  # the CNN's widest layer output on one 8x8 digit: 4 channels
+    assert evaluation.chunk_size(x, 3) == batched_eval.CPU_CHUNK_ELEMENTS // (3 * per_run)
+    monkeypatch.setattr(batched_eval, "CPU_CHUNK_ELEMENTS", 3 * per_run * 40)  # chunks of 40 examples: several per split
+    assert evaluation.chunk_size(x, 3) == 40 and x.shape[0] > 3 * 40
+    evaluation.prepare([0, 1, 2])
+    evaluation.attach()
+    for run in runs:
+        run.evaluate()  # what prepare computed
+    evaluation.detach()
+    for run in runs:
+        batched_rows, run.rows = run.rows, []
+        run.evaluate()  # the run's own evaluate(), evaluate()'s 4,096-example chunks
+        assert [row[:3] for row in batched_rows] == [row[:3] for row in run.rows]
+        assert [row[3] for row in batched_rows] == pytest.approx([row[3] for row in run.rows], abs=1e-12, rel=1e-12)

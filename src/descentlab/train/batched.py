@@ -65,6 +65,7 @@ from ..losses import LOSSES
 from ..optim import OPTIMIZERS
 from ..spec import canonical, validate
 from .loop import Interrupted, OpenRun, RunProgress, RunResult, open_run, train_run
+from .allocator import keep_freed_memory
 from .batched_eval import BatchedEvaluation, evaluates_at
 from .stack import ModelStack
 from .sam_update import SharpnessAwareUpdate, is_sharpness_aware
@@ -196,6 +197,7 @@ def train_batched(
         raise ValueError("train_batched: SAM/ASAM runs batch only with SAM/ASAM runs (their second pass is the whole stack's)")
     if len({validate(spec)["optimizer"]["name"] in HESSIAN_OPTIMIZERS for spec in specs}) > 1:
         raise ValueError("train_batched: AdaHessian runs batch only with AdaHessian runs (the gradient's graph is the whole stack's)")
+    keep_freed_memory()  # a stack's activations are R times a run's: reuse them, do not fault them in each step
     results: dict[int, RunResult] = {}
     opened: list[tuple[int, OpenRun]] = []
     rngs: list[torch.Tensor] = []
@@ -375,6 +377,7 @@ def train_job(
     ``on_result(k, result)`` is called as each run finishes. Results in input order."""
     if not len(specs) == len(datas) == len(out_dirs):
         raise ValueError(f"{len(specs)} specs, {len(datas)} datasets, {len(out_dirs)} output directories")
+    keep_freed_memory()  # the same allocator in both modes (it matters only for stacks)
     batches: dict[tuple, list[int]] = {}
     alone: list[int] = []
     for k, spec in enumerate(specs):
