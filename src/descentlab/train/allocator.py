@@ -5,12 +5,14 @@ glibc's malloc serves large requests (above its ``M_MMAP_THRESHOLD``) with
 fresh ``mmap``s and returns the top of its heap to the kernel once more than
 ``M_TRIM_THRESHOLD`` is free there. A batched step allocates activations R
 times a single run's (4 MB each for 16 digits-CNN runs at batch 64) and frees
-them at the end of the step, so every step page-faults them in again:
-measured (``python benchmarks/stack_size.py``, one process each) 7,400 minor
-faults a step and 44-54 ms a step for 16 stacked digits-CNN runs with glibc's
-defaults, 0 faults and 30 ms with both thresholds raised; a single run's step
-(3.1 ms) does not change. Raising them costs nothing in peak memory: what a
-step freed is reused by the next one instead of being returned and faulted in.
+them at the end of the step; with glibc's adaptive defaults much of that is
+returned and faulted in again the next step. Measured (``python
+benchmarks/allocator.py``, benchmarks/results/allocator.md; each setting its
+own process, interleaved): 16 stacked digits-CNN runs, 4,160 minor faults and
+34.0 ms a step with glibc's defaults, 51 faults and 27.9 ms with both
+thresholds raised (peak RSS 505 vs 509 MB); a single run's step (3.1 vs 3.0
+ms) and 32 stacked MLP runs (2.85 vs 2.75 ms) hardly change. Both thresholds
+are needed: either one alone still faulted 3,000-12,000 pages a step.
 
 ``keep_freed_memory()`` raises both thresholds for the rest of the process
 (they are process-wide settings of the C library; a training job is its own
