@@ -33,6 +33,7 @@ from batched import workload  # noqa: E402  (the same problems as the batched be
 from descentlab.data import build_dataset  # noqa: E402
 from descentlab.spec import validate  # noqa: E402
 from descentlab.train.allocator import keep_freed_memory  # noqa: E402
+from descentlab.train.batched_eval import largest_output_elements  # noqa: E402
 from descentlab.train.stack import ModelStack  # noqa: E402
 from descentlab.train.training import Training  # noqa: E402
 
@@ -42,13 +43,7 @@ PROBLEMS = {"MNIST-1D MLP (64x2)": "mlp-adam", "digits CNN + BatchNorm (16 ch, 2
 
 def largest_activation(run: Training, xb: torch.Tensor) -> int:
     """Elements of the largest layer output of one run's model on a minibatch."""
-    sizes = []
-    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.numel())) for m in run.model.modules() if not list(m.children())]
-    with torch.no_grad():
-        run.model(xb)
-    for h in hooks:
-        h.remove()
-    return max(sizes)
+    return largest_output_elements(run.model, xb)
 
 
 def stepper(name: str, runs: int):
