@@ -28,12 +28,12 @@ x, y = runs[0].x["train"], runs[0].y["train"]
 def step():  # a batched training step of 16 digits-CNN runs: 4 MB activations, freed at its end
     idx = torch.stack([run.sampler.next() for run in runs])
     stack.loss_and_grads(x[idx], y[idx], batched_x=True, inactive=[])
-for _ in range(3):  # warm-up: the heap grows once
+for _ in range(5):  # warm-up: the heap grows (and may grow once more later: measured over 20 steps)
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
+for _ in range(20):
     step()
-print(kept, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 10)
+print(kept, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 20)
 """
 
 glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
@@ -52,7 +52,8 @@ def test_freed_memory_is_reused_not_faulted_in_again():
     assert kept
     # with glibc's defaults a step faults in thousands of pages (measured 4,500-7,400)
     assert faults_default > 1000
-    assert faults_kept < 0.05 * faults_default
+    # kept: none, but for an occasional one-off growth of the heap (up to ~2,000 pages seen)
+    assert faults_kept < 0.1 * faults_default
 
 
 def test_elsewhere_than_glibc_it_does_nothing(monkeypatch):
@@ -61,4 +62,3 @@ def test_elsewhere_than_glibc_it_does_nothing(monkeypatch):
     monkeypatch.setattr(allocator, "_applied", None)
     monkeypatch.setattr(allocator.platform, "libc_ver", lambda: ("", ""))
     assert allocator.keep_freed_memory() is False
-    monkeypatch.setattr(allocator, "_applied", None)  # the next caller checks again

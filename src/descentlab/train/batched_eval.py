@@ -27,9 +27,10 @@ from .training import Training
 
 CHUNK = 4096  # evaluate()'s chunk size
 # On a CPU, at most this many elements of the widest layer output of R runs at once:
-# a chunk of R runs' activations stays in cache. Measured (16 digits-CNN runs,
-# train+val splits): 107 ms with 4,096-example chunks, 80 ms with 32 (2**19 / (16 x
-# 1,024)); 32 MNIST-1D MLP runs: 18 ms either way down to 128 examples, slower below.
+# a chunk of R runs' activations stays in cache. Measured ad hoc (chunk sizes
+# interleaved in one process; no committed benchmark), 16 digits-CNN runs on
+# train+val: 107 ms with 4,096-example chunks, 80 ms with 32 (2**19 / (16 x 1,024));
+# 32 MNIST-1D MLP runs: 18 ms either way down to 128 examples, slower below.
 CPU_CHUNK_ELEMENTS = 2**19
 MIN_CHUNK = 32
 
