@@ -291,7 +291,7 @@ def _train_opened(
 
 def rows_placeholder(run) -> torch.Tensor:
     """Minibatch indices for a run that no longer trains (its row is computed and discarded)."""
-    return torch.zeros(run.sampler.batch_size, dtype=torch.long, device=run.x["train"].device)
+    return torch.zeros(run.sampler.batch_size, dtype=run.sampler.dtype, device=run.x["train"].device)
 
 
 class PerRunUpdate:

@@ -15,6 +15,10 @@ class BatchSampler:
         self.n, self.batch_size, self.device = n, min(batch_size, n), device
         self.full_batch = batch_size >= n
         self.generator = torch.Generator().manual_seed(seed)
+        # int32 indices where they fit: the same permutation as int64 (same draws), in
+        # half the memory. A batched job holds one per run: 16 runs over the 4.3M
+        # windows of a character-level text hold 280 MB of int32 indices, not 550 MB.
+        self.dtype = torch.int32 if n < 2**31 else torch.int64
         self.perm: torch.Tensor | None = None
         self.pos = n  # forces a permutation on the first draw
 
@@ -22,7 +26,7 @@ class BatchSampler:
         if self.full_batch:
             return None
         if self.pos + self.batch_size > self.n:
-            self.perm = torch.randperm(self.n, generator=self.generator).to(self.device)
+            self.perm = torch.randperm(self.n, generator=self.generator, dtype=self.dtype).to(self.device)
             self.pos = 0
         idx = self.perm[self.pos : self.pos + self.batch_size]
         self.pos += self.batch_size
@@ -40,5 +44,5 @@ class BatchSampler:
         if perm is not None and perm.numel() != self.n:
             raise ValueError(f"sampler state is for a training set of {perm.numel()} examples, this one has {self.n}")
         self.generator.set_state(state["generator"])
-        self.perm = None if perm is None else perm.to(self.device)
+        self.perm = None if perm is None else perm.to(self.device, self.dtype)  # int64 in older states
         self.pos = state["pos"]
