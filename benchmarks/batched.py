@@ -99,7 +99,7 @@ def child(name: str, mode: str, steps: int, slice_steps: int, mlp_runs: int, dev
     import torch
 
     from descentlab.data import build_dataset
-    from descentlab.train.batched import train_batched, train_job
+    from descentlab.train.batched import train_job
 
     torch.set_num_threads(1)
     specs = workload(name, steps, slice_steps, mlp_runs)
@@ -108,16 +108,11 @@ def child(name: str, mode: str, steps: int, slice_steps: int, mlp_runs: int, dev
         # Warm-up (imports, the code fingerprint), not timed: the per-run cost is what is compared.
         warm = [dict(s, steps=2, log_every=1, eval_every=1, schedule={"name": "constant"}) for s in specs[:2]]
         train_job(warm, [data] * 2, [Path(tmp) / "warm0", Path(tmp) / "warm1"], batched=(mode == "batched"), progress=False, device=device)
-        if mode == "batched" and name == "gpt":
-            train_batched(warm, data, [Path(tmp) / "warm2", Path(tmp) / "warm3"], progress=False, device=device)
         if device != "cpu":
             torch.cuda.reset_peak_memory_stats()
         dirs = [Path(tmp) / f"run{k}" for k in range(len(specs))]
         start, cpu_start = time.perf_counter(), time.process_time()
-        if mode == "batched" and name == "gpt":  # train_job trains GPT runs alone on a CPU (why_alone_on)
-            train_batched(specs, data, dirs, progress=False, device=device)
-        else:
-            train_job(specs, [data] * len(specs), dirs, batched=(mode == "batched"), progress=False, device=device)
+        train_job(specs, [data] * len(specs), dirs, batched=(mode == "batched"), progress=False, device=device)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         finals = []
         for d in dirs:
@@ -267,8 +262,7 @@ def write(rows, args, loads, paths) -> None:
         " blocks, BatchNorm), Adam, 4 learning rates x 4 seeds. The study's schedule (cosine, 30 warmup steps),"
         " batch 64, evaluation every 25 steps. gpt: the character-level GPT of"
         " config/studies/small-scale-proxies.yaml (2 layers, width 64, 32-token windows, batch 16, AdamWDecoupled,"
-        " z-loss, qk-layernorm), 8 learning rates x 2 seeds, its batched mode forced with train_batched: on a CPU"
-        " train_job trains GPT runs one after another (why_alone_on), because of what this row measures.",
+        " z-loss, qk-layernorm), 8 learning rates x 2 seeds.",
         "",
     ]
     if paths:

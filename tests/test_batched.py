@@ -288,6 +288,20 @@ def test_train_job_cuts_a_batch_larger_than_the_devices_stack(mlp_data, tmp_path
     assert_same_runs([tmp_path / f"a{k}" for k in range(4)], [tmp_path / f"j{k}" for k in range(4)], 1e-10)
 
 
+def test_train_job_stacks_runs_of_one_length(mlp_data, tmp_path, f64, caplog):
+    # a finished run's row would be computed until the stack's longest run ends
+    short, long = sweep(MLP, "adam", OPTIMIZERS["adam"])[:2], sweep(MLP, "adam", OPTIMIZERS["adam"])[:2]
+    long = [dict(spec, steps=2 * spec["steps"]) for spec in long]
+    specs = [short[0], long[0], short[1], long[1]]
+    assert batch_key(specs[0], 0, "cpu") != batch_key(specs[1], 0, "cpu")
+    with caplog.at_level("INFO", logger="descentlab"):
+        train_job(specs, [mlp_data] * 4, [tmp_path / f"j{k}" for k in range(4)])
+    assert "2 runs train as one batch: j0, j2" in caplog.text and "2 runs train as one batch: j1, j3" in caplog.text
+    for k, spec in enumerate(specs):
+        train_run(spec, mlp_data, tmp_path / f"a{k}")
+    assert_same_runs([tmp_path / f"a{k}" for k in range(4)], [tmp_path / f"j{k}" for k in range(4)], 1e-10)
+
+
 def test_train_job_without_batching_is_train_run(mlp_data, tmp_path, f64):
     specs = sweep(MLP, "adam", OPTIMIZERS["adam"])[:2]
     train_job(specs, [mlp_data] * 2, [tmp_path / "j0", tmp_path / "j1"], batched=False)

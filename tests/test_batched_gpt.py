@@ -10,7 +10,7 @@ from descentlab.losses import build_loss
 from descentlab.losses.sequence import PerTokenLoss
 from descentlab.models import MODELS
 from descentlab.train import train_run
-from descentlab.train.batched import train_batched
+from descentlab.train.batched import train_job
 from descentlab.train.batched_losses import stacked_losses
 from descentlab.train.direct_gpt import DirectGPT
 from descentlab.train.stack import ModelStack, direct_forward_of
@@ -110,7 +110,7 @@ SPEC = {
 }
 
 
-def test_a_batched_gpt_job_matches_one_by_one_in_float64(tmp_path, f64):
+def test_a_batched_gpt_job_matches_one_by_one_in_float64(tmp_path, f64, caplog):
     data = build_dataset(SPEC["dataset"])  # token ids: nothing to cast; the models are float64
     specs = [
         dict(SPEC, seed=0, optimizer={"name": "adamw", "lr": 3e-3, "weight_decay": 0.1}, schedule={"name": "cosine", "warmup_steps": 10}),
@@ -121,13 +121,7 @@ def test_a_batched_gpt_job_matches_one_by_one_in_float64(tmp_path, f64):
     together = [tmp_path / f"batched{k}" for k in range(3)]
     for spec, out in zip(specs, alone):
         train_run(spec, data, out)
-    train_batched(specs, data, together)
+    with caplog.at_level("INFO", logger="descentlab"):
+        train_job(specs, [data] * 3, together)  # on a CPU too (benchmarks/results/batched.md, workload gpt)
+    assert "3 runs train as one batch: batched0, batched1, batched2" in caplog.text
     assert_same_runs(alone, together, 1e-10)
-
-
-def test_gpt_runs_train_alone_on_a_cpu_and_batch_elsewhere():
-    from descentlab.train.batched import why_alone_on
-
-    assert "compute-bound" in why_alone_on(SPEC, "cpu")
-    assert why_alone_on(SPEC, "cuda") is None
-    assert why_alone_on(dict(SPEC, model={"name": "mlp"}), "cpu") is None

@@ -1,11 +1,10 @@
 """Batched training: a job's compatible runs trained as one computation.
 
 ``train_job`` is what a training job calls: it sorts its runs into batches of
-compatible runs (``batch_key``: same data, architecture, batch size and
-device), cuts a batch larger than its device's ``max_stack`` into even
+compatible runs (``batch_key``: same data, architecture, batch size,
+device and length), cuts a batch larger than its device's ``max_stack`` into even
 parts, and trains each with ``train_batched``; a run that cannot be
-batched (``why_not_batched``), that batching would slow down on its device
-(``why_alone_on``: a GPT on a CPU) or that has no partner trains alone with
+batched (``why_not_batched``) or that has no partner trains alone with
 ``train_run``, in the same job. ``batched=False`` trains every run alone.
 
 ``train_batched`` keeps every run a run: each has its own ``Training`` (model,
@@ -74,7 +73,7 @@ from .rowwise_update import ROWWISE, rowwise_update_key
 from .shared_update import SharedInstanceUpdate, shared_update_key
 from .stacked_update import StackedUpdate, stacked_update_key
 
-__all__ = ["batch_key", "max_stack", "split_evenly", "train_batched", "train_job", "why_alone_on", "why_not_batched"]
+__all__ = ["batch_key", "max_stack", "split_evenly", "train_batched", "train_job", "why_not_batched"]
 
 log = logging.getLogger(__name__)
 
@@ -128,18 +127,6 @@ def split_evenly(members: list[int], most: int | None) -> list[list[int]]:
     return out
 
 
-def why_alone_on(spec: dict[str, Any], device: Any) -> str | None:
-    """Why a run that could be batched trains alone on ``device`` (None: it batches).
-
-    On a CPU a GPT's step is compute-bound (its softmaxes and attention over
-    every token): batching removes no work there, only Python overhead that
-    is a small part of its step, and holds every run's activations at once
-    (benchmarks/batched.py, workload gpt: slower batched than one by one)."""
-    if torch.device(device).type == "cpu" and canonical(spec)["model"]["name"] == "gpt":
-        return "a GPT's step on a CPU is compute-bound: batching measured slower (benchmarks/results/batched.md)"
-    return None
-
-
 def _loss_names(loss: Any) -> set[str]:
     """Names of the loss and of the losses nested in it (wrappers take a base loss)."""
     names = set()
@@ -152,11 +139,16 @@ def _loss_names(loss: Any) -> set[str]:
 
 
 def batch_key(spec: dict[str, Any], data_key: Any, device: Any) -> tuple:
-    """Runs with equal keys can share one ``ModelStack``."""
+    """Runs with equal keys share one ``ModelStack``.
+
+    Runs of different lengths could share one too, but a finished run's row is
+    computed (and discarded) until the stack's last run ends: a stack of
+    lengths 1x, 2x and 4x does 12 units of work for 7. So runs of one length
+    stack together."""
     spec = canonical(spec)
     sharpness_aware = spec["optimizer"]["name"] in SHARPNESS_AWARE  # their second pass is the whole stack's
     hessian = spec["optimizer"]["name"] in HESSIAN_OPTIMIZERS  # their graph is the whole stack's
-    return (data_key, repr(spec["model"]), spec["batch_size"], str(device), sharpness_aware, hessian)
+    return (data_key, repr(spec["model"]), spec["batch_size"], str(device), sharpness_aware, hessian, spec["steps"])
 
 
 @contextlib.contextmanager
@@ -371,7 +363,7 @@ def train_job(
     on_result: Callable[[int, RunResult], None] | None = None,
 ) -> list[RunResult]:
     """Train a job's runs: compatible ones batched (``train_batched``), the others
-    (``why_not_batched``, ``why_alone_on``), and all of them when ``batched`` is
+    (``why_not_batched``), and all of them when ``batched`` is
     False, one after another (``train_run``).
     ``datas[k]`` is run k's data (runs given the same object can share a batch).
     ``on_result(k, result)`` is called as each run finishes. Results in input order."""
@@ -381,7 +373,7 @@ def train_job(
     batches: dict[tuple, list[int]] = {}
     alone: list[int] = []
     for k, spec in enumerate(specs):
-        reason = (why_not_batched(validate(spec)) or why_alone_on(spec, device)) if batched else None
+        reason = why_not_batched(validate(spec)) if batched else None
         if batched and reason is None:
             batches.setdefault(batch_key(spec, id(datas[k]), device), []).append(k)
         else:
