@@ -99,11 +99,12 @@ def why_not_batched(spec: dict[str, Any]) -> str | None:
     return None
 
 
-# On a CPU, a stack of more runs than this trains slower per run: the digits CNN
-# with BatchNorm took about 1.2 ms per run-step at 8-32 runs and 1.7-2.1 ms at
-# 40-64 (1 run alone: 2.2 ms); the MNIST-1D MLP was fastest at 32-64 runs
-# (benchmarks/results/stack_size.md). Larger batches of a job train as several
-# stacks, one after another. On a GPU no cap was measured, so none is set.
+# On a CPU, past 32 runs a stack gains nothing measurable per run-step (the
+# MNIST-1D MLP 0.085 ms at 32 runs, 0.080 at 48-128; the digits CNN 1.7 ms from
+# 16 to 128 runs, 3.0 alone: benchmarks/results/stack_size.md) while it holds
+# every run's activations and sampler at once (a GPT's window indices: 17 MB a
+# run). Larger batches of a job train as several stacks, one after another. On
+# a GPU no cap was measured, so none is set.
 CPU_MAX_STACK = 32
 
 
