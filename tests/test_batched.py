@@ -243,6 +243,14 @@ def test_batched_state_files_are_the_runs_own(name, mlp_data, tmp_path, f64):
                 assert other == pytest.approx(value, rel=1e-12), key
 
 
+def assert_job_is_one_by_one(specs, datas, tmp_path):
+    """The runs a job wrote to j<k> against each trained alone (train_run) into a<k>, to 1e-10."""
+    for k, spec in enumerate(specs):
+        train_run(spec, datas[k], tmp_path / f"a{k}")
+    n = len(specs)
+    assert_same_runs([tmp_path / f"a{k}" for k in range(n)], [tmp_path / f"j{k}" for k in range(n)], 1e-10)
+
+
 def test_train_job_batches_compatible_runs_and_trains_the_rest_alone(mlp_data, cnn_data, tmp_path, f64, caplog):
     mlp = sweep(MLP, "adam", OPTIMIZERS["adam"])
     norm_loss = {"name": "norm_loss", "base": {"name": "cross_entropy"}, "coefficient": 0.1}
@@ -255,9 +263,7 @@ def test_train_job_batches_compatible_runs_and_trains_the_rest_alone(mlp_data, c
     assert sorted(seen) == list(range(5)) and [r.status for r in results] == ["ok"] * 5
     assert "j2 trains alone: loss 'norm_loss' reads the model's parameters" in caplog.text  # the job log says why
     assert "2 runs train as one batch: j0, j1" in caplog.text and "2 runs train as one batch: j3, j4" in caplog.text
-    for k, spec in enumerate(specs):
-        train_run(spec, datas[k], tmp_path / f"a{k}")
-    assert_same_runs([tmp_path / f"a{k}" for k in range(5)], [tmp_path / f"j{k}" for k in range(5)], 1e-10)
+    assert_job_is_one_by_one(specs, datas, tmp_path)
 
 
 def test_split_evenly_makes_the_fewest_even_consecutive_parts():
@@ -283,9 +289,7 @@ def test_train_job_cuts_a_batch_larger_than_the_devices_stack(mlp_data, tmp_path
         train_job(specs, [mlp_data] * 4, [tmp_path / f"j{k}" for k in range(4)])
     # the runs of one optimizer next to each other (adam before momo), in stacks of at most 2
     assert "2 runs train as one batch: j1, j2" in caplog.text and "2 runs train as one batch: j3, j0" in caplog.text
-    for k, spec in enumerate(specs):
-        train_run(spec, mlp_data, tmp_path / f"a{k}")
-    assert_same_runs([tmp_path / f"a{k}" for k in range(4)], [tmp_path / f"j{k}" for k in range(4)], 1e-10)
+    assert_job_is_one_by_one(specs, [mlp_data] * 4, tmp_path)
 
 
 def test_train_job_stacks_runs_of_one_length(mlp_data, tmp_path, f64, caplog):
@@ -297,9 +301,7 @@ def test_train_job_stacks_runs_of_one_length(mlp_data, tmp_path, f64, caplog):
     with caplog.at_level("INFO", logger="descentlab"):
         train_job(specs, [mlp_data] * 4, [tmp_path / f"j{k}" for k in range(4)])
     assert "2 runs train as one batch: j0, j2" in caplog.text and "2 runs train as one batch: j1, j3" in caplog.text
-    for k, spec in enumerate(specs):
-        train_run(spec, mlp_data, tmp_path / f"a{k}")
-    assert_same_runs([tmp_path / f"a{k}" for k in range(4)], [tmp_path / f"j{k}" for k in range(4)], 1e-10)
+    assert_job_is_one_by_one(specs, [mlp_data] * 4, tmp_path)
 
 
 def test_train_job_without_batching_is_train_run(mlp_data, tmp_path, f64):
@@ -349,9 +351,7 @@ def test_adahessian_runs_batch_only_with_adahessian_runs(mlp_data, tmp_path, f64
     with pytest.raises(ValueError, match="AdaHessian runs batch only with AdaHessian runs"):
         train_batched(specs[1:3], mlp_data, [tmp_path / "a", tmp_path / "b"])
     train_job(specs, [mlp_data] * 4, [tmp_path / f"j{k}" for k in range(4)])
-    for k, spec in enumerate(specs):
-        train_run(spec, mlp_data, tmp_path / f"a{k}")
-    assert_same_runs([tmp_path / f"a{k}" for k in range(4)], [tmp_path / f"j{k}" for k in range(4)], 1e-10)
+    assert_job_is_one_by_one(specs, [mlp_data] * 4, tmp_path)
 
 
 def test_config_switch_is_documented_and_on_by_default():

@@ -86,3 +86,19 @@ def test_top_eigenvalue_instrument_skips_a_diverging_run():
     with torch.no_grad():
         model[0].weight[0, 0] = float("inf")
     assert inst(3, model, CrossEntropy(), x, y) == {}
+
+
+def test_top_eigenvalue_instrument_skips_finite_weights_whose_outputs_overflow():
+    # SGD at lr 3 in the batch-size-curvature study: every weight still finite,
+    # but the logits overflow to inf - inf = nan; the determinism check's
+    # tolerance became nan and crashed the training job
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    x, y = torch.randn(50, 5), torch.randint(0, 3, (50,))
+    with torch.no_grad():
+        model[0].weight.fill_(1e30)
+        model[0].bias.zero_()
+        model[2].weight[:, 0], model[2].weight[:, 1] = 1e30, -1e30
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    assert torch.isnan(model(x)).any()
+    assert TopEigenvalue(every=1)(0, model, CrossEntropy(), x, y) == {}

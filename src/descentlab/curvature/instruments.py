@@ -8,6 +8,8 @@ full-batch GD's sharpness rises to about 2/lr and hovers there.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -37,7 +39,8 @@ class TopEigenvalue:
     model is evaluated with dropout off (all modules in eval mode, BatchNorm as
     ``batchnorm`` says); its modes and parameters are restored. Returns
     ``{"sharpness", "sharpness_residual", "sharpness_hvps"}``, or ``{}`` off
-    its steps and when the weights are not finite (a diverging run).
+    its steps and when the weights or the loss on the subset are not finite
+    (a diverging run).
     """
 
     def __init__(self, every: int = 1, n_examples: int | None = None, tol: float = 1e-3,
@@ -76,6 +79,8 @@ class TopEigenvalue:
             model.eval()
             op = HessianOperator(model, loss_fn, x, y, chunk_size=self.chunk_size, dtype=self.dtype,
                                  batchnorm=self.batchnorm)
+            if not math.isfinite(op.loss()):
+                return {}  # finite weights whose outputs overflow: diverging too (one forward, against the HVPs to come)
             v0 = self.eigenvector if self.eigenvector is not None and self.eigenvector.shape[0] == op.shape[0] else None
             res = top_eigenvalues(op, k=1, tol=self.tol, v0=v0, seed=self.seed, method=self.method)
         self.eigenvector = res.eigenvectors[:, 0].copy()
