@@ -67,7 +67,15 @@ def largest_differences(alone: Path, batched: Path) -> tuple[float, float]:
 
 
 def check_equivalence(device: str) -> bool:
+    old_dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
+    try:
+        return _check_equivalence(device)
+    finally:
+        torch.set_default_dtype(old_dtype)
+
+
+def _check_equivalence(device: str) -> bool:
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         for name, base in PROBLEMS.items():
@@ -86,7 +94,6 @@ def check_equivalence(device: str) -> bool:
             ok &= good
             print(f"{name}: float64 on {device}, max |diff| final weights {weights:.2e}, metrics {metrics:.2e}"
                   f" ({'ok' if good else 'FAILS'}; alone {middle - start:.1f} s, batched {end - middle:.1f} s)", flush=True)
-    torch.set_default_dtype(torch.float32)
     return ok
 
 
