@@ -71,6 +71,24 @@ def test_noise_scale_from_known_gaussian_gradients():
     assert est["trace_sigma"] == pytest.approx((scales**2).sum(), rel=0.03)
 
 
+def test_noise_scale_from_blocks_matches_numpy_on_the_whole_matrix():
+    """Row blocks of unequal sizes (as an instrument reduces chunks of examples) give
+    numpy's trace of the unbiased covariance and squared mean of the whole matrix."""
+    rng = np.random.default_rng(3)
+    g = rng.standard_normal((103, 7)) * rng.uniform(0.1, 3.0, 7) + rng.standard_normal(7)
+    mean = g.mean(0)
+    trace_sigma = float(np.trace(np.cov(g, rowvar=False)))
+    expected_g2 = float(mean @ mean) - trace_sigma / len(g)
+    blocks = [torch.from_numpy(g[a:b]) for a, b in ((0, 1), (1, 40), (40, 41), (41, 103))]
+    for got in (noise_scale_from_per_example(blocks), noise_scale_from_per_example(torch.from_numpy(g))):
+        assert got["trace_sigma"] == pytest.approx(trace_sigma, rel=1e-12)
+        assert got["grad_sq_norm"] == pytest.approx(expected_g2, rel=1e-12)
+        assert got["b_simple"] == pytest.approx(trace_sigma / expected_g2, rel=1e-12)
+        assert got["n"] == 103.0
+    with pytest.raises(ValueError, match="at least 2"):
+        noise_scale_from_per_example([torch.from_numpy(g[:1]), torch.zeros(0, 7, dtype=torch.float64)])
+
+
 def test_two_batch_estimate_is_unbiased_for_the_finite_population():
     rng = np.random.default_rng(1)
     g = torch.from_numpy(rng.standard_normal((200, 5)) + np.array([1.0, -0.5, 0.2, 0.0, 0.3]))

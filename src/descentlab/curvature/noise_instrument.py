@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .noise_scale import noise_scale_from_per_example
-from .per_example import per_example_gradients
+from .per_example import per_example_gradient_blocks
 
 __all__ = ["NoiseScale"]
 
@@ -43,9 +43,9 @@ class NoiseScale:
             gen = torch.Generator().manual_seed(self.seed)
             self.indices = torch.randperm(n, generator=gen)[: self.n_examples].to(x_train.device)
         idx = self.indices.to(x_train.device)
-        grads = per_example_gradients(model, loss_fn, x_train[idx], y_train[idx],
-                                      chunk_size=self.chunk_size, dtype=torch.float64)
-        out = noise_scale_from_per_example(grads)
+        # reduced chunk by chunk: the (n_examples, P) matrix is never built
+        out = noise_scale_from_per_example(per_example_gradient_blocks(
+            model, loss_fn, x_train[idx], y_train[idx], chunk_size=self.chunk_size, dtype=torch.float64))
         values = {"b_simple": out["b_simple"], "grad_sq_norm": out["grad_sq_norm"], "trace_sigma": out["trace_sigma"]}
         return values if all(math.isfinite(v) for v in values.values()) else {}
 

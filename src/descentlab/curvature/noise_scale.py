@@ -11,6 +11,8 @@ B examples, two batch sizes B_small < B_big give unbiased estimates
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 import torch
 
@@ -26,19 +28,38 @@ def two_batch_estimates(sq_norm_small: float, b_small: float, sq_norm_big: float
     return {"grad_sq_norm": float(g2), "trace_sigma": float(trace_sigma), "b_simple": float(trace_sigma / g2)}
 
 
-def noise_scale_from_per_example(per_example_grads: torch.Tensor) -> dict[str, float]:
-    """B_simple from an (N, P) matrix of per-example gradients.
+def noise_scale_from_per_example(per_example_grads: torch.Tensor | Iterable[torch.Tensor]) -> dict[str, float]:
+    """B_simple from an (N, P) matrix of per-example gradients, or from its row blocks.
 
     tr(Sigma) uses the unbiased (N - 1) covariance; |G|^2 = |mean|^2 - tr(Sigma)/N
     removes the bias of the squared mean (the B_big = N, B_small = 1 case of the
     two-batch estimate). ``b_simple_naive`` uses |mean|^2 instead.
+
+    Blocks (e.g. chunks of examples as they are computed) are combined by the
+    pairwise update of Chan, Golub & LeVeque (1979) for the sum of squared
+    deviations, so the (N, P) matrix never has to exist at once; one block is the
+    plain two-pass formula.
     """
-    g = per_example_grads.to(torch.float64)
-    n = g.shape[0]
+    blocks = [per_example_grads] if isinstance(per_example_grads, torch.Tensor) else per_example_grads
+    n, mean, m2 = 0, None, 0.0
+    for block in blocks:
+        g = block.to(torch.float64)
+        k = g.shape[0]
+        if k == 0:
+            continue
+        block_mean = g.mean(0)
+        block_m2 = float(torch.linalg.vector_norm(g - block_mean) ** 2)
+        if mean is None:
+            n, mean, m2 = k, block_mean, block_m2
+            continue
+        delta = block_mean - mean
+        total = n + k
+        m2 += block_m2 + float(delta @ delta) * n * k / total
+        mean = mean + delta * (k / total)
+        n = total
     if n < 2:
         raise ValueError(f"need at least 2 per-example gradients, got {n}")
-    mean = g.mean(0)
-    trace_sigma = float(((g - mean) ** 2).sum() / (n - 1))
+    trace_sigma = m2 / (n - 1)
     mean_sq = float(mean @ mean)
     g2 = mean_sq - trace_sigma / n
     return {"grad_sq_norm": g2, "trace_sigma": trace_sigma, "b_simple": trace_sigma / g2,

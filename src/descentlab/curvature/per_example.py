@@ -7,6 +7,8 @@ train-mode BatchNorm fails under vmap, pytorch#85533); a random model
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 from torch import nn
 from torch.func import grad, jacrev, vmap
@@ -14,7 +16,7 @@ from torch.func import grad, jacrev, vmap
 from ._model import (LossFn, ParameterSnapshot, as_tensor, check_deterministic, chunks, module_modes, num_examples,
                      parse_dtype)
 
-__all__ = ["per_example_gradients", "jacobian"]
+__all__ = ["per_example_gradients", "per_example_gradient_blocks", "jacobian"]
 
 
 def per_example_gradients(model: nn.Module, loss_fn: LossFn, x, y, chunk_size: int | None = 256,
@@ -23,6 +25,13 @@ def per_example_gradients(model: nn.Module, loss_fn: LossFn, x, y, chunk_size: i
 
     Columns follow the flattened-parameter layout of the curvature operators.
     """
+    return torch.cat(list(per_example_gradient_blocks(model, loss_fn, x, y, chunk_size, dtype)))
+
+
+def per_example_gradient_blocks(model: nn.Module, loss_fn: LossFn, x, y, chunk_size: int | None = 256,
+                                dtype: torch.dtype | str | None = None) -> Iterator[torch.Tensor]:
+    """The rows of :func:`per_example_gradients`, one (chunk, P) block per chunk of examples,
+    for a consumer that reduces them as they come (the matrix never exists at once)."""
     dtype = parse_dtype(dtype, model)
     snap = ParameterSnapshot(model, dtype)
     x = as_tensor(x, dtype, snap.device)
@@ -33,13 +42,11 @@ def per_example_gradients(model: nn.Module, loss_fn: LossFn, x, y, chunk_size: i
         return loss_fn(snap.call(model, params, xi.unsqueeze(0)), yi.unsqueeze(0))
 
     per_example = vmap(grad(loss_one), in_dims=(None, 0, 0))
-    rows = []
     with module_modes(model, "eval"):
         check_deterministic(model, snap, x, ranges)
         for a, b in ranges:
             g = per_example(snap.tensors, x[a:b], y[a:b])
-            rows.append(torch.cat([g[n].reshape(b - a, -1) for n in snap.names], dim=1))
-    return torch.cat(rows).detach()
+            yield torch.cat([g[n].reshape(b - a, -1) for n in snap.names], dim=1).detach()
 
 
 def jacobian(model: nn.Module, x, chunk_size: int | None = 256, dtype: torch.dtype | str | None = None) -> torch.Tensor:
