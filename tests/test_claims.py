@@ -32,6 +32,15 @@ def test_all_rows_holds_only_when_every_row_does():
         all_rows(table, holds_if="nope > 1")
 
 
+def test_all_rows_shows_a_value_repeated_on_every_seed_once_and_counts_the_seeds():
+    # the best fraction comes from means over seeds: the same on each seed's row
+    table = pd.DataFrame({"fraction": [0.1, 0.1, 0.1, 0.2], "best": [0.1, 0.1, 0.1, 0.1], "seed": [0, 1, 2, 0]})
+    out = all_rows(table, holds_if="best < 0.4", where="fraction == best", report="best")
+    assert out.holds and out.numbers == "best: 0.1" and out.seeds == 3
+    mixed = all_rows(table, holds_if="fraction < 0.15", report="fraction", label=["seed"])
+    assert not mixed.holds and mixed.numbers == "fraction: 0: 0.1; 1: 0.1; 2: 0.1; 0: 0.2 !"
+
+
 def test_t_interval_matches_scipy():
     rng = np.random.default_rng(0)
     d = rng.normal(0.3, 1.0, size=7)

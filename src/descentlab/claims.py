@@ -81,7 +81,9 @@ def all_rows(table, holds_if: str, where: str | None = None, report: str | None 
     """Every row (of those ``where`` keeps) satisfies the expression ``holds_if``.
 
     ``report``: an expression whose value per row is shown, labelled by the
-    ``label`` columns; rows that fail are marked with ``!``."""
+    ``label`` columns; rows that fail are marked with ``!``. Entries that read
+    the same are shown once: a value computed from the mean over seeds is on
+    every seed's row, and all those rows count for the seeds behind it."""
     rows = _select(table, where)
     if len(rows) < min_rows:
         return Outcome(False, f"{len(rows)} rows (need {min_rows})", _seeds(rows))
@@ -91,7 +93,9 @@ def all_rows(table, holds_if: str, where: str | None = None, report: str | None 
     parts = []
     for (i, row), value, good in zip(rows.iterrows(), shown, ok):
         name = ", ".join(f"{_fmt(row[c])}" for c in label)
-        parts.append(f"{name + ': ' if name else ''}{_fmt(value)}{'' if good else ' !'}")
+        part = f"{name + ': ' if name else ''}{_fmt(value)}{'' if good else ' !'}"
+        if part not in parts:
+            parts.append(part)
     what = report or holds_if
     return Outcome(bool(ok.all()), f"{what}: " + "; ".join(parts), _seeds(rows))
 
